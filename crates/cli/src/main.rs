@@ -1,0 +1,108 @@
+//! The `sluice` binary: `sluice server` runs the REST server; `sluice demo` runs the
+//! server on the embedded broker with a card-transaction generator and the fraud
+//! detection queries, and prints the alerts as they appear.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_server::{Server, ServerConfig};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "SQL over Kafka streams")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (REST API on --listen).
+    Server(ServerArgs),
+    /// Run the fraud-detection demo on the embedded broker (or on --bootstrap-servers).
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Kafka bootstrap servers; without it an embedded, in-memory broker is started.
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Address of the REST API.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: SocketAddr,
+    /// Directory for local state.
+    #[arg(long, default_value = "sluice-state")]
+    state_dir: PathBuf,
+    /// Prefix of this server's consumer groups and internal topics.
+    #[arg(long, default_value = "default_")]
+    service_id: String,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let server = Server::start(ServerConfig {
+        bootstrap_servers: args.bootstrap_servers,
+        state_dir: args.state_dir,
+        service_id: args.service_id,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    announce_broker(&server);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    server.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Say which broker the server uses; the embedded one loses its data on exit.
+pub(crate) fn announce_broker(server: &Server) {
+    if server.is_embedded() {
+        tracing::warn!(
+            bootstrap_servers = server.bootstrap_servers(),
+            "running on an embedded, in-memory Kafka broker at {}: data is lost when the server stops; \
+             give --bootstrap-servers to use a real cluster",
+            server.bootstrap_servers()
+        );
+    } else {
+        tracing::info!(bootstrap_servers = server.bootstrap_servers(), "using Kafka");
+    }
+}
+
+pub(crate) async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,25 @@
+//! `ServerConfig`: what `sluice server` is started with.
+
+use std::path::PathBuf;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Kafka bootstrap servers; `None` runs the embedded, in-memory broker.
+    pub bootstrap_servers: Option<String>,
+    /// Where the server keeps local state.
+    pub state_dir: PathBuf,
+    /// Prefix of this server's consumer groups and internal topics (ksqlDB's
+    /// `ksql.service.id`), so two services on one cluster stay apart.
+    pub service_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: None,
+            state_dir: PathBuf::from("sluice-state"),
+            service_id: "default_".to_string(),
+        }
+    }
+}

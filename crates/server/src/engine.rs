@@ -1,0 +1,664 @@
+//! `Engine`: runs statements. It owns the catalog, the planner and the persistent
+//! queries, and answers each statement with a ksqlDB-shaped entity.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use sluice_sql_planner::datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
+use sluice_sql_planner::planner::{check_time_column, value_schema};
+use sluice_sql_planner::{
+    parse_statements, Catalog, ColumnSpec, ContinuousQuery, EventTime, PlanError, Properties,
+    QueryPlanner, SourceDef, SourceKind, Statement, StreamPlan, ValueFormat,
+};
+use sluice_stream_exec::{run_query, QueryConfig, QueryStats};
+use tokio::sync::watch;
+
+use crate::config::ServerConfig;
+use crate::error::{ApiError, QUERY_ENDPOINT};
+use crate::query::{PersistentQuery, QueryState};
+use crate::topics::Topics;
+
+/// Statement execution state. Callers serialize access (one statement at a time).
+pub struct Engine {
+    config: ServerConfig,
+    topics: Topics,
+    planner: QueryPlanner,
+    catalog: Catalog,
+    queries: BTreeMap<String, PersistentQuery>,
+    sequence: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("service_id", &self.config.service_id)
+            .field("queries", &self.queries.len())
+            .finish()
+    }
+}
+
+/// Per-request properties (`streamsProperties`).
+#[derive(Debug, Clone)]
+pub struct RequestProperties {
+    /// `earliest` or `latest`.
+    pub auto_offset_reset: String,
+}
+
+impl RequestProperties {
+    /// Read `streamsProperties`; unknown properties are ignored, as ksqlDB passes them to
+    /// Kafka Streams.
+    pub fn from_json(props: &serde_json::Map<String, Value>) -> Result<Self, ApiError> {
+        let mut out = Self {
+            auto_offset_reset: "latest".to_string(),
+        };
+        for (k, v) in props {
+            let key = k.strip_prefix("ksql.streams.").unwrap_or(k);
+            if key == "auto.offset.reset" {
+                let value = v.as_str().map(str::to_ascii_lowercase);
+                match value.as_deref() {
+                    Some("earliest") | Some("latest") => {
+                        out.auto_offset_reset = value.unwrap_or_default()
+                    }
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "invalid value {v} for property auto.offset.reset; use 'earliest' or 'latest'"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Engine {
+    /// An engine over the cluster behind `topics`.
+    pub fn new(config: ServerConfig, topics: Topics) -> Self {
+        Self {
+            config,
+            topics,
+            planner: QueryPlanner::new(),
+            catalog: Catalog::new(),
+            queries: BTreeMap::new(),
+            sequence: 0,
+        }
+    }
+
+    /// The topic administration in use.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// The service id.
+    pub fn service_id(&self) -> &str {
+        &self.config.service_id
+    }
+
+    /// Run every statement of `sql`; stops at the first failure, whose error carries the
+    /// results of the statements before it.
+    pub async fn execute(&mut self, sql: &str, props: &RequestProperties) -> Result<Vec<Value>, ApiError> {
+        let statements = parse_statements(sql)?;
+        let mut entities = Vec::with_capacity(statements.len());
+        for parsed in statements {
+            match self.execute_one(&parsed.text, parsed.statement, props).await {
+                Ok(entity) => entities.push(entity),
+                Err(e) => return Err(e.in_statement(&parsed.text, entities)),
+            }
+        }
+        Ok(entities)
+    }
+
+    async fn execute_one(
+        &mut self,
+        text: &str,
+        statement: Statement,
+        props: &RequestProperties,
+    ) -> Result<Value, ApiError> {
+        match statement {
+            Statement::CreateSource {
+                kind,
+                name,
+                if_not_exists,
+                columns,
+                properties,
+            } => self.create_source(text, kind, name, if_not_exists, columns, properties).await,
+            Statement::CreateAsSelect {
+                kind,
+                name,
+                if_not_exists,
+                properties,
+                query,
+            } => {
+                if if_not_exists && self.catalog.get(&name).is_some() {
+                    return Ok(self.status(text, kind, &name, "create", "already exists", None));
+                }
+                self.create_as_select(text, kind, name, properties, query, props).await
+            }
+            Statement::InsertInto { target, query } => self.insert_into(text, target, query, props).await,
+            Statement::Select(_) => Err(ApiError {
+                error_code: QUERY_ENDPOINT,
+                ..ApiError::statement(
+                    "SELECT statements are not run by /ksql; send push and pull queries to /query",
+                )
+            }),
+            Statement::Explain(query) => {
+                let plan = self.planner.plan(&self.catalog, &query)?;
+                Ok(json!({
+                    "@type": "queryDescription",
+                    "statementText": text,
+                    "queryDescription": {
+                        "statementText": text,
+                        "fields": fields_json(&plan.output_schema),
+                        "sources": [plan.source.stream],
+                        "executionPlan": plan.to_string(),
+                    },
+                    "warnings": [],
+                }))
+            }
+            Statement::ShowStreams => Ok(json!({
+                "@type": "streams",
+                "statementText": text,
+                "streams": self.source_list(SourceKind::Stream),
+                "warnings": [],
+            })),
+            Statement::ShowTables => Ok(json!({
+                "@type": "tables",
+                "statementText": text,
+                "tables": self.source_list(SourceKind::Table),
+                "warnings": [],
+            })),
+            Statement::ShowQueries => {
+                let queries: Vec<Value> = self
+                    .queries
+                    .values()
+                    .map(|q| {
+                        let state = q.state();
+                        let mut v = json!({
+                            "queryString": q.statement,
+                            "sinks": [q.sink],
+                            "sinkKafkaTopics": [q.sink_topic],
+                            "id": q.id,
+                            "statusCount": { state.as_str(): 1 },
+                            "queryType": "PERSISTENT",
+                            "state": state.as_str(),
+                        });
+                        if let QueryState::Error(e) = state {
+                            v["errorMessage"] = Value::String(e);
+                        }
+                        v
+                    })
+                    .collect();
+                Ok(json!({
+                    "@type": "queries",
+                    "statementText": text,
+                    "queries": queries,
+                    "warnings": [],
+                }))
+            }
+            Statement::Describe { name, extended } => self.describe(text, &name, extended).await,
+            Statement::Terminate(target) => {
+                let ids: Vec<String> = match target {
+                    Some(id) => {
+                        if !self.queries.contains_key(&id) {
+                            return Err(ApiError::statement(format!("query \"{id}\" does not exist")));
+                        }
+                        vec![id]
+                    }
+                    None => self.queries.keys().cloned().collect(),
+                };
+                for id in &ids {
+                    if let Some(q) = self.queries.remove(id) {
+                        q.stop().await;
+                        tracing::info!(query_id = %id, "query terminated");
+                    }
+                }
+                self.sequence += 1;
+                Ok(json!({
+                    "@type": "currentStatus",
+                    "statementText": text,
+                    "commandId": format!("terminate/{}/execute", ids.join(",")),
+                    "commandStatus": {
+                        "status": "SUCCESS",
+                        "message": "Query terminated.",
+                        "queryId": ids.first(),
+                    },
+                    "commandSequenceNumber": self.sequence,
+                    "warnings": [],
+                }))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+                delete_topic,
+            } => {
+                let Some(source) = self.catalog.get(&name).cloned() else {
+                    if if_exists {
+                        return Ok(self.status(text, kind, &name, "drop", "does not exist", None));
+                    }
+                    return Err(ApiError::statement(format!(
+                        "{} \"{name}\" does not exist",
+                        kind.as_str().to_lowercase()
+                    )));
+                };
+                if source.kind != kind {
+                    return Err(ApiError::statement(format!(
+                        "\"{name}\" is a {}, not a {}; use DROP {}",
+                        source.kind.as_str().to_lowercase(),
+                        kind.as_str().to_lowercase(),
+                        source.kind.as_str()
+                    )));
+                }
+                let users: Vec<&str> = self
+                    .queries
+                    .values()
+                    .filter(|q| q.sink == name || q.source == name)
+                    .map(|q| q.id.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApiError::statement(format!(
+                        "cannot drop \"{name}\": queries {} read or write it; terminate them first",
+                        users.join(", ")
+                    )));
+                }
+                if delete_topic {
+                    self.topics.delete(&source.topic).await?;
+                }
+                self.catalog.remove(&name);
+                Ok(self.status(text, kind, &name, "drop", "dropped", None))
+            }
+        }
+    }
+
+    fn status(&mut self, text: &str, kind: SourceKind, name: &str, action: &str, what: &str, query_id: Option<&str>) -> Value {
+        self.sequence += 1;
+        let noun = match kind {
+            SourceKind::Stream => "Stream",
+            SourceKind::Table => "Table",
+        };
+        let message = match query_id {
+            Some(id) => format!("Created query with ID {id}"),
+            None => format!("{noun} {name} {what}"),
+        };
+        json!({
+            "@type": "currentStatus",
+            "statementText": text,
+            "commandId": format!("{}/`{name}`/{action}", kind.as_str().to_lowercase()),
+            "commandStatus": {
+                "status": "SUCCESS",
+                "message": message,
+                "queryId": query_id,
+            },
+            "commandSequenceNumber": self.sequence,
+            "warnings": [],
+        })
+    }
+
+    async fn create_source(
+        &mut self,
+        text: &str,
+        kind: SourceKind,
+        name: String,
+        if_not_exists: bool,
+        columns: Vec<ColumnSpec>,
+        mut properties: Properties,
+    ) -> Result<Value, ApiError> {
+        if self.catalog.get(&name).is_some() && if_not_exists {
+            return Ok(self.status(text, kind, &name, "create", "already exists", None));
+        }
+        let topic = properties.remove("KAFKA_TOPIC").ok_or_else(|| {
+            ApiError::statement(format!(
+                "missing required property KAFKA_TOPIC for {} \"{name}\"; add WITH (KAFKA_TOPIC='topic', VALUE_FORMAT='JSON')",
+                kind.as_str().to_lowercase()
+            ))
+        })?;
+        let value_format = match properties.remove("VALUE_FORMAT").or_else(|| properties.remove("FORMAT")) {
+            Some(f) => ValueFormat::parse(&f)?,
+            None => ValueFormat::Json,
+        };
+        let partitions = take_partitions(&mut properties)?;
+        let mut seen = std::collections::HashSet::new();
+        for c in &columns {
+            if !seen.insert(c.name.clone()) {
+                return Err(ApiError::statement(format!("column \"{}\" is declared twice", c.name)));
+            }
+        }
+        let key_columns: Vec<String> = columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect();
+        if kind == SourceKind::Table && key_columns.is_empty() {
+            return Err(ApiError::statement(format!(
+                "table \"{name}\" needs a PRIMARY KEY column"
+            )));
+        }
+        let schema = value_schema(
+            &columns
+                .iter()
+                .map(|c| (c.name.clone(), c.data_type.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let mut source = SourceDef {
+            name: name.clone(),
+            kind,
+            topic: topic.clone(),
+            value_format,
+            schema,
+            key_columns,
+            event_time: EventTime::RecordTimestamp,
+            window: None,
+            statement: text.to_string(),
+        };
+        if let Some(ts) = properties.remove("TIMESTAMP") {
+            let column = source
+                .schema
+                .fields()
+                .iter()
+                .find(|f| f.name().eq_ignore_ascii_case(&ts))
+                .map(|f| f.name().clone())
+                .unwrap_or(ts);
+            check_time_column(&source, &column)?;
+            source.event_time = EventTime::Column(column);
+        }
+        reject_unknown(&properties)?;
+        if let Some(existing) = self.catalog.get(&name) {
+            return Err(ApiError::statement(format!(
+                "cannot create {} \"{name}\": a {} with that name already exists",
+                kind.as_str().to_lowercase(),
+                existing.kind.as_str().to_lowercase()
+            )));
+        }
+        match (self.topics.partitions(&topic).await?, partitions) {
+            (Some(_), _) => {}
+            (None, Some(p)) => self.topics.create(&topic, p).await?,
+            (None, None) => {
+                return Err(ApiError::statement(format!(
+                    "topic \"{topic}\" does not exist; create it, or give PARTITIONS in the WITH clause to have it created"
+                )))
+            }
+        }
+        self.catalog.insert(source)?;
+        Ok(self.status(text, kind, &name, "create", "created", None))
+    }
+
+    async fn create_as_select(
+        &mut self,
+        text: &str,
+        kind: SourceKind,
+        name: String,
+        mut properties: Properties,
+        query: ContinuousQuery,
+        props: &RequestProperties,
+    ) -> Result<Value, ApiError> {
+        if self.catalog.get(&name).is_some() {
+            return Err(ApiError::statement(format!(
+                "cannot create {} \"{name}\": a stream or table with that name already exists",
+                kind.as_str().to_lowercase()
+            )));
+        }
+        let plan = self.planner.plan(&self.catalog, &query)?;
+        match (kind, plan.aggregates) {
+            (SourceKind::Stream, true) => {
+                return Err(ApiError::statement(
+                    "an aggregation makes a table: use CREATE TABLE … AS SELECT for GROUP BY queries",
+                ))
+            }
+            (SourceKind::Table, false) => {
+                return Err(ApiError::statement(
+                    "CREATE TABLE … AS SELECT needs a GROUP BY; use CREATE STREAM … AS SELECT for a stream",
+                ))
+            }
+            _ => {}
+        }
+        let topic = properties.remove("KAFKA_TOPIC").unwrap_or_else(|| name.clone());
+        if let Some(f) = properties.remove("VALUE_FORMAT").or_else(|| properties.remove("FORMAT")) {
+            ValueFormat::parse(&f)?;
+        }
+        let partitions = match take_partitions(&mut properties)? {
+            Some(p) => p,
+            None => self.topics.partitions(&plan.source.topic).await?.unwrap_or(1),
+        };
+        reject_unknown(&properties)?;
+        self.topics.create(&topic, partitions).await?;
+        self.sequence += 1;
+        let prefix = match kind {
+            SourceKind::Stream => "CSAS",
+            SourceKind::Table => "CTAS",
+        };
+        let id = format!("{prefix}_{name}_{}", self.sequence);
+        let sink = SourceDef {
+            name: name.clone(),
+            kind,
+            topic: topic.clone(),
+            value_format: ValueFormat::Json,
+            schema: plan.output_schema.clone(),
+            key_columns: plan
+                .key_columns
+                .iter()
+                .map(|&i| plan.output_schema.field(i).name().clone())
+                .collect(),
+            event_time: EventTime::RecordTimestamp,
+            window: plan.source.window.map(|w| w.spec),
+            statement: text.to_string(),
+        };
+        self.catalog.insert(sink)?;
+        self.start_query(&id, text, &name, &topic, plan, props);
+        self.sequence -= 1;
+        Ok(self.status(text, kind, &name, "create", "created", Some(&id)))
+    }
+
+    async fn insert_into(
+        &mut self,
+        text: &str,
+        target: String,
+        query: ContinuousQuery,
+        props: &RequestProperties,
+    ) -> Result<Value, ApiError> {
+        let sink = self.catalog.require(&target)?.clone();
+        if sink.kind != SourceKind::Stream {
+            return Err(ApiError::statement(format!(
+                "INSERT INTO needs a stream; \"{target}\" is a table"
+            )));
+        }
+        let plan = self.planner.plan(&self.catalog, &query)?;
+        if plan.source.stream == sink.name {
+            return Err(ApiError::statement(format!(
+                "INSERT INTO \"{target}\" cannot read from \"{target}\" itself"
+            )));
+        }
+        if plan.aggregates {
+            return Err(ApiError::statement("INSERT INTO a stream cannot aggregate"));
+        }
+        check_same_columns(&sink, &plan)?;
+        self.sequence += 1;
+        let id = format!("INSERTQUERY_{}", self.sequence);
+        let topic = sink.topic.clone();
+        self.start_query(&id, text, &sink.name, &topic, plan, props);
+        self.sequence -= 1;
+        Ok(self.status(text, SourceKind::Stream, &sink.name, "insert", "inserted", Some(&id)))
+    }
+
+    fn start_query(&mut self, id: &str, text: &str, sink: &str, sink_topic: &str, plan: StreamPlan, props: &RequestProperties) {
+        let stats = Arc::new(QueryStats::default());
+        let state = Arc::new(Mutex::new(QueryState::Running));
+        let (shutdown, rx) = watch::channel(false);
+        let config = QueryConfig {
+            query_id: id.to_string(),
+            bootstrap_servers: self.topics.bootstrap_servers().to_string(),
+            group_id: format!("{}query_{id}", self.config.service_id),
+            sink_topic: sink_topic.to_string(),
+            auto_offset_reset: props.auto_offset_reset.clone(),
+        };
+        let source = plan.source.stream.clone();
+        let plan_text = plan.to_string();
+        let task_stats = stats.clone();
+        let task_state = state.clone();
+        let query_id = id.to_string();
+        let task = tokio::spawn(async move {
+            if let Err(e) = run_query(config, plan, task_stats, rx).await {
+                tracing::error!(query_id = %query_id, error = %e, "query failed");
+                *task_state.lock().unwrap_or_else(|p| p.into_inner()) = QueryState::Error(e.to_string());
+            }
+        });
+        self.queries.insert(
+            id.to_string(),
+            PersistentQuery {
+                id: id.to_string(),
+                statement: text.to_string(),
+                source,
+                sink: sink.to_string(),
+                sink_topic: sink_topic.to_string(),
+                plan: plan_text,
+                stats,
+                state,
+                shutdown,
+                task: Some(task),
+            },
+        );
+    }
+
+    fn source_list(&self, kind: SourceKind) -> Vec<Value> {
+        self.catalog
+            .sources()
+            .filter(|s| s.kind == kind)
+            .map(|s| {
+                json!({
+                    "type": kind.as_str(),
+                    "name": s.name,
+                    "topic": s.topic,
+                    "keyFormat": "KAFKA",
+                    "valueFormat": s.value_format.as_str(),
+                    "isWindowed": s.window.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    async fn describe(&self, text: &str, name: &str, extended: bool) -> Result<Value, ApiError> {
+        let source = self.catalog.require(name)?;
+        let read: Vec<&PersistentQuery> = self.queries.values().filter(|q| q.source == source.name).collect();
+        let write: Vec<&PersistentQuery> = self.queries.values().filter(|q| q.sink == source.name).collect();
+        let query_json = |q: &&PersistentQuery| {
+            let stats = q.stats.snapshot();
+            json!({
+                "id": q.id,
+                "queryString": q.statement,
+                "sinks": [q.sink],
+                "sinkKafkaTopics": [q.sink_topic],
+                "state": q.state().as_str(),
+                "queryType": "PERSISTENT",
+                "statistics": stats,
+            })
+        };
+        let totals = write.iter().chain(read.iter()).fold((0u64, 0u64, 0u64, 0u64), |acc, q| {
+            let s = q.stats.snapshot();
+            (acc.0 + s.records_in, acc.1 + s.records_out, acc.2 + s.malformed_records, acc.3 + s.late_records)
+        });
+        let mut fields = fields_json(&source.schema);
+        for key in &source.key_columns {
+            for f in fields.iter_mut() {
+                if f["name"] == key.as_str() {
+                    f["type"] = Value::String("KEY".into());
+                }
+            }
+        }
+        let partitions = self.topics.partitions(&source.topic).await.ok().flatten();
+        Ok(json!({
+            "@type": "sourceDescription",
+            "statementText": text,
+            "sourceDescription": {
+                "name": source.name,
+                "windowType": source.window.map(|w| match w.kind {
+                    sluice_sql_planner::WindowKind::Tumbling { .. } => "TUMBLING",
+                    sluice_sql_planner::WindowKind::Hopping { .. } => "HOPPING",
+                    sluice_sql_planner::WindowKind::Session { .. } => "SESSION",
+                }),
+                "readQueries": read.iter().map(query_json).collect::<Vec<_>>(),
+                "writeQueries": write.iter().map(query_json).collect::<Vec<_>>(),
+                "fields": fields,
+                "type": source.kind.as_str(),
+                "timestamp": match &source.event_time {
+                    EventTime::RecordTimestamp => String::new(),
+                    EventTime::Column(c) => c.clone(),
+                },
+                "statistics": format!("records-in: {} records-out: {}", totals.0, totals.1),
+                "errorStats": format!("malformed-records: {} late-records: {}", totals.2, totals.3),
+                "extended": extended,
+                "keyFormat": "KAFKA",
+                "valueFormat": source.value_format.as_str(),
+                "topic": source.topic,
+                "partitions": partitions,
+                "replication": 1,
+                "statement": source.statement,
+            },
+            "warnings": [],
+        }))
+    }
+
+    /// Stop every query (server shutdown).
+    pub async fn shutdown(&mut self) {
+        let queries = std::mem::take(&mut self.queries);
+        for (_, q) in queries {
+            q.stop().await;
+        }
+    }
+}
+
+fn take_partitions(properties: &mut Properties) -> Result<Option<i32>, ApiError> {
+    properties
+        .remove("PARTITIONS")
+        .map(|p| {
+            p.parse::<i32>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ApiError::statement(format!("PARTITIONS must be a positive whole number, not '{p}'")))
+        })
+        .transpose()
+}
+
+fn reject_unknown(properties: &Properties) -> Result<(), ApiError> {
+    const IGNORED: [&str; 3] = ["KEY_FORMAT", "REPLICAS", "WRAP_SINGLE_VALUE"];
+    match properties.keys().find(|k| !IGNORED.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::statement(format!(
+            "unknown property {k}; Sluice knows KAFKA_TOPIC, VALUE_FORMAT, PARTITIONS and TIMESTAMP"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn check_same_columns(sink: &SourceDef, plan: &StreamPlan) -> Result<(), PlanError> {
+    let want: Vec<(String, &DataType)> = sink.schema.fields().iter().map(|f| (f.name().to_ascii_lowercase(), f.data_type())).collect();
+    let got: Vec<(String, &DataType)> = plan.output_schema.fields().iter().map(|f| (f.name().to_ascii_lowercase(), f.data_type())).collect();
+    if want != got {
+        let show = |v: &[(String, &DataType)]| v.iter().map(|(n, t)| format!("{n} {}", sql_type(t))).collect::<Vec<_>>().join(", ");
+        return Err(PlanError::invalid(format!(
+            "the query's columns ({}) do not match stream \"{}\" ({})",
+            show(&got),
+            sink.name,
+            show(&want)
+        )));
+    }
+    Ok(())
+}
+
+/// ksqlDB's name of an Arrow type.
+pub fn sql_type(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "INTEGER".into(),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => "BIGINT".into(),
+        DataType::Float32 | DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "STRING".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BYTES".into(),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Timestamp(_, _) => "TIMESTAMP".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+        other => other.to_string().to_uppercase(),
+    }
+}
+
+fn fields_json(schema: &Schema) -> Vec<Value> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| json!({ "name": f.name(), "schema": { "type": sql_type(f.data_type()) } }))
+        .collect()
+}

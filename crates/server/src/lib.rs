@@ -1,0 +1,108 @@
+//! # sluice-server
+//!
+//! The Sluice server: statement execution ([`engine`]), persistent query lifecycle
+//! ([`query`]), topic administration ([`topics`]) and the ksqlDB-compatible REST API
+//! ([`api`]). [`Server::start`] connects to Kafka (or starts the embedded broker) and
+//! [`Server::serve`] answers HTTP on a listener until shutdown, so tests run it on port 0.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod query;
+pub mod topics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sluice_stream_exec::EmbeddedBroker;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+pub use config::ServerConfig;
+pub use engine::Engine;
+pub use error::ApiError;
+
+/// A started server: the engine and, when embedded, the broker it owns.
+#[derive(Debug)]
+pub struct Server {
+    state: api::AppState,
+    bootstrap_servers: String,
+    embedded: Option<Arc<EmbeddedBroker>>,
+}
+
+impl Server {
+    /// Connect to `config.bootstrap_servers`, or start the embedded broker when it is
+    /// `None`.
+    pub fn start(config: ServerConfig) -> Result<Self, ApiError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            ApiError::internal(format!(
+                "cannot create the state directory {}: {e}",
+                config.state_dir.display()
+            ))
+        })?;
+        let embedded = match &config.bootstrap_servers {
+            Some(_) => None,
+            None => Some(Arc::new(
+                EmbeddedBroker::start().map_err(|e| ApiError::internal(e.to_string()))?,
+            )),
+        };
+        let bootstrap_servers = match (&config.bootstrap_servers, &embedded) {
+            (Some(b), _) => b.clone(),
+            (None, Some(e)) => e.bootstrap_servers().to_string(),
+            (None, None) => unreachable!("embedded is set when no servers are given"),
+        };
+        let topics = topics::Topics::new(&bootstrap_servers, embedded.clone())?;
+        let service_id = config.service_id.clone();
+        let engine = Engine::new(config, topics);
+        Ok(Self {
+            state: api::AppState {
+                engine: Arc::new(Mutex::new(engine)),
+                service_id,
+                embedded: embedded.is_some(),
+            },
+            bootstrap_servers,
+            embedded,
+        })
+    }
+
+    /// The Kafka bootstrap servers in use (the embedded broker's address when embedded).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// Whether the broker is the embedded, in-memory one.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// The embedded broker, when there is one.
+    pub fn embedded_broker(&self) -> Option<&Arc<EmbeddedBroker>> {
+        self.embedded.as_ref()
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> axum::Router {
+        api::app(self.state.clone())
+    }
+
+    /// The statement engine (for in-process callers such as `sluice demo`).
+    pub fn engine(&self) -> Arc<Mutex<Engine>> {
+        self.state.engine.clone()
+    }
+
+    /// Serve HTTP on `listener` until `shutdown` completes, then stop every query.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let engine = self.state.engine.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        engine.lock().await.shutdown().await;
+        drop(self.embedded);
+        Ok(())
+    }
+}

@@ -1,0 +1,29 @@
+//! # sluice-sql-planner
+//!
+//! The front of Sluice: SQL text in, [`StreamPlan`] out. No I/O and no async; every
+//! behaviour can be tested from a string.
+//!
+//! - [`dialect`]: ksqlDB statements around standard SELECTs, with positions in errors.
+//! - [`statement`]: the [`Statement`] enum those parse into.
+//! - [`catalog`]: streams and tables, their columns, topics and event time.
+//! - [`window`]: the window spec both window spellings lower to.
+//! - [`planner`]: DataFusion `SqlToRel` + optimizer, then lowering to a [`StreamPlan`].
+//! - [`stream_plan`]: the plan the executor runs.
+
+pub mod catalog;
+pub mod dialect;
+pub mod error;
+pub mod planner;
+pub mod statement;
+pub mod stream_plan;
+pub mod window;
+
+pub use catalog::{Catalog, EventTime, SourceDef, SourceKind, ValueFormat, ROWTIME};
+pub use dialect::parse_statements;
+pub use error::{PlanError, PlanErrorKind, Position};
+pub use planner::QueryPlanner;
+pub use statement::{ColumnSpec, ContinuousQuery, Emit, ParsedStatement, Properties, Statement};
+pub use stream_plan::{AssignedWindow, SourceScan, StreamOperator, StreamPlan};
+pub use window::{WindowKind, WindowSpec};
+
+pub use datafusion;

@@ -1,0 +1,419 @@
+//! Planning a continuous query: DataFusion's `SqlToRel` and optimizer, then lowering the
+//! optimized `LogicalPlan` into a [`StreamPlan`].
+//!
+//! Streams are exposed to DataFusion as table sources whose schema adds the pseudo
+//! columns (`rowtime`, and the window bounds when the query is windowed), so type
+//! checking, name resolution and every built-in function come from DataFusion.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::{DFSchemaRef, TableReference};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::builder::LogicalTableSource;
+use datafusion::logical_expr::planner::ExprPlanner;
+use datafusion::logical_expr::{
+    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF,
+};
+use datafusion::sql::planner::{ContextProvider, ParserOptions, SqlToRel};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use crate::catalog::{Catalog, EventTime, SourceDef, SourceKind, ROWTIME};
+use crate::error::{PlanError, PlanErrorKind, Result};
+use crate::statement::{ContinuousQuery, Emit};
+use crate::stream_plan::{AssignedWindow, SourceScan, StreamOperator, StreamPlan};
+use crate::window::{WindowKind, WINDOWEND, WINDOWSTART, WINDOW_COLUMNS, WINDOW_START};
+
+/// Plans continuous queries against a catalog. Holds DataFusion's function registry, so
+/// make one and reuse it.
+pub struct QueryPlanner {
+    state: SessionState,
+}
+
+impl Default for QueryPlanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for QueryPlanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueryPlanner")
+    }
+}
+
+struct Provider<'a> {
+    state: &'a SessionState,
+    catalog: &'a Catalog,
+    windowed: bool,
+    used: RefCell<Vec<SourceDef>>,
+}
+
+impl ContextProvider for Provider<'_> {
+    fn get_table_source(&self, name: TableReference) -> datafusion::error::Result<Arc<dyn TableSource>> {
+        let source = self
+            .catalog
+            .get(name.table())
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Plan(format!(
+                    "stream or table \"{}\" does not exist",
+                    name.table().to_ascii_uppercase()
+                ))
+            })?
+            .clone();
+        let schema = source.planning_schema(self.windowed);
+        self.used.borrow_mut().push(source);
+        Ok(Arc::new(LogicalTableSource::new(schema)))
+    }
+
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        self.state.expr_planners()
+    }
+
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.state.scalar_functions().get(name).cloned()
+    }
+
+    fn get_higher_order_meta(&self, name: &str) -> Option<Arc<HigherOrderUDF>> {
+        self.state.higher_order_functions().get(name).cloned()
+    }
+
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        self.state.aggregate_functions().get(name).cloned()
+    }
+
+    fn get_window_meta(&self, name: &str) -> Option<Arc<WindowUDF>> {
+        self.state.window_functions().get(name).cloned()
+    }
+
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType> {
+        None
+    }
+
+    fn options(&self) -> &ConfigOptions {
+        self.state.config_options()
+    }
+
+    fn udf_names(&self) -> Vec<String> {
+        self.state.scalar_functions().keys().cloned().collect()
+    }
+
+    fn higher_order_function_names(&self) -> Vec<String> {
+        self.state.higher_order_functions().keys().cloned().collect()
+    }
+
+    fn udaf_names(&self) -> Vec<String> {
+        self.state.aggregate_functions().keys().cloned().collect()
+    }
+
+    fn udwf_names(&self) -> Vec<String> {
+        self.state.window_functions().keys().cloned().collect()
+    }
+}
+
+impl QueryPlanner {
+    /// A planner with all of DataFusion's built-in functions.
+    pub fn new() -> Self {
+        Self {
+            state: SessionStateBuilder::new().with_default_features().build(),
+        }
+    }
+
+    /// DataFusion's session state: its functions and configuration.
+    pub fn session_state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Plan `query` over the streams of `catalog`.
+    pub fn plan(&self, catalog: &Catalog, query: &ContinuousQuery) -> Result<StreamPlan> {
+        let provider = Provider {
+            state: &self.state,
+            catalog,
+            windowed: query.window.is_some(),
+            used: RefCell::new(vec![]),
+        };
+        let mut options = ParserOptions::new();
+        options.map_string_types_to_utf8view = false;
+        options.collect_spans = true;
+        let sql_to_rel = SqlToRel::new_with_options(&provider, options);
+        let logical = sql_to_rel
+            .sql_statement_to_plan(SqlStatement::Query(query.query.clone()))
+            .map_err(|e| PlanError::from_datafusion(e).at(query.position))?;
+        let used = provider.used.into_inner();
+        let source = match used.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(PlanError::unsupported(
+                    "a continuous query must read from a stream (FROM name)",
+                )
+                .at(query.position))
+            }
+            _ => {
+                return Err(PlanError::unsupported(
+                    "joins are not supported yet: a query may read one stream",
+                )
+                .at(query.position))
+            }
+        };
+        if source.kind == SourceKind::Table {
+            return Err(PlanError::unsupported(format!(
+                "\"{}\" is a table; continuous queries can read only streams for now",
+                source.name
+            ))
+            .at(query.position));
+        }
+        let optimized = self
+            .state
+            .optimize(&logical)
+            .map_err(PlanError::from_datafusion)?;
+        let emit = query.emit.unwrap_or(Emit::Changes);
+        if emit == Emit::Final && query.window.is_none() {
+            return Err(PlanError::invalid(
+                "EMIT FINAL is only supported for windowed aggregations",
+            )
+            .at(query.position));
+        }
+        let event_time = match &query.window_time_column {
+            Some(c) if c == ROWTIME => EventTime::RecordTimestamp,
+            Some(c) => {
+                check_time_column(&source, c)?;
+                EventTime::Column(c.clone())
+            }
+            None => source.event_time.clone(),
+        };
+        let window = match query.window {
+            Some(spec) => {
+                if let WindowKind::Session { .. } = spec.kind {
+                    return Err(PlanError::unsupported(
+                        "SESSION windows are not supported yet; use TUMBLING or HOPPING",
+                    )
+                    .at(query.position));
+                }
+                Some(AssignedWindow {
+                    spec,
+                    grace_ms: spec.effective_grace_ms(emit),
+                })
+            }
+            None => None,
+        };
+        let mut lowering = Lowering {
+            source: None,
+            operators: vec![],
+            keys: vec![],
+            aggregates: false,
+            window,
+            emit,
+        };
+        lowering.lower(&optimized)?;
+        let scan = lowering
+            .source
+            .ok_or_else(|| PlanError::unsupported("the query reads no stream"))?;
+        let (projection, scan_schema) = scan;
+        let output_schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
+        if lowering.aggregates {
+            check_unique_names(&output_schema)?;
+        }
+        Ok(StreamPlan {
+            source: SourceScan {
+                stream: source.name.clone(),
+                topic: source.topic.clone(),
+                value_schema: source.schema.clone(),
+                scan_schema,
+                projection,
+                event_time,
+                window,
+            },
+            operators: lowering.operators,
+            output_schema,
+            key_columns: lowering.keys,
+            aggregates: lowering.aggregates,
+        })
+    }
+}
+
+fn check_unique_names(schema: &Schema) -> Result<()> {
+    let mut seen = HashMap::new();
+    for f in schema.fields() {
+        if seen.insert(f.name().to_ascii_lowercase(), ()).is_some() {
+            return Err(PlanError::invalid(format!(
+                "the result has two columns named \"{}\"; give one an alias with AS",
+                f.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The time column of a window function must be a BIGINT or TIMESTAMP value column.
+pub fn check_time_column(source: &SourceDef, column: &str) -> Result<()> {
+    let field = source
+        .schema
+        .fields()
+        .iter()
+        .find(|f| f.name() == column)
+        .ok_or_else(|| {
+            PlanError::not_found(format!(
+                "column \"{column}\" does not exist in stream \"{}\"",
+                source.name
+            ))
+        })?;
+    match field.data_type() {
+        DataType::Int64 | DataType::Timestamp(_, _) => Ok(()),
+        other => Err(PlanError::invalid(format!(
+            "time column \"{column}\" must be BIGINT (epoch milliseconds) or TIMESTAMP, not {other}"
+        ))),
+    }
+}
+
+struct Lowering {
+    /// Projection of the scan and the full scan schema.
+    source: Option<(Option<Vec<usize>>, SchemaRef)>,
+    operators: Vec<StreamOperator>,
+    /// Positions of key columns in the current operator's output.
+    keys: Vec<usize>,
+    aggregates: bool,
+    window: Option<AssignedWindow>,
+    emit: Emit,
+}
+
+impl Lowering {
+    fn lower(&mut self, plan: &LogicalPlan) -> Result<()> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                if !scan.filters.is_empty() || scan.fetch.is_some() {
+                    return Err(PlanError::new(
+                        PlanErrorKind::Internal,
+                        "the optimizer pushed work into the scan; this is a bug, please report it",
+                    ));
+                }
+                let schema = scan.source.schema();
+                self.source = Some((scan.projection.clone(), schema));
+            }
+            LogicalPlan::SubqueryAlias(a) => self.lower(&a.input)?,
+            LogicalPlan::Filter(f) => {
+                self.lower(&f.input)?;
+                self.operators.push(StreamOperator::Filter {
+                    predicate: f.predicate.clone(),
+                    input: f.input.schema().clone(),
+                });
+            }
+            LogicalPlan::Projection(p) => {
+                self.lower(&p.input)?;
+                let input = p.input.schema().clone();
+                self.keys = self
+                    .keys
+                    .iter()
+                    .filter_map(|&k| find_column(&p.expr, &input, k))
+                    .collect();
+                self.operators.push(StreamOperator::Project {
+                    exprs: p.expr.clone(),
+                    input,
+                    output: p.schema.clone(),
+                });
+            }
+            LogicalPlan::Aggregate(a) => {
+                self.lower(&a.input)?;
+                if self.aggregates {
+                    return Err(PlanError::unsupported(
+                        "an aggregation over an aggregation is not supported",
+                    ));
+                }
+                self.aggregates = true;
+                let input = a.input.schema().clone();
+                let group_name = |e: &Expr| match e {
+                    Expr::Column(c) => Some(c.name.clone()),
+                    _ => None,
+                };
+                let window_end = a
+                    .group_expr
+                    .iter()
+                    .position(|e| group_name(e).as_deref() == Some(WINDOWEND));
+                if self.window.is_some() != window_end.is_some() {
+                    return Err(PlanError::new(
+                        PlanErrorKind::Internal,
+                        "the window columns are missing from GROUP BY; this is a bug, please report it",
+                    ));
+                }
+                // The key: every group column except the window bounds, then the window start.
+                let mut keys: Vec<usize> = a
+                    .group_expr
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        !group_name(e).is_some_and(|n| WINDOW_COLUMNS.contains(&n.as_str()))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                keys.extend(a.group_expr.iter().position(|e| {
+                    matches!(group_name(e).as_deref(), Some(WINDOWSTART) | Some(WINDOW_START))
+                }));
+                self.keys = keys;
+                self.operators.push(StreamOperator::WindowAggregate {
+                    group_exprs: a.group_expr.clone(),
+                    aggr_exprs: a.aggr_expr.clone(),
+                    input,
+                    output: a.schema.clone(),
+                    window_end,
+                    window: self.window,
+                    emit: self.emit,
+                });
+            }
+            LogicalPlan::Sort(_) => {
+                return Err(PlanError::unsupported(
+                    "ORDER BY has no meaning on an unbounded stream; remove it",
+                ))
+            }
+            LogicalPlan::Limit(_) => {
+                return Err(PlanError::unsupported(
+                    "LIMIT is not supported in persistent queries",
+                ))
+            }
+            LogicalPlan::Join(_) => {
+                return Err(PlanError::unsupported("joins are not supported yet"))
+            }
+            LogicalPlan::Window(_) => {
+                return Err(PlanError::unsupported(
+                    "OVER (…) window functions are not supported on streams; use WINDOW or GROUP BY TUMBLE(…)",
+                ))
+            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+                return Err(PlanError::unsupported(
+                    "the query must read from a stream (its WHERE clause may be always false)",
+                ))
+            }
+            other => {
+                return Err(PlanError::unsupported(format!(
+                    "{} is not supported in a continuous query",
+                    other.display()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The position in `exprs` of a plain reference to column `index` of `input`.
+fn find_column(exprs: &[Expr], input: &DFSchemaRef, index: usize) -> Option<usize> {
+    let (qualifier, field) = input.qualified_field(index);
+    exprs.iter().position(|e| {
+        let e = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        matches!(e, Expr::Column(c) if c.name == *field.name()
+            && (c.relation.is_none() || c.relation.as_ref() == qualifier))
+    })
+}
+
+/// Build the value schema of a new stream from `CREATE STREAM`'s columns.
+pub fn value_schema(columns: &[(String, DataType)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}

@@ -1,0 +1,32 @@
+//! # sluice-stream-exec
+//!
+//! Runs [`StreamPlan`](sluice_sql_planner::StreamPlan)s. The flow of one query:
+//!
+//! - [`query_runner`]: the Kafka loop — consume a batch, process, produce, commit.
+//! - [`pipeline`]: the same processing without Kafka: [`json_decoder`] → [`scan`]
+//!   (event time, window bounds, lateness) → [`operator`]s → result batches.
+//! - [`operator`]: `Filter`, `Project`, `WindowAggregate`, over Arrow batches with
+//!   DataFusion physical expressions and accumulators.
+//! - [`watermark`]: stream time per partition and the watermark that closes windows.
+//! - [`json_encoder`]: result rows to Kafka keys and JSON values.
+//! - [`stats`]: per-query counters and the processing log.
+//! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
+
+pub mod embedded_broker;
+pub mod error;
+pub mod json_decoder;
+pub mod json_encoder;
+pub mod operator;
+pub mod pipeline;
+pub mod query_runner;
+pub mod record;
+pub mod scan;
+pub mod stats;
+pub mod watermark;
+
+pub use embedded_broker::EmbeddedBroker;
+pub use error::{ExecError, Result};
+pub use pipeline::Pipeline;
+pub use query_runner::{run_query, QueryConfig};
+pub use record::RawRecord;
+pub use stats::{QueryStats, StatsSnapshot};

@@ -1,0 +1,140 @@
+//! The Kafka loop of one persistent query: consume a batch of records, run them through
+//! the [`Pipeline`], produce the results, wait for the broker to acknowledge them, then
+//! commit the consumer offsets (at-least-once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_sql_planner::StreamPlan;
+use tokio::sync::watch;
+use tokio::time::{timeout_at, Instant};
+
+use crate::error::{ExecError, Result};
+use crate::json_encoder::encode_rows;
+use crate::pipeline::Pipeline;
+use crate::record::RawRecord;
+use crate::stats::QueryStats;
+
+/// Most records processed as one batch.
+const MAX_BATCH: usize = 4096;
+/// How long a batch waits for more records after its first one.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+
+/// What a persistent query needs besides its plan.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// The query id, e.g. `CTAS_FRAUD_1`.
+    pub query_id: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap_servers: String,
+    /// The consumer group of this query (service id + query id).
+    pub group_id: String,
+    /// Where results go.
+    pub sink_topic: String,
+    /// `earliest` or `latest`: where to start when the group has no committed offset.
+    pub auto_offset_reset: String,
+}
+
+/// Run `plan` until `shutdown` turns true. Returns an error when Kafka fails in a way the
+/// query cannot recover from; bad records never stop it.
+pub async fn run_query(
+    config: QueryConfig,
+    plan: StreamPlan,
+    stats: Arc<QueryStats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let query_id = config.query_id.as_str();
+    let mut pipeline = Pipeline::new(query_id, &plan)?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", &config.auto_offset_reset)
+        .set("session.timeout.ms", "10000")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create()
+        .map_err(|e| ExecError::kafka("creating the consumer", e))?;
+    consumer
+        .subscribe(&[&plan.source.topic])
+        .map_err(|e| ExecError::kafka(format!("subscribing to {}", plan.source.topic), e))?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .create()
+        .map_err(|e| ExecError::kafka("creating the producer", e))?;
+    tracing::info!(query_id, topic = %plan.source.topic, sink = %config.sink_topic, "query started");
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => break,
+            m = consumer.recv() => m,
+        };
+        let mut records = Vec::with_capacity(256);
+        match first {
+            Ok(m) => records.push(raw(&m)),
+            Err(e) => {
+                tracing::warn!(query_id, error = %e, "consumer error; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let deadline = Instant::now() + BATCH_WAIT;
+        while records.len() < MAX_BATCH {
+            match timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => records.push(raw(&m)),
+                Ok(Err(e)) => tracing::warn!(query_id, error = %e, "consumer error"),
+                Err(_) => break,
+            }
+        }
+        let batches = pipeline.process(&records, &stats)?;
+        let mut deliveries = vec![];
+        let mut produced = 0u64;
+        for batch in &batches {
+            for row in encode_rows(batch, &plan.key_columns)? {
+                let mut record = FutureRecord::<[u8], [u8]>::to(&config.sink_topic).payload(&row.value);
+                if let Some(k) = &row.key {
+                    record = record.key(k);
+                }
+                let send = producer.send_result(record).map_err(|(e, _)| {
+                    ExecError::kafka(format!("producing to {}", config.sink_topic), e)
+                })?;
+                deliveries.push(send);
+                produced += 1;
+            }
+        }
+        for delivery in join_all(deliveries).await {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(ExecError::kafka(format!("producing to {}", config.sink_topic), e))
+                }
+                Err(_) => {
+                    return Err(ExecError::kafka(
+                        format!("producing to {}", config.sink_topic),
+                        rdkafka::error::KafkaError::Canceled,
+                    ))
+                }
+            }
+        }
+        stats.add_out(produced);
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::warn!(query_id, error = %e, "offset commit failed; records may be processed again");
+        }
+    }
+    tracing::info!(query_id, "query stopped");
+    Ok(())
+}
+
+fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
+    RawRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        value: m.payload().map(<[u8]>::to_vec),
+    }
+}

@@ -1,0 +1,14 @@
+//! `RawRecord`: a Kafka record as the source hands it to the pipeline.
+
+/// One record read from a source topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// The Kafka record timestamp in epoch milliseconds, when it has one.
+    pub timestamp_ms: Option<i64>,
+    /// The value bytes; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}

@@ -1,0 +1,195 @@
+//! The scan stage: decoded values become the rows a query sees.
+//!
+//! It reads each record's event time, appends `rowtime` and, for windowed queries, the
+//! window bound columns (one row per window for hopping windows), drops records whose
+//! window has closed, and applies the scan's projection.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use sluice_sql_planner::{EventTime, SourceScan};
+
+use crate::error::{ExecError, Result};
+use crate::record::RawRecord;
+use crate::stats::SkipReason;
+use crate::watermark::StreamTime;
+
+/// A record the scan skipped, by its index in the decoded batch.
+#[derive(Debug)]
+pub struct Skipped {
+    /// Row of the decoded batch.
+    pub row: usize,
+    /// Why.
+    pub reason: SkipReason,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Turns decoded value batches into scan batches.
+pub struct ScanStage {
+    scan: SourceScan,
+    output_schema: SchemaRef,
+    time_column: Option<usize>,
+    stream_time: StreamTime,
+    starts: Vec<i64>,
+}
+
+impl ScanStage {
+    /// A scan stage for `scan`.
+    pub fn new(scan: SourceScan) -> Result<Self> {
+        let time_column = match &scan.event_time {
+            EventTime::RecordTimestamp => None,
+            EventTime::Column(c) => Some(scan.value_schema.index_of(c).map_err(ExecError::arrow(
+                "finding the time column",
+            ))?),
+        };
+        let output_schema = match &scan.projection {
+            Some(p) => Arc::new(
+                scan.scan_schema
+                    .project(p)
+                    .map_err(ExecError::arrow("projecting the scan schema"))?,
+            ),
+            None => scan.scan_schema.clone(),
+        };
+        Ok(Self {
+            scan,
+            output_schema,
+            time_column,
+            stream_time: StreamTime::default(),
+            starts: Vec::with_capacity(4),
+        })
+    }
+
+    /// The watermark after everything processed so far.
+    pub fn watermark(&self) -> Option<i64> {
+        self.stream_time.watermark()
+    }
+
+    /// The schema of the batches [`ScanStage::process`] returns.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.output_schema
+    }
+
+    /// Build the scan batch for `values`, whose row `i` came from `records[rows[i]]`.
+    /// Skipped rows are appended to `skipped`.
+    pub fn process(
+        &mut self,
+        values: &RecordBatch,
+        rows: &[usize],
+        records: &[RawRecord],
+        skipped: &mut Vec<Skipped>,
+    ) -> Result<RecordBatch> {
+        let times = self.event_times(values, rows, records, skipped)?;
+        let mut take: Vec<u32> = Vec::with_capacity(values.num_rows());
+        let mut rowtime: Vec<i64> = Vec::with_capacity(values.num_rows());
+        let mut window_start: Vec<i64> = vec![];
+        let window = self.scan.window;
+        for (row, ts) in times.iter().enumerate() {
+            let Some(ts) = *ts else { continue };
+            let partition = records[rows[row]].partition;
+            let stream_time = self.stream_time.observe(partition, ts);
+            match &window {
+                None => {
+                    take.push(row as u32);
+                    rowtime.push(ts);
+                }
+                Some(w) => {
+                    w.spec.window_starts(ts, &mut self.starts);
+                    let size = w.spec.size_ms();
+                    let mut open = 0;
+                    for &start in &self.starts {
+                        if start + size + w.grace_ms > stream_time {
+                            take.push(row as u32);
+                            rowtime.push(ts);
+                            window_start.push(start);
+                            open += 1;
+                        }
+                    }
+                    if open == 0 && !self.starts.is_empty() {
+                        skipped.push(Skipped {
+                            row,
+                            reason: SkipReason::Late,
+                            message: format!(
+                                "event time {ts} is after its window closed (stream time {stream_time}, grace {} ms)",
+                                w.grace_ms
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let taken = take_record_batch(values, &UInt32Array::from(take))
+            .map_err(ExecError::arrow("selecting scanned rows"))?;
+        let mut columns: Vec<ArrayRef> = taken.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from(rowtime)));
+        if let Some(w) = &window {
+            let size = w.spec.size_ms();
+            let end: Vec<i64> = window_start.iter().map(|s| s + size).collect();
+            columns.push(Arc::new(Int64Array::from(window_start.clone())));
+            columns.push(Arc::new(Int64Array::from(end.clone())));
+            columns.push(Arc::new(TimestampMillisecondArray::from(window_start)));
+            columns.push(Arc::new(TimestampMillisecondArray::from(end)));
+        }
+        let columns = match &self.scan.projection {
+            Some(p) => p.iter().map(|&i| columns[i].clone()).collect(),
+            None => columns,
+        };
+        RecordBatch::try_new(self.output_schema.clone(), columns)
+            .map_err(ExecError::arrow("building the scan batch"))
+    }
+
+    /// Event time per decoded row in epoch ms; `None` (and a skip) when it has none.
+    fn event_times(
+        &self,
+        values: &RecordBatch,
+        rows: &[usize],
+        records: &[RawRecord],
+        skipped: &mut Vec<Skipped>,
+    ) -> Result<Vec<Option<i64>>> {
+        let Some(index) = self.time_column else {
+            return Ok(rows
+                .iter()
+                .map(|&r| Some(records[r].timestamp_ms.unwrap_or(0)))
+                .collect());
+        };
+        let column = values.column(index);
+        let ms = match column.data_type() {
+            DataType::Int64 => column.clone(),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => cast(column, &DataType::Int64)
+                .map_err(ExecError::arrow("reading the time column"))?,
+            DataType::Timestamp(_, _) => {
+                let as_ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                    .map_err(ExecError::arrow("reading the time column"))?;
+                cast(&as_ms, &DataType::Int64).map_err(ExecError::arrow("reading the time column"))?
+            }
+            other => {
+                return Err(ExecError::Arrow {
+                    context: "reading the time column",
+                    source: datafusion::arrow::error::ArrowError::InvalidArgumentError(format!(
+                        "time column has type {other}"
+                    )),
+                })
+            }
+        };
+        let ms = ms.as_primitive::<Int64Type>();
+        let name = self.scan.value_schema.field(index).name().clone();
+        Ok((0..ms.len())
+            .map(|row| {
+                if ms.is_null(row) {
+                    skipped.push(Skipped {
+                        row,
+                        reason: SkipReason::Malformed,
+                        message: format!("the time column \"{name}\" is missing or null"),
+                    });
+                    None
+                } else {
+                    Some(ms.value(row))
+                }
+            })
+            .collect())
+    }
+}
