@@ -1,1 +1,7 @@
+//! Black-box tests: the real server over HTTP against the real Kafka broker from
+//! `scripts/kafka-local`. Streaming results are compared with DataFusion running the same
+//! computation as a batch query over the same (good) events.
 
+mod rest_api;
+mod streams;
+mod windows;

@@ -1,1 +1,244 @@
-//! placeholder
+//! Support for Sluice's black-box tests: a real server on port 0 against the real broker
+//! started by `scripts/kafka-local`, an HTTP client, Kafka produce/consume helpers, and
+//! DataFusion batch queries to compare streaming results with.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::json::writer::{JsonArray, WriterBuilder};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use sluice_server::{Server, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The broker the tests use: `SLUICE_TEST_BOOTSTRAP`, else the one `scripts/kafka-local`
+/// starts.
+pub fn bootstrap() -> String {
+    let b = std::env::var("SLUICE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let reachable = b
+        .split(',')
+        .any(|addr| addr.parse().is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()));
+    assert!(
+        reachable,
+        "no Kafka broker at {b}: start one with `scripts/kafka-local start` (scripts/test does this)"
+    );
+    b
+}
+
+/// A name no earlier run used, for topics and streams (the broker keeps data).
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A Sluice server running in this process on a free port.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Start a server on the test broker with its own service id.
+    pub async fn start() -> Self {
+        let state = std::env::temp_dir().join(unique("sluice-test-state"));
+        let server = Server::start(ServerConfig {
+            bootstrap_servers: Some(bootstrap()),
+            state_dir: state,
+            service_id: format!("{}_", unique("test")),
+        })
+        .expect("server starts");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// POST `/ksql` with `sql`, reading from the earliest offset; returns status and body.
+    pub async fn ksql(&self, sql: &str) -> (u16, Value) {
+        self.ksql_with(sql, serde_json::json!({"auto.offset.reset": "earliest"}))
+            .await
+    }
+
+    /// POST `/ksql` with `sql` and `streamsProperties`.
+    pub async fn ksql_with(&self, sql: &str, props: Value) -> (u16, Value) {
+        let body = serde_json::json!({"ksql": sql, "streamsProperties": props});
+        self.post_raw("/ksql", body.to_string()).await
+    }
+
+    /// POST `body` to `path` as JSON.
+    pub async fn post_raw(&self, path: &str, body: String) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"));
+        (status, v)
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.url)).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("json body"))
+    }
+
+    /// Run `sql` and fail the test unless it succeeds.
+    pub async fn ok(&self, sql: &str) -> Value {
+        let (status, body) = self.ksql(sql).await;
+        assert_eq!(status, 200, "{sql} failed: {body}");
+        body
+    }
+
+    /// Stop the server and its queries.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server");
+        }
+    }
+}
+
+/// Produce `values` (with optional keys) to `topic`, spread over partitions by key.
+pub async fn produce(topic: &str, records: &[(Option<String>, String)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = vec![];
+    for (key, value) in records {
+        let mut r = FutureRecord::<String, String>::to(topic).payload(value);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        pending.push(producer.send(r, Duration::from_secs(10)));
+    }
+    for p in futures_join(pending).await {
+        p.expect("produced");
+    }
+}
+
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(fs.len());
+    for f in fs {
+        out.push(f.await);
+    }
+    out
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// Its key as text.
+    pub key: Option<String>,
+    /// Its value as JSON.
+    pub value: Value,
+}
+
+/// Read `topic` from the beginning until `done` holds for what was read, or `timeout`.
+pub async fn consume_until(
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Consumed]) -> bool + Send + 'static,
+) -> Vec<Consumed> {
+    let topic = topic.to_string();
+    let bootstrap = bootstrap();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let deadline = Instant::now() + timeout;
+        let mut out = vec![];
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let value = m
+                        .payload()
+                        .map(|p| serde_json::from_slice(p).expect("sink values are JSON"))
+                        .unwrap_or(Value::Null);
+                    let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                    out.push(Consumed { key, value });
+                }
+                Some(Err(_)) | None => {
+                    if done(&out) {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    })
+    .await
+    .expect("consumer task")
+}
+
+/// Run `sql` in DataFusion over `rows` (JSON objects) registered as table `name` with
+/// `schema`; results as JSON objects.
+pub async fn batch_query(name: &str, schema: SchemaRef, rows: &[Value], sql: &str) -> Vec<Value> {
+    let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder().expect("decoder");
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    decoder.decode(text.as_bytes()).expect("decode");
+    let batch = decoder.flush().expect("flush").unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+    let ctx = SessionContext::new();
+    ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("table")))
+        .expect("register");
+    let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+    let mut buf = vec![];
+    {
+        let mut w = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut buf);
+        for b in &batches {
+            w.write(b).expect("write");
+        }
+        w.finish().expect("finish");
+    }
+    if buf.is_empty() {
+        return vec![];
+    }
+    serde_json::from_slice(&buf).expect("json")
+}
+
+/// The last value per key of a changelog, keyed by `key_of`.
+pub fn latest_by<K: std::hash::Hash + Eq>(records: &[Consumed], key_of: impl Fn(&Value) -> K) -> HashMap<K, Value> {
+    let mut out = HashMap::new();
+    for r in records {
+        out.insert(key_of(&r.value), r.value.clone());
+    }
+    out
+}

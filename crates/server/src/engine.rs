@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use sluice_sql_planner::datafusion::arrow::datatypes::{DataType, Schema, TimeUnit};
-use sluice_sql_planner::planner::{check_time_column, value_schema};
+use sluice_sql_planner::ddl::{declare_sink, declare_source, QuerySink};
 use sluice_sql_planner::{
     parse_statements, Catalog, ColumnSpec, ContinuousQuery, EventTime, PlanError, Properties,
-    QueryPlanner, SourceDef, SourceKind, Statement, StreamPlan, ValueFormat,
+    QueryPlanner, SourceDef, SourceKind, Statement, StreamPlan,
 };
 use sluice_stream_exec::{run_query, QueryConfig, QueryStats};
 use tokio::sync::watch;
@@ -98,7 +98,9 @@ impl Engine {
     /// Run every statement of `sql`; stops at the first failure, whose error carries the
     /// results of the statements before it.
     pub async fn execute(&mut self, sql: &str, props: &RequestProperties) -> Result<Vec<Value>, ApiError> {
-        let statements = parse_statements(sql)?;
+        // Nothing runs unless every statement parses, as ksqlDB.
+        let statements =
+            parse_statements(sql).map_err(|e| ApiError::from(e).in_statement(sql.trim(), vec![]))?;
         let mut entities = Vec::with_capacity(statements.len());
         for parsed in statements {
             match self.execute_one(&parsed.text, parsed.statement, props).await {
@@ -302,71 +304,21 @@ impl Engine {
         name: String,
         if_not_exists: bool,
         columns: Vec<ColumnSpec>,
-        mut properties: Properties,
+        properties: Properties,
     ) -> Result<Value, ApiError> {
-        if self.catalog.get(&name).is_some() && if_not_exists {
-            return Ok(self.status(text, kind, &name, "create", "already exists", None));
-        }
-        let topic = properties.remove("KAFKA_TOPIC").ok_or_else(|| {
-            ApiError::statement(format!(
-                "missing required property KAFKA_TOPIC for {} \"{name}\"; add WITH (KAFKA_TOPIC='topic', VALUE_FORMAT='JSON')",
-                kind.as_str().to_lowercase()
-            ))
-        })?;
-        let value_format = match properties.remove("VALUE_FORMAT").or_else(|| properties.remove("FORMAT")) {
-            Some(f) => ValueFormat::parse(&f)?,
-            None => ValueFormat::Json,
-        };
-        let partitions = take_partitions(&mut properties)?;
-        let mut seen = std::collections::HashSet::new();
-        for c in &columns {
-            if !seen.insert(c.name.clone()) {
-                return Err(ApiError::statement(format!("column \"{}\" is declared twice", c.name)));
-            }
-        }
-        let key_columns: Vec<String> = columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect();
-        if kind == SourceKind::Table && key_columns.is_empty() {
-            return Err(ApiError::statement(format!(
-                "table \"{name}\" needs a PRIMARY KEY column"
-            )));
-        }
-        let schema = value_schema(
-            &columns
-                .iter()
-                .map(|c| (c.name.clone(), c.data_type.clone()))
-                .collect::<Vec<_>>(),
-        );
-        let mut source = SourceDef {
-            name: name.clone(),
-            kind,
-            topic: topic.clone(),
-            value_format,
-            schema,
-            key_columns,
-            event_time: EventTime::RecordTimestamp,
-            window: None,
-            statement: text.to_string(),
-        };
-        if let Some(ts) = properties.remove("TIMESTAMP") {
-            let column = source
-                .schema
-                .fields()
-                .iter()
-                .find(|f| f.name().eq_ignore_ascii_case(&ts))
-                .map(|f| f.name().clone())
-                .unwrap_or(ts);
-            check_time_column(&source, &column)?;
-            source.event_time = EventTime::Column(column);
-        }
-        reject_unknown(&properties)?;
         if let Some(existing) = self.catalog.get(&name) {
+            if if_not_exists {
+                return Ok(self.status(text, kind, &name, "create", "already exists", None));
+            }
             return Err(ApiError::statement(format!(
                 "cannot create {} \"{name}\": a {} with that name already exists",
                 kind.as_str().to_lowercase(),
                 existing.kind.as_str().to_lowercase()
             )));
         }
-        match (self.topics.partitions(&topic).await?, partitions) {
+        let declared = declare_source(kind, &name, &columns, properties, text)?;
+        let topic = declared.source.topic.clone();
+        match (self.topics.partitions(&topic).await?, declared.partitions) {
             (Some(_), _) => {}
             (None, Some(p)) => self.topics.create(&topic, p).await?,
             (None, None) => {
@@ -375,7 +327,7 @@ impl Engine {
                 )))
             }
         }
-        self.catalog.insert(source)?;
+        self.catalog.insert(declared.source)?;
         Ok(self.status(text, kind, &name, "create", "created", None))
     }
 
@@ -384,7 +336,7 @@ impl Engine {
         text: &str,
         kind: SourceKind,
         name: String,
-        mut properties: Properties,
+        properties: Properties,
         query: ContinuousQuery,
         props: &RequestProperties,
     ) -> Result<Value, ApiError> {
@@ -395,53 +347,20 @@ impl Engine {
             )));
         }
         let plan = self.planner.plan(&self.catalog, &query)?;
-        match (kind, plan.aggregates) {
-            (SourceKind::Stream, true) => {
-                return Err(ApiError::statement(
-                    "an aggregation makes a table: use CREATE TABLE … AS SELECT for GROUP BY queries",
-                ))
-            }
-            (SourceKind::Table, false) => {
-                return Err(ApiError::statement(
-                    "CREATE TABLE … AS SELECT needs a GROUP BY; use CREATE STREAM … AS SELECT for a stream",
-                ))
-            }
-            _ => {}
-        }
-        let topic = properties.remove("KAFKA_TOPIC").unwrap_or_else(|| name.clone());
-        if let Some(f) = properties.remove("VALUE_FORMAT").or_else(|| properties.remove("FORMAT")) {
-            ValueFormat::parse(&f)?;
-        }
-        let partitions = match take_partitions(&mut properties)? {
+        let QuerySink { sink, partitions } = declare_sink(kind, &name, properties, &plan, text)?;
+        let partitions = match partitions {
             Some(p) => p,
             None => self.topics.partitions(&plan.source.topic).await?.unwrap_or(1),
         };
-        reject_unknown(&properties)?;
+        let topic = sink.topic.clone();
         self.topics.create(&topic, partitions).await?;
-        self.sequence += 1;
         let prefix = match kind {
             SourceKind::Stream => "CSAS",
             SourceKind::Table => "CTAS",
         };
-        let id = format!("{prefix}_{name}_{}", self.sequence);
-        let sink = SourceDef {
-            name: name.clone(),
-            kind,
-            topic: topic.clone(),
-            value_format: ValueFormat::Json,
-            schema: plan.output_schema.clone(),
-            key_columns: plan
-                .key_columns
-                .iter()
-                .map(|&i| plan.output_schema.field(i).name().clone())
-                .collect(),
-            event_time: EventTime::RecordTimestamp,
-            window: plan.source.window.map(|w| w.spec),
-            statement: text.to_string(),
-        };
+        let id = format!("{prefix}_{name}_{}", self.sequence + 1);
         self.catalog.insert(sink)?;
         self.start_query(&id, text, &name, &topic, plan, props);
-        self.sequence -= 1;
         Ok(self.status(text, kind, &name, "create", "created", Some(&id)))
     }
 
@@ -468,11 +387,9 @@ impl Engine {
             return Err(ApiError::statement("INSERT INTO a stream cannot aggregate"));
         }
         check_same_columns(&sink, &plan)?;
-        self.sequence += 1;
-        let id = format!("INSERTQUERY_{}", self.sequence);
+        let id = format!("INSERTQUERY_{}", self.sequence + 1);
         let topic = sink.topic.clone();
         self.start_query(&id, text, &sink.name, &topic, plan, props);
-        self.sequence -= 1;
         Ok(self.status(text, SourceKind::Stream, &sink.name, "insert", "inserted", Some(&id)))
     }
 
@@ -599,28 +516,6 @@ impl Engine {
         for (_, q) in queries {
             q.stop().await;
         }
-    }
-}
-
-fn take_partitions(properties: &mut Properties) -> Result<Option<i32>, ApiError> {
-    properties
-        .remove("PARTITIONS")
-        .map(|p| {
-            p.parse::<i32>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| ApiError::statement(format!("PARTITIONS must be a positive whole number, not '{p}'")))
-        })
-        .transpose()
-}
-
-fn reject_unknown(properties: &Properties) -> Result<(), ApiError> {
-    const IGNORED: [&str; 3] = ["KEY_FORMAT", "REPLICAS", "WRAP_SINGLE_VALUE"];
-    match properties.keys().find(|k| !IGNORED.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::statement(format!(
-            "unknown property {k}; Sluice knows KAFKA_TOPIC, VALUE_FORMAT, PARTITIONS and TIMESTAMP"
-        ))),
-        None => Ok(()),
     }
 }
 

@@ -138,9 +138,11 @@ impl Catalog {
         Self::default()
     }
 
-    /// The source called `name` (any case).
+    /// The source called `name`: exactly (a quoted name), else in upper case.
     pub fn get(&self, name: &str) -> Option<&SourceDef> {
-        self.sources.get(&name.to_ascii_uppercase())
+        self.sources
+            .get(name)
+            .or_else(|| self.sources.get(&name.to_ascii_uppercase()))
     }
 
     /// The source called `name`, or a not-found error naming it.
@@ -172,7 +174,8 @@ impl Catalog {
 
     /// Remove the source called `name`, returning it.
     pub fn remove(&mut self, name: &str) -> Option<SourceDef> {
-        self.sources.remove(&name.to_ascii_uppercase())
+        let key = self.get(name)?.name.clone();
+        self.sources.remove(&key)
     }
 
     /// All sources, ordered by name.

@@ -210,16 +210,16 @@ fn parse_window_clause(tokens: &[TokenWithSpan], k: usize) -> Result<(WindowSpec
     c.expect(&Token::LParen, "(")?;
     let kind = if is_word(kind_token, "SESSION") {
         WindowKind::Session {
-            gap_ms: c.duration()?,
+            gap_ms: c.duration(false)?,
         }
     } else {
         c.expect_word("SIZE")?;
-        let size_ms = c.duration()?;
+        let size_ms = c.duration(false)?;
         if is_word(kind_token, "HOPPING") {
             c.expect(&Token::Comma, ",")?;
             c.expect_word("ADVANCE")?;
             c.expect_word("BY")?;
-            let advance_ms = c.duration()?;
+            let advance_ms = c.duration(false)?;
             if advance_ms > size_ms {
                 return Err(PlanError::syntax(
                     "ADVANCE BY must not be larger than the window SIZE",
@@ -242,9 +242,9 @@ fn parse_window_clause(tokens: &[TokenWithSpan], k: usize) -> Result<(WindowSpec
     while c.eat(&Token::Comma) {
         if c.eat_word("GRACE") {
             c.expect_word("PERIOD")?;
-            spec.grace_ms = Some(c.duration()?);
+            spec.grace_ms = Some(c.duration(true)?);
         } else if c.eat_word("RETENTION") {
-            spec.retention_ms = Some(c.duration()?);
+            spec.retention_ms = Some(c.duration(true)?);
         } else {
             return Err(c.error("expected GRACE PERIOD or RETENTION"));
         }
@@ -308,8 +308,8 @@ impl Cursor<'_> {
         }
     }
 
-    /// `n UNIT`, e.g. `5 MINUTES`, in milliseconds.
-    fn duration(&mut self) -> Result<i64> {
+    /// `n UNIT`, e.g. `5 MINUTES`, in milliseconds; zero only when `allow_zero`.
+    fn duration(&mut self, allow_zero: bool) -> Result<i64> {
         let n: i64 = match self.tokens.get(self.i).map(|t| &t.token) {
             Some(Token::Number(n, _)) => n
                 .parse()
@@ -325,9 +325,9 @@ impl Cursor<'_> {
             self.error("expected a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS or DAYS)")
         })?;
         self.i += 1;
-        if n <= 0 {
+        if n < 0 || (n == 0 && !allow_zero) {
             return Err(PlanError::syntax(
-                "a window duration must be positive",
+                "a window size must be positive",
                 position(&self.tokens[self.i - 2]),
             ));
         }
@@ -620,10 +620,11 @@ fn parse_continuous_query(p: &mut Parser, ext: &Extensions) -> Result<Continuous
                     window = Some(spec);
                     window_time_column = time_column;
                 }
-                if window.is_some() {
+                let grouped = !exprs.is_empty();
+                if window.is_some() && grouped {
                     exprs.extend(WINDOW_COLUMNS.iter().map(|c| Expr::Identifier(Ident::new(*c))));
                 }
-                !exprs.is_empty()
+                grouped
             }
             GroupByExpr::All(_) => true,
         };

@@ -6,11 +6,13 @@
 //! - [`dialect`]: ksqlDB statements around standard SELECTs, with positions in errors.
 //! - [`statement`]: the [`Statement`] enum those parse into.
 //! - [`catalog`]: streams and tables, their columns, topics and event time.
+//! - [`ddl`]: catalog entries from CREATE statements, checked without Kafka.
 //! - [`window`]: the window spec both window spellings lower to.
 //! - [`planner`]: DataFusion `SqlToRel` + optimizer, then lowering to a [`StreamPlan`].
 //! - [`stream_plan`]: the plan the executor runs.
 
 pub mod catalog;
+pub mod ddl;
 pub mod dialect;
 pub mod error;
 pub mod planner;

@@ -13,10 +13,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{DFSchemaRef, TableReference};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::builder::LogicalTableSource;
 use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::logical_expr::{
-    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF,
+    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableProviderFilterPushDown,
+    TableSource, WindowUDF,
 };
 use datafusion::sql::planner::{ContextProvider, ParserOptions, SqlToRel};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -45,6 +45,26 @@ impl std::fmt::Debug for QueryPlanner {
     }
 }
 
+/// A stream as DataFusion sees it while planning: a schema that takes no pushed-down
+/// filters, so every filter stays a plan node the executor runs.
+#[derive(Debug)]
+struct StreamSource {
+    schema: SchemaRef,
+}
+
+impl TableSource for StreamSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+}
+
 struct Provider<'a> {
     state: &'a SessionState,
     catalog: &'a Catalog,
@@ -66,7 +86,7 @@ impl ContextProvider for Provider<'_> {
             .clone();
         let schema = source.planning_schema(self.windowed);
         self.used.borrow_mut().push(source);
-        Ok(Arc::new(LogicalTableSource::new(schema)))
+        Ok(Arc::new(StreamSource { schema }))
     }
 
     fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
@@ -203,6 +223,7 @@ impl QueryPlanner {
             source: None,
             operators: vec![],
             keys: vec![],
+            window_keys: vec![],
             aggregates: false,
             window,
             emit,
@@ -228,7 +249,11 @@ impl QueryPlanner {
             },
             operators: lowering.operators,
             output_schema,
-            key_columns: lowering.keys,
+            key_columns: lowering
+                .keys
+                .into_iter()
+                .chain(lowering.window_keys.first().copied())
+                .collect(),
             aggregates: lowering.aggregates,
         })
     }
@@ -274,6 +299,9 @@ struct Lowering {
     operators: Vec<StreamOperator>,
     /// Positions of key columns in the current operator's output.
     keys: Vec<usize>,
+    /// Positions of the window start columns (`windowstart`, `window_start`); the first
+    /// that reaches the output joins the key.
+    window_keys: Vec<usize>,
     aggregates: bool,
     window: Option<AssignedWindow>,
     emit: Emit,
@@ -303,11 +331,13 @@ impl Lowering {
             LogicalPlan::Projection(p) => {
                 self.lower(&p.input)?;
                 let input = p.input.schema().clone();
-                self.keys = self
-                    .keys
-                    .iter()
-                    .filter_map(|&k| find_column(&p.expr, &input, k))
-                    .collect();
+                let follow = |keys: &[usize]| -> Vec<usize> {
+                    keys.iter()
+                        .filter_map(|&k| find_column(&p.expr, &input, k))
+                        .collect()
+                };
+                self.keys = follow(&self.keys);
+                self.window_keys = follow(&self.window_keys);
                 self.operators.push(StreamOperator::Project {
                     exprs: p.expr.clone(),
                     input,
@@ -338,7 +368,7 @@ impl Lowering {
                     ));
                 }
                 // The key: every group column except the window bounds, then the window start.
-                let mut keys: Vec<usize> = a
+                self.keys = a
                     .group_expr
                     .iter()
                     .enumerate()
@@ -347,10 +377,15 @@ impl Lowering {
                     })
                     .map(|(i, _)| i)
                     .collect();
-                keys.extend(a.group_expr.iter().position(|e| {
-                    matches!(group_name(e).as_deref(), Some(WINDOWSTART) | Some(WINDOW_START))
-                }));
-                self.keys = keys;
+                self.window_keys = a
+                    .group_expr
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        matches!(group_name(e).as_deref(), Some(WINDOWSTART) | Some(WINDOW_START))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
                 self.operators.push(StreamOperator::WindowAggregate {
                     group_exprs: a.group_expr.clone(),
                     aggr_exprs: a.aggr_expr.clone(),

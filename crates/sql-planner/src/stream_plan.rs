@@ -157,7 +157,12 @@ impl fmt::Display for StreamPlan {
                         exprs(aggr_exprs)
                     )?;
                     if let Some(w) = window {
-                        write!(f, " window={} grace_ms={}", w.spec, w.grace_ms)?;
+                        write!(
+                            f,
+                            " window={} grace={}",
+                            w.spec,
+                            crate::window::ms(w.grace_ms)
+                        )?;
                     }
                     writeln!(f, " emit={}", emit.as_str())?;
                 }

@@ -105,15 +105,12 @@ impl fmt::Display for WindowSpec {
             )?,
             WindowKind::Session { gap_ms } => write!(f, "SESSION(gap={})", ms(gap_ms))?,
         }
-        if let Some(g) = self.grace_ms {
-            write!(f, " grace={}", ms(g))?;
-        }
         Ok(())
     }
 }
 
-/// Render milliseconds in the largest unit that divides them.
-fn ms(v: i64) -> String {
+/// Render milliseconds in the largest unit that divides them (`5m`, `90s`, `0ms`).
+pub fn ms(v: i64) -> String {
     let d = Duration::from_millis(v.max(0) as u64);
     let s = d.as_secs();
     if v % 86_400_000 == 0 && v > 0 {

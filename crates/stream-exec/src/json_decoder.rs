@@ -80,7 +80,7 @@ impl JsonDecoder {
                 Err(_) => return Ok(None),
             };
             // Exactly one complete object per value, or the values bleed into each other.
-            if consumed != v.len() || decoder.len() != i + 1 {
+            if !fully_consumed(v, consumed) || decoder.len() != i + 1 {
                 return Ok(None);
             }
         }
@@ -98,10 +98,11 @@ impl JsonDecoder {
         if text.trim().is_empty() {
             return Ok(Err("the value is empty".to_string()));
         }
-        if let Err(e) = decoder.decode(value) {
-            return Ok(Err(describe(e)));
-        }
-        if decoder.len() != 1 {
+        let consumed = match decoder.decode(value) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(describe(e))),
+        };
+        if decoder.len() != 1 || !fully_consumed(value, consumed) {
             return Ok(Err(if decoder.has_partial_record() {
                 "the value is not complete JSON".to_string()
             } else {
@@ -114,6 +115,14 @@ impl JsonDecoder {
             Err(e) => Err(describe(e)),
         })
     }
+}
+
+/// The decoder stops once its batch is full, so trailing bytes that are only whitespace
+/// are fine; anything else is a second value.
+fn fully_consumed(value: &[u8], consumed: usize) -> bool {
+    value[consumed.min(value.len())..]
+        .iter()
+        .all(u8::is_ascii_whitespace)
 }
 
 fn describe(e: datafusion::arrow::error::ArrowError) -> String {

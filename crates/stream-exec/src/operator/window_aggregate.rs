@@ -15,10 +15,9 @@ use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::execution_props::ExecutionProps;
-use datafusion::logical_expr::Accumulator;
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::logical_expr::{Accumulator, Expr};
+use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use sluice_sql_planner::{Emit, StreamOperator};
 
 use super::{physical, Operator};
@@ -87,13 +86,15 @@ impl WindowAggregateOperator {
         let aggregates = aggr_exprs
             .iter()
             .map(|e| {
-                let (function, filter, _order) = create_aggregate_expr_and_maybe_filter(
-                    e,
-                    input,
-                    arrow_input,
-                    &ExecutionProps::new(),
-                )
-                .map_err(ExecError::eval(NAME))?;
+                let props = ExecutionProps::new();
+                let planning = Default::default();
+                let mut builder =
+                    LoweredAggregateBuilder::new(e, input, arrow_input, &props, &planning);
+                if let Expr::Alias(a) = e {
+                    builder = builder.with_name(a.name.clone());
+                }
+                let lowered = builder.build().map_err(ExecError::eval(NAME))?;
+                let (function, filter) = (lowered.aggregate, lowered.filter);
                 let args = function.expressions();
                 Ok(Aggregate {
                     function,
