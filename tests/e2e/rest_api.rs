@@ -7,7 +7,9 @@ async fn info_and_healthcheck_answer_in_ksqldb_shape() {
     let server = TestServer::start().await;
     let (status, info) = server.get("/info").await;
     assert_eq!(status, 200);
-    assert!(info["KsqlServerInfo"]["ksqlServiceId"].as_str().is_some_and(|s| s.starts_with("test_")));
+    assert!(info["KsqlServerInfo"]["ksqlServiceId"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("test_")));
     let (status, health) = server.get("/healthcheck").await;
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["isHealthy"], true);
@@ -26,13 +28,19 @@ async fn bad_requests_get_4xx_with_a_json_body() {
         .await;
 
     // Invalid SQL names the problem and its position.
-    let (status, e) = server.ksql("SHOW STREAMS;\nCREATE STREAM x (a INT WITH (KAFKA_TOPIC='x');").await;
+    let (status, e) = server
+        .ksql("SHOW STREAMS;\nCREATE STREAM x (a INT WITH (KAFKA_TOPIC='x');")
+        .await;
     assert_eq!(status, 400);
     assert_eq!(e["@type"], "statement_error");
     assert_eq!(e["error_code"], 40001);
     let message = e["message"].as_str().unwrap_or_default();
     assert!(message.contains("line 2"), "{message}");
-    assert_eq!(e["entities"].as_array().map(Vec::len), Some(0), "nothing runs when a statement does not parse");
+    assert_eq!(
+        e["entities"].as_array().map(Vec::len),
+        Some(0),
+        "nothing runs when a statement does not parse"
+    );
 
     // Unknown stream, unknown column, missing KAFKA_TOPIC, missing topic, unsupported.
     let cases = [
@@ -58,11 +66,22 @@ async fn bad_requests_get_4xx_with_a_json_body() {
     }
 
     // SELECT belongs to /query.
-    let (status, e) = server.ksql(&format!("SELECT * FROM {stream} EMIT CHANGES;")).await;
-    assert_eq!((status, e["error_code"].as_u64()), (400, Some(40002)), "{e}");
+    let (status, e) = server
+        .ksql(&format!("SELECT * FROM {stream} EMIT CHANGES;"))
+        .await;
+    assert_eq!(
+        (status, e["error_code"].as_u64()),
+        (400, Some(40002)),
+        "{e}"
+    );
 
     // Bodies that are not requests.
-    for body in ["not json", "{}", r#"{"ksql": 5}"#, r#"{"ksql":"SHOW STREAMS;","streamsProperties":{"auto.offset.reset":"sometimes"}}"#] {
+    for body in [
+        "not json",
+        "{}",
+        r#"{"ksql": 5}"#,
+        r#"{"ksql":"SHOW STREAMS;","streamsProperties":{"auto.offset.reset":"sometimes"}}"#,
+    ] {
         let (status, e) = server.post_raw("/ksql", body.to_string()).await;
         assert_eq!(status, 400, "{body}: {e}");
         assert_eq!(e["@type"], "generic_error");

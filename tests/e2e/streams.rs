@@ -12,7 +12,10 @@ pub struct Lcg(pub u64);
 
 impl Lcg {
     pub fn next(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -45,7 +48,8 @@ pub fn tx_schema() -> Arc<Schema> {
     ]))
 }
 
-pub const TX_COLUMNS: &str = "tx_id VARCHAR, card_id VARCHAR, merchant VARCHAR, amount DOUBLE, ts BIGINT";
+pub const TX_COLUMNS: &str =
+    "tx_id VARCHAR, card_id VARCHAR, merchant VARCHAR, amount DOUBLE, ts BIGINT";
 
 /// Malformed values of every kind the issue names: not JSON, wrong type, missing time.
 pub fn malformed() -> Vec<String> {
@@ -102,11 +106,18 @@ async fn filter_projection_stream_matches_batch_and_skips_malformed_records() {
         ))
         .await;
     assert_eq!(body[0]["@type"], "currentStatus");
-    let query_id = body[0]["commandStatus"]["queryId"].as_str().expect("query id").to_string();
+    let query_id = body[0]["commandStatus"]["queryId"]
+        .as_str()
+        .expect("query id")
+        .to_string();
     assert!(query_id.starts_with(&format!("CSAS_{out}_")), "{query_id}");
 
     let expected = batch_query("tx", tx_schema(), &events, &select.replace("{S}", "tx")).await;
-    assert!(expected.len() > 50, "the filter keeps a fair share: {}", expected.len());
+    assert!(
+        expected.len() > 50,
+        "the filter keeps a fair share: {}",
+        expected.len()
+    );
     let n = expected.len();
     let got = consume_until(&out, Duration::from_secs(60), move |r| r.len() >= n).await;
     let got: Vec<Value> = got.into_iter().map(|c| c.value).collect();
@@ -117,7 +128,9 @@ async fn filter_projection_stream_matches_batch_and_skips_malformed_records() {
     let q = &desc[0]["sourceDescription"]["readQueries"][0];
     assert_eq!(q["state"], "RUNNING", "{desc}");
     assert_eq!(q["statistics"]["malformed_records"], bad as u64, "{desc}");
-    let logged = q["statistics"]["recent_errors"].as_array().expect("processing log");
+    let logged = q["statistics"]["recent_errors"]
+        .as_array()
+        .expect("processing log");
     assert!(!logged.is_empty());
     assert_eq!(logged[0]["topic"], topic.as_str());
     assert!(logged[0]["offset"].as_i64().is_some());
@@ -125,7 +138,9 @@ async fn filter_projection_stream_matches_batch_and_skips_malformed_records() {
 
     let (_, queries) = server.ksql("SHOW QUERIES;").await;
     let listed = queries[0]["queries"].as_array().expect("queries");
-    assert!(listed.iter().any(|q| q["id"] == query_id.as_str() && q["state"] == "RUNNING"));
+    assert!(listed
+        .iter()
+        .any(|q| q["id"] == query_id.as_str() && q["state"] == "RUNNING"));
     server.stop().await;
 }
 
@@ -146,10 +161,14 @@ async fn insert_into_feeds_an_existing_stream_from_a_second_query() {
             .await;
     }
     server
-        .ok(&format!("CREATE STREAM {all} AS SELECT tx_id, amount FROM {s1} EMIT CHANGES;"))
+        .ok(&format!(
+            "CREATE STREAM {all} AS SELECT tx_id, amount FROM {s1} EMIT CHANGES;"
+        ))
         .await;
     let body = server
-        .ok(&format!("INSERT INTO {all} SELECT tx_id, amount FROM {s2};"))
+        .ok(&format!(
+            "INSERT INTO {all} SELECT tx_id, amount FROM {s2};"
+        ))
         .await;
     assert!(body[0]["commandStatus"]["queryId"]
         .as_str()
@@ -159,12 +178,26 @@ async fn insert_into_feeds_an_existing_stream_from_a_second_query() {
         .ksql(&format!("INSERT INTO {all} SELECT tx_id FROM {s2};"))
         .await;
     assert_eq!(status, 400, "{err}");
-    assert!(err["message"].as_str().unwrap_or("").contains("do not match"), "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("do not match"),
+        "{err}"
+    );
 
     let a = transactions(20, 1_764_000_000_000, 10_000, 1);
     let b = transactions(30, 1_764_000_000_000, 10_000, 2);
-    produce(&t1, &a.iter().map(|v| (None, v.to_string())).collect::<Vec<_>>()).await;
-    produce(&t2, &b.iter().map(|v| (None, v.to_string())).collect::<Vec<_>>()).await;
+    produce(
+        &t1,
+        &a.iter().map(|v| (None, v.to_string())).collect::<Vec<_>>(),
+    )
+    .await;
+    produce(
+        &t2,
+        &b.iter().map(|v| (None, v.to_string())).collect::<Vec<_>>(),
+    )
+    .await;
     let got = consume_until(&all, Duration::from_secs(60), |r| r.len() >= 50).await;
     assert_eq!(got.len(), 50);
     let mut expected: Vec<Value> = a
@@ -189,6 +222,9 @@ async fn insert_into_feeds_an_existing_stream_from_a_second_query() {
         .iter()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    assert!(names.contains(&s1.as_str()) && !names.contains(&all.as_str()), "{names:?}");
+    assert!(
+        names.contains(&s1.as_str()) && !names.contains(&all.as_str()),
+        "{names:?}"
+    );
     server.stop().await;
 }

@@ -43,17 +43,20 @@ async fn windowed_table_matches_batch(select_for: impl Fn(&str) -> String, start
          FROM tx GROUP BY card_id, (ts - ts % 10000)",
     )
     .await;
-    let expected: HashMap<(String, i64), Value> = expected
-        .into_iter()
-        .map(|v| (key(&v, "ws"), v))
-        .collect();
-    assert!(expected.len() > 30, "several keys and windows: {}", expected.len());
+    let expected: HashMap<(String, i64), Value> =
+        expected.into_iter().map(|v| (key(&v, "ws"), v)).collect();
+    assert!(
+        expected.len() > 30,
+        "several keys and windows: {}",
+        expected.len()
+    );
 
     let start = start_column.to_string();
     let want = expected.clone();
     let records = consume_until(&table, Duration::from_secs(90), move |r| {
         let latest = latest_by(r, |v| key(&norm(v, &start), "ws"));
-        want.iter().all(|(k, v)| latest.get(k).is_some_and(|g| g["n"] == v["n"]))
+        want.iter()
+            .all(|(k, v)| latest.get(k).is_some_and(|g| g["n"] == v["n"]))
     })
     .await;
     let start = start_column.to_string();
@@ -62,12 +65,17 @@ async fn windowed_table_matches_batch(select_for: impl Fn(&str) -> String, start
     for (k, want) in &expected {
         let got = &latest[k];
         assert_eq!(got["n"], want["n"], "count of {k:?}");
-        let (g, w) = (got["total"].as_f64().unwrap_or(f64::NAN), want["total"].as_f64().unwrap_or(0.0));
+        let (g, w) = (
+            got["total"].as_f64().unwrap_or(f64::NAN),
+            want["total"].as_f64().unwrap_or(0.0),
+        );
         assert!((g - w).abs() < 1e-6, "sum of {k:?}: {g} vs {w}");
         assert_eq!(got["biggest"], want["biggest"], "max of {k:?}");
     }
     // Changelog keys name the card and the window.
-    assert!(records.iter().all(|r| r.key.as_deref().is_some_and(|k| k.contains("card-"))));
+    assert!(records
+        .iter()
+        .all(|r| r.key.as_deref().is_some_and(|k| k.contains("card-"))));
     server.stop().await;
 }
 
@@ -89,7 +97,10 @@ fn parse_ts(s: &str) -> Option<i64> {
     let mut d = date.split('-').map(|x| x.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.trim_end_matches('Z').split(':');
-    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let secs: f64 = t.next()?.parse().ok()?;
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
@@ -158,7 +169,14 @@ async fn record_after_grace_is_dropped_and_counted() {
     // 9.5 s before that is in time (out of order by 1.5 s).
     produce(
         &topic,
-        &[at(1_000), at(11_000), at(9_500), at(12_000), at(9_000), at(25_000)],
+        &[
+            at(1_000),
+            at(11_000),
+            at(9_500),
+            at(12_000),
+            at(9_000),
+            at(25_000),
+        ],
     )
     .await;
     let records = consume_until(&table, Duration::from_secs(60), |r| {

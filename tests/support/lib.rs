@@ -26,9 +26,10 @@ use tokio::sync::oneshot;
 /// starts.
 pub fn bootstrap() -> String {
     let b = std::env::var("SLUICE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let reachable = b
-        .split(',')
-        .any(|addr| addr.parse().is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()));
+    let reachable = b.split(',').any(|addr| {
+        addr.parse()
+            .is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+    });
     assert!(
         reachable,
         "no Kafka broker at {b}: start one with `scripts/kafka-local start` (scripts/test does this)"
@@ -101,13 +102,19 @@ impl TestServer {
             .expect("request");
         let status = r.status().as_u16();
         let text = r.text().await.expect("body");
-        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"));
+        let v =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"));
         (status, v)
     }
 
     /// GET `path`.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.url)).send().await.expect("request");
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.expect("json body"))
     }
@@ -212,17 +219,33 @@ pub async fn consume_until(
 /// Run `sql` in DataFusion over `rows` (JSON objects) registered as table `name` with
 /// `schema`; results as JSON objects.
 pub async fn batch_query(name: &str, schema: SchemaRef, rows: &[Value], sql: &str) -> Vec<Value> {
-    let mut decoder = ReaderBuilder::new(schema.clone()).build_decoder().expect("decoder");
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .expect("decoder");
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
     decoder.decode(text.as_bytes()).expect("decode");
-    let batch = decoder.flush().expect("flush").unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+    let batch = decoder
+        .flush()
+        .expect("flush")
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
     let ctx = SessionContext::new();
-    ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("table")))
-        .expect("register");
-    let batches = ctx.sql(sql).await.expect("plan").collect().await.expect("run");
+    ctx.register_table(
+        name,
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("table")),
+    )
+    .expect("register");
+    let batches = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
     let mut buf = vec![];
     {
-        let mut w = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(&mut buf);
+        let mut w = WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, JsonArray>(&mut buf);
         for b in &batches {
             w.write(b).expect("write");
         }
@@ -235,7 +258,10 @@ pub async fn batch_query(name: &str, schema: SchemaRef, rows: &[Value], sql: &st
 }
 
 /// The last value per key of a changelog, keyed by `key_of`.
-pub fn latest_by<K: std::hash::Hash + Eq>(records: &[Consumed], key_of: impl Fn(&Value) -> K) -> HashMap<K, Value> {
+pub fn latest_by<K: std::hash::Hash + Eq>(
+    records: &[Consumed],
+    key_of: impl Fn(&Value) -> K,
+) -> HashMap<K, Value> {
     let mut out = HashMap::new();
     for r in records {
         out.insert(key_of(&r.value), r.value.clone());

@@ -44,9 +44,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::announce_broker(&server);
     let bootstrap = server.bootstrap_servers().to_string();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; pass --listen 127.0.0.1:PORT", args.listen))?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; pass --listen 127.0.0.1:PORT",
+            args.listen
+        )
+    })?;
     let address = listener.local_addr()?;
 
     let engine = server.engine();
@@ -102,8 +105,16 @@ async fn generate(bootstrap: String, rate: u32) -> anyhow::Result<()> {
         .set("linger.ms", "5")
         .create()?;
     let merchants = [
-        "Grocer", "Coffee Bar", "Fuel Station", "Bookshop", "Electronics Hub", "Airline", "Hotel",
-        "Pharmacy", "Online Market", "Jeweller",
+        "Grocer",
+        "Coffee Bar",
+        "Fuel Station",
+        "Bookshop",
+        "Electronics Hub",
+        "Airline",
+        "Hotel",
+        "Pharmacy",
+        "Online Market",
+        "Jeweller",
     ];
     let countries = ["DE", "FR", "NL", "US", "GB", "ES", "BR", "SG"];
     let mut rng = StdRng::from_os_rng();
@@ -122,10 +133,10 @@ async fn generate(bootstrap: String, rate: u32) -> anyhow::Result<()> {
             }
             None => {
                 if rng.random_ratio(1, 150) {
-                    let card = format!("card-{:04}", rng.random_range(0..500));
+                    let card = format!("card-{:04}", rng.random_range(0..5000));
                     burst = Some((card, rng.random_range(5..9)));
                 }
-                let card = format!("card-{:04}", rng.random_range(0..500));
+                let card = format!("card-{:04}", rng.random_range(0..5000));
                 let amount: f64 = (rng.random_range(1.0f64..6.0)).exp();
                 (card, "DE", (amount * 100.0).round() / 100.0)
             }

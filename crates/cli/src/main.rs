@@ -55,7 +55,9 @@ struct ServerArgs {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -98,7 +100,10 @@ pub(crate) fn announce_broker(server: &Server) {
             server.bootstrap_servers()
         );
     } else {
-        tracing::info!(bootstrap_servers = server.bootstrap_servers(), "using Kafka");
+        tracing::info!(
+            bootstrap_servers = server.bootstrap_servers(),
+            "using Kafka"
+        );
     }
 }
 

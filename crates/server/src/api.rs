@@ -41,15 +41,18 @@ pub fn app(state: AppState) -> Router {
 async fn ksql(State(state): State<AppState>, body: Bytes) -> Result<Json<Vec<Value>>, ApiError> {
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    let sql = request
-        .get("ksql")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("the request body needs a \"ksql\" string with the statements to run"))?;
+    let sql = request.get("ksql").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::bad_request("the request body needs a \"ksql\" string with the statements to run")
+    })?;
     let empty = serde_json::Map::new();
     let props = match request.get("streamsProperties") {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::bad_request("\"streamsProperties\" must be a JSON object")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "\"streamsProperties\" must be a JSON object",
+            ))
+        }
     };
     let props = RequestProperties::from_json(props)?;
     let mut engine = state.engine.lock().await;
@@ -71,7 +74,11 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
 async fn healthcheck(State(state): State<AppState>) -> Response {
     let topics = state.engine.lock().await.topics().clone();
     let kafka = topics.healthy().await;
-    let status = if kafka { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if kafka {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({
@@ -90,7 +97,9 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         error_code: NOT_FOUND,
-        ..ApiError::bad_request("no such endpoint; Sluice serves POST /ksql, GET /info and GET /healthcheck")
+        ..ApiError::bad_request(
+            "no such endpoint; Sluice serves POST /ksql, GET /info and GET /healthcheck",
+        )
     }
 }
 

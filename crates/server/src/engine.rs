@@ -97,13 +97,20 @@ impl Engine {
 
     /// Run every statement of `sql`; stops at the first failure, whose error carries the
     /// results of the statements before it.
-    pub async fn execute(&mut self, sql: &str, props: &RequestProperties) -> Result<Vec<Value>, ApiError> {
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        props: &RequestProperties,
+    ) -> Result<Vec<Value>, ApiError> {
         // Nothing runs unless every statement parses, as ksqlDB.
-        let statements =
-            parse_statements(sql).map_err(|e| ApiError::from(e).in_statement(sql.trim(), vec![]))?;
+        let statements = parse_statements(sql)
+            .map_err(|e| ApiError::from(e).in_statement(sql.trim(), vec![]))?;
         let mut entities = Vec::with_capacity(statements.len());
         for parsed in statements {
-            match self.execute_one(&parsed.text, parsed.statement, props).await {
+            match self
+                .execute_one(&parsed.text, parsed.statement, props)
+                .await
+            {
                 Ok(entity) => entities.push(entity),
                 Err(e) => return Err(e.in_statement(&parsed.text, entities)),
             }
@@ -124,7 +131,10 @@ impl Engine {
                 if_not_exists,
                 columns,
                 properties,
-            } => self.create_source(text, kind, name, if_not_exists, columns, properties).await,
+            } => {
+                self.create_source(text, kind, name, if_not_exists, columns, properties)
+                    .await
+            }
             Statement::CreateAsSelect {
                 kind,
                 name,
@@ -135,9 +145,12 @@ impl Engine {
                 if if_not_exists && self.catalog.get(&name).is_some() {
                     return Ok(self.status(text, kind, &name, "create", "already exists", None));
                 }
-                self.create_as_select(text, kind, name, properties, query, props).await
+                self.create_as_select(text, kind, name, properties, query, props)
+                    .await
             }
-            Statement::InsertInto { target, query } => self.insert_into(text, target, query, props).await,
+            Statement::InsertInto { target, query } => {
+                self.insert_into(text, target, query, props).await
+            }
             Statement::Select(_) => Err(ApiError {
                 error_code: QUERY_ENDPOINT,
                 ..ApiError::statement(
@@ -203,7 +216,9 @@ impl Engine {
                 let ids: Vec<String> = match target {
                     Some(id) => {
                         if !self.queries.contains_key(&id) {
-                            return Err(ApiError::statement(format!("query \"{id}\" does not exist")));
+                            return Err(ApiError::statement(format!(
+                                "query \"{id}\" does not exist"
+                            )));
                         }
                         vec![id]
                     }
@@ -273,7 +288,15 @@ impl Engine {
         }
     }
 
-    fn status(&mut self, text: &str, kind: SourceKind, name: &str, action: &str, what: &str, query_id: Option<&str>) -> Value {
+    fn status(
+        &mut self,
+        text: &str,
+        kind: SourceKind,
+        name: &str,
+        action: &str,
+        what: &str,
+        query_id: Option<&str>,
+    ) -> Value {
         self.sequence += 1;
         let noun = match kind {
             SourceKind::Stream => "Stream",
@@ -350,7 +373,11 @@ impl Engine {
         let QuerySink { sink, partitions } = declare_sink(kind, &name, properties, &plan, text)?;
         let partitions = match partitions {
             Some(p) => p,
-            None => self.topics.partitions(&plan.source.topic).await?.unwrap_or(1),
+            None => self
+                .topics
+                .partitions(&plan.source.topic)
+                .await?
+                .unwrap_or(1),
         };
         let topic = sink.topic.clone();
         self.topics.create(&topic, partitions).await?;
@@ -390,10 +417,25 @@ impl Engine {
         let id = format!("INSERTQUERY_{}", self.sequence + 1);
         let topic = sink.topic.clone();
         self.start_query(&id, text, &sink.name, &topic, plan, props);
-        Ok(self.status(text, SourceKind::Stream, &sink.name, "insert", "inserted", Some(&id)))
+        Ok(self.status(
+            text,
+            SourceKind::Stream,
+            &sink.name,
+            "insert",
+            "inserted",
+            Some(&id),
+        ))
     }
 
-    fn start_query(&mut self, id: &str, text: &str, sink: &str, sink_topic: &str, plan: StreamPlan, props: &RequestProperties) {
+    fn start_query(
+        &mut self,
+        id: &str,
+        text: &str,
+        sink: &str,
+        sink_topic: &str,
+        plan: StreamPlan,
+        props: &RequestProperties,
+    ) {
         let stats = Arc::new(QueryStats::default());
         let state = Arc::new(Mutex::new(QueryState::Running));
         let (shutdown, rx) = watch::channel(false);
@@ -412,7 +454,8 @@ impl Engine {
         let task = tokio::spawn(async move {
             if let Err(e) = run_query(config, plan, task_stats, rx).await {
                 tracing::error!(query_id = %query_id, error = %e, "query failed");
-                *task_state.lock().unwrap_or_else(|p| p.into_inner()) = QueryState::Error(e.to_string());
+                *task_state.lock().unwrap_or_else(|p| p.into_inner()) =
+                    QueryState::Error(e.to_string());
             }
         });
         self.queries.insert(
@@ -451,8 +494,16 @@ impl Engine {
 
     async fn describe(&self, text: &str, name: &str, extended: bool) -> Result<Value, ApiError> {
         let source = self.catalog.require(name)?;
-        let read: Vec<&PersistentQuery> = self.queries.values().filter(|q| q.source == source.name).collect();
-        let write: Vec<&PersistentQuery> = self.queries.values().filter(|q| q.sink == source.name).collect();
+        let read: Vec<&PersistentQuery> = self
+            .queries
+            .values()
+            .filter(|q| q.source == source.name)
+            .collect();
+        let write: Vec<&PersistentQuery> = self
+            .queries
+            .values()
+            .filter(|q| q.sink == source.name)
+            .collect();
         let query_json = |q: &&PersistentQuery| {
             let stats = q.stats.snapshot();
             json!({
@@ -465,10 +516,18 @@ impl Engine {
                 "statistics": stats,
             })
         };
-        let totals = write.iter().chain(read.iter()).fold((0u64, 0u64, 0u64, 0u64), |acc, q| {
-            let s = q.stats.snapshot();
-            (acc.0 + s.records_in, acc.1 + s.records_out, acc.2 + s.malformed_records, acc.3 + s.late_records)
-        });
+        let totals = write
+            .iter()
+            .chain(read.iter())
+            .fold((0u64, 0u64, 0u64, 0u64), |acc, q| {
+                let s = q.stats.snapshot();
+                (
+                    acc.0 + s.records_in,
+                    acc.1 + s.records_out,
+                    acc.2 + s.malformed_records,
+                    acc.3 + s.late_records,
+                )
+            });
         let mut fields = fields_json(&source.schema);
         for key in &source.key_columns {
             for f in fields.iter_mut() {
@@ -520,10 +579,25 @@ impl Engine {
 }
 
 fn check_same_columns(sink: &SourceDef, plan: &StreamPlan) -> Result<(), PlanError> {
-    let want: Vec<(String, &DataType)> = sink.schema.fields().iter().map(|f| (f.name().to_ascii_lowercase(), f.data_type())).collect();
-    let got: Vec<(String, &DataType)> = plan.output_schema.fields().iter().map(|f| (f.name().to_ascii_lowercase(), f.data_type())).collect();
+    let want: Vec<(String, &DataType)> = sink
+        .schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().to_ascii_lowercase(), f.data_type()))
+        .collect();
+    let got: Vec<(String, &DataType)> = plan
+        .output_schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().to_ascii_lowercase(), f.data_type()))
+        .collect();
     if want != got {
-        let show = |v: &[(String, &DataType)]| v.iter().map(|(n, t)| format!("{n} {}", sql_type(t))).collect::<Vec<_>>().join(", ");
+        let show = |v: &[(String, &DataType)]| {
+            v.iter()
+                .map(|(n, t)| format!("{n} {}", sql_type(t)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(PlanError::invalid(format!(
             "the query's columns ({}) do not match stream \"{}\" ({})",
             show(&got),
@@ -544,7 +618,9 @@ pub fn sql_type(t: &DataType) -> String {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "STRING".into(),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BYTES".into(),
         DataType::Date32 | DataType::Date64 => "DATE".into(),
-        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Timestamp(_, _) => "TIMESTAMP".into(),
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Timestamp(_, _) => {
+            "TIMESTAMP".into()
+        }
         DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
         other => other.to_string().to_uppercase(),
     }

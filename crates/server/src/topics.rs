@@ -33,7 +33,10 @@ impl std::fmt::Debug for Topics {
 impl Topics {
     /// Administration of the cluster at `bootstrap_servers`; `embedded` when it is the
     /// in-process broker.
-    pub fn new(bootstrap_servers: &str, embedded: Option<Arc<EmbeddedBroker>>) -> Result<Self, ApiError> {
+    pub fn new(
+        bootstrap_servers: &str,
+        embedded: Option<Arc<EmbeddedBroker>>,
+    ) -> Result<Self, ApiError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap_servers)
             .create()
@@ -58,7 +61,9 @@ impl Topics {
             let md = admin
                 .inner()
                 .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-                .map_err(|e| ApiError::internal(format!("cannot read metadata of topic \"{name}\": {e}")))?;
+                .map_err(|e| {
+                    ApiError::internal(format!("cannot read metadata of topic \"{name}\": {e}"))
+                })?;
             Ok(md
                 .topics()
                 .iter()

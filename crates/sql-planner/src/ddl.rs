@@ -40,12 +40,21 @@ pub fn declare_source(
     let mut seen = HashSet::new();
     for c in columns {
         if !seen.insert(c.name.as_str()) {
-            return Err(PlanError::invalid(format!("column \"{}\" is declared twice", c.name)));
+            return Err(PlanError::invalid(format!(
+                "column \"{}\" is declared twice",
+                c.name
+            )));
         }
     }
-    let key_columns: Vec<String> = columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect();
+    let key_columns: Vec<String> = columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| c.name.clone())
+        .collect();
     if kind == SourceKind::Table && key_columns.is_empty() {
-        return Err(PlanError::invalid(format!("table \"{name}\" needs a PRIMARY KEY column")));
+        return Err(PlanError::invalid(format!(
+            "table \"{name}\" needs a PRIMARY KEY column"
+        )));
     }
     let schema = value_schema(
         &columns
@@ -103,14 +112,14 @@ pub fn declare_sink(
                 "an aggregation makes a table: use CREATE TABLE … AS SELECT for GROUP BY queries",
             ))
         }
-        (SourceKind::Table, false) => {
-            return Err(PlanError::invalid(
-                "CREATE TABLE … AS SELECT needs a GROUP BY; use CREATE STREAM … AS SELECT for a stream",
-            ))
-        }
+        (SourceKind::Table, false) => return Err(PlanError::invalid(
+            "CREATE TABLE … AS SELECT needs a GROUP BY; use CREATE STREAM … AS SELECT for a stream",
+        )),
         _ => {}
     }
-    let topic = properties.remove("KAFKA_TOPIC").unwrap_or_else(|| name.to_string());
+    let topic = properties
+        .remove("KAFKA_TOPIC")
+        .unwrap_or_else(|| name.to_string());
     let value_format = take_format(&mut properties)?;
     let partitions = take_partitions(&mut properties)?;
     reject_unknown(&properties)?;
@@ -135,7 +144,10 @@ pub fn declare_sink(
 }
 
 fn take_format(properties: &mut Properties) -> Result<ValueFormat> {
-    match properties.remove("VALUE_FORMAT").or_else(|| properties.remove("FORMAT")) {
+    match properties
+        .remove("VALUE_FORMAT")
+        .or_else(|| properties.remove("FORMAT"))
+    {
         Some(f) => ValueFormat::parse(&f),
         None => Ok(ValueFormat::Json),
     }
@@ -145,10 +157,11 @@ fn take_partitions(properties: &mut Properties) -> Result<Option<i32>> {
     properties
         .remove("PARTITIONS")
         .map(|p| {
-            p.parse::<i32>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| PlanError::invalid(format!("PARTITIONS must be a positive whole number, not '{p}'")))
+            p.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                PlanError::invalid(format!(
+                    "PARTITIONS must be a positive whole number, not '{p}'"
+                ))
+            })
         })
         .transpose()
 }

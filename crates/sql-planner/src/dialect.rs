@@ -181,10 +181,11 @@ fn take_extensions(tokens: &mut Vec<TokenWithSpan>) -> Result<Extensions> {
             }) {
                 k += 1;
             }
-            if tokens
-                .get(k)
-                .is_some_and(|t| ["TUMBLING", "HOPPING", "SESSION"].iter().any(|w| is_word(t, w)))
-            {
+            if tokens.get(k).is_some_and(|t| {
+                ["TUMBLING", "HOPPING", "SESSION"]
+                    .iter()
+                    .any(|w| is_word(t, w))
+            }) {
                 let (spec, end) = parse_window_clause(tokens, k)?;
                 if ext.window.is_some() {
                     return Err(PlanError::syntax(
@@ -527,7 +528,8 @@ fn parse_columns(p: &mut Parser) -> Result<Vec<ColumnSpec>> {
                 position(&type_token),
             )
         })?;
-        let key = p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) || p.parse_keyword(Keyword::KEY);
+        let key =
+            p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) || p.parse_keyword(Keyword::KEY);
         columns.push(ColumnSpec {
             name: column_name(ident),
             data_type,
@@ -622,7 +624,11 @@ fn parse_continuous_query(p: &mut Parser, ext: &Extensions) -> Result<Continuous
                 }
                 let grouped = !exprs.is_empty();
                 if window.is_some() && grouped {
-                    exprs.extend(WINDOW_COLUMNS.iter().map(|c| Expr::Identifier(Ident::new(*c))));
+                    exprs.extend(
+                        WINDOW_COLUMNS
+                            .iter()
+                            .map(|c| Expr::Identifier(Ident::new(*c))),
+                    );
                 }
                 grouped
             }
@@ -630,7 +636,10 @@ fn parse_continuous_query(p: &mut Parser, ext: &Extensions) -> Result<Continuous
         };
     }
     if window.is_some() && !has_group_by {
-        return Err(PlanError::syntax("WINDOW clause requires a GROUP BY clause", position(&start)));
+        return Err(PlanError::syntax(
+            "WINDOW clause requires a GROUP BY clause",
+            position(&start),
+        ));
     }
     Ok(ContinuousQuery {
         query,
@@ -748,7 +757,10 @@ fn interval_ms(e: &Expr) -> Result<i64> {
         _ => return Err(bad()),
     };
     if n <= 0 {
-        return Err(PlanError::syntax("a window duration must be positive", None));
+        return Err(PlanError::syntax(
+            "a window duration must be positive",
+            None,
+        ));
     }
     Ok(n * unit)
 }
@@ -788,10 +800,8 @@ mod tests {
 
     #[test]
     fn ksql_window_clause_and_emit_are_taken_out() {
-        let s = one(
-            "CREATE TABLE t AS SELECT k, COUNT(*) FROM s \
-             WINDOW TUMBLING (SIZE 5 MINUTES, GRACE PERIOD 1 MINUTE) GROUP BY k EMIT CHANGES",
-        );
+        let s = one("CREATE TABLE t AS SELECT k, COUNT(*) FROM s \
+             WINDOW TUMBLING (SIZE 5 MINUTES, GRACE PERIOD 1 MINUTE) GROUP BY k EMIT CHANGES");
         let Statement::CreateAsSelect { query, .. } = s else {
             panic!()
         };
@@ -804,10 +814,8 @@ mod tests {
 
     #[test]
     fn function_window_spelling_becomes_the_same_spec() {
-        let s = one(
-            "CREATE TABLE t AS SELECT k, window_start, COUNT(*) FROM s \
-             GROUP BY k, TUMBLE(ts, INTERVAL '5' MINUTE) EMIT CHANGES",
-        );
+        let s = one("CREATE TABLE t AS SELECT k, window_start, COUNT(*) FROM s \
+             GROUP BY k, TUMBLE(ts, INTERVAL '5' MINUTE) EMIT CHANGES");
         let Statement::CreateAsSelect { query, .. } = s else {
             panic!()
         };

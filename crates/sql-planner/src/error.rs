@@ -100,13 +100,10 @@ impl PlanError {
     /// Turn a DataFusion error raised while planning user SQL into a user error.
     pub fn from_datafusion(err: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as E;
-        let position = err
-            .diagnostic()
-            .and_then(|d| d.span)
-            .map(|s| Position {
-                line: s.start.line,
-                column: s.start.column,
-            });
+        let position = err.diagnostic().and_then(|d| d.span).map(|s| Position {
+            line: s.start.line,
+            column: s.start.column,
+        });
         let (kind, message) = match err.find_root() {
             E::SchemaError(e, _) => (PlanErrorKind::NotFound, e.to_string()),
             E::Plan(m) => (PlanErrorKind::Invalid, m.clone()),

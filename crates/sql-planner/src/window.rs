@@ -78,7 +78,10 @@ impl WindowSpec {
         out.clear();
         match self.kind {
             WindowKind::Tumbling { size_ms } => out.push(ts - ts.rem_euclid(size_ms)),
-            WindowKind::Hopping { size_ms, advance_ms } => {
+            WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            } => {
                 let last = ts - ts.rem_euclid(advance_ms);
                 let mut start = last - ((size_ms - 1) / advance_ms) * advance_ms;
                 while start <= last {
@@ -97,7 +100,10 @@ impl fmt::Display for WindowSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             WindowKind::Tumbling { size_ms } => write!(f, "TUMBLING(size={})", ms(size_ms))?,
-            WindowKind::Hopping { size_ms, advance_ms } => write!(
+            WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            } => write!(
                 f,
                 "HOPPING(size={}, advance={})",
                 ms(size_ms),
@@ -183,7 +189,10 @@ mod tests {
     #[test]
     fn default_grace_is_a_day_minus_the_size() {
         let w = hop(3_600_000, 60_000);
-        assert_eq!(w.effective_grace_ms(crate::Emit::Changes), DAY_MS - 3_600_000);
+        assert_eq!(
+            w.effective_grace_ms(crate::Emit::Changes),
+            DAY_MS - 3_600_000
+        );
         assert_eq!(w.effective_grace_ms(crate::Emit::Final), 0);
     }
 }

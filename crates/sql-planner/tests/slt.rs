@@ -34,7 +34,9 @@ impl sqllogictest::DB for Planner {
     fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
         let mut output = DBOutput::StatementComplete(0);
         for parsed in parse_statements(sql).map_err(Error)? {
-            output = self.run_one(&parsed.text, parsed.statement).map_err(Error)?;
+            output = self
+                .run_one(&parsed.text, parsed.statement)
+                .map_err(Error)?;
         }
         Ok(output)
     }
@@ -48,7 +50,11 @@ impl Planner {
         }
     }
 
-    fn run_one(&mut self, text: &str, statement: Statement) -> Result<DBOutput<DefaultColumnType>, PlanError> {
+    fn run_one(
+        &mut self,
+        text: &str,
+        statement: Statement,
+    ) -> Result<DBOutput<DefaultColumnType>, PlanError> {
         match statement {
             Statement::CreateSource {
                 kind,
@@ -78,7 +84,11 @@ impl Planner {
                 let plan = self.planner.plan(&self.catalog, &query)?;
                 return Ok(DBOutput::Rows {
                     types: vec![DefaultColumnType::Text],
-                    rows: plan.to_string().lines().map(|l| vec![l.trim_end().to_string()]).collect(),
+                    rows: plan
+                        .to_string()
+                        .lines()
+                        .map(|l| vec![l.trim_end().to_string()])
+                        .collect(),
                 });
             }
             _ => {}
@@ -114,7 +124,9 @@ fn main() {
             ))
             .map_err(|e| e.to_string())
         } else {
-            runner.run_file(&file).map_err(|e| e.display(true).to_string())
+            runner
+                .run_file(&file)
+                .map_err(|e| e.display(true).to_string())
         };
         match result {
             Ok(()) => passed += 1,

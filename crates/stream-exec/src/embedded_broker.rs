@@ -57,9 +57,9 @@ impl EmbeddedBroker {
                             partitions,
                             reply,
                         } => {
-                            let r = cluster
-                                .create_topic(&name, partitions, 1)
-                                .map_err(|e| ExecError::EmbeddedBroker(format!("creating topic {name}: {e}")));
+                            let r = cluster.create_topic(&name, partitions, 1).map_err(|e| {
+                                ExecError::EmbeddedBroker(format!("creating topic {name}: {e}"))
+                            });
                             let _ = reply.send(r);
                         }
                     }

@@ -53,7 +53,9 @@ impl ExecError {
     }
 
     /// An Arrow error while `context`.
-    pub fn arrow(context: &'static str) -> impl FnOnce(datafusion::arrow::error::ArrowError) -> Self {
+    pub fn arrow(
+        context: &'static str,
+    ) -> impl FnOnce(datafusion::arrow::error::ArrowError) -> Self {
         move |source| ExecError::Arrow { context, source }
     }
 }

@@ -53,7 +53,11 @@ impl Pipeline {
     /// Process `records`, read in this order; returns the result batches. Records that
     /// cannot be decoded, or arrive after their window closed, are counted in `stats`
     /// and written to the processing log.
-    pub fn process(&mut self, records: &[RawRecord], stats: &QueryStats) -> Result<Vec<RecordBatch>> {
+    pub fn process(
+        &mut self,
+        records: &[RawRecord],
+        stats: &QueryStats,
+    ) -> Result<Vec<RecordBatch>> {
         stats.add_in(records.len() as u64);
         let with_value: Vec<usize> = (0..records.len())
             .filter(|&i| records[i].value.is_some())
@@ -64,11 +68,18 @@ impl Pipeline {
             .collect();
         let decoded = self.decoder.decode(&values)?;
         for (i, message) in decoded.errors {
-            self.log_skip(stats, &records[with_value[i]], SkipReason::Malformed, message);
+            self.log_skip(
+                stats,
+                &records[with_value[i]],
+                SkipReason::Malformed,
+                message,
+            );
         }
         let rows: Vec<usize> = decoded.rows.iter().map(|&i| with_value[i]).collect();
         let mut skipped: Vec<Skipped> = vec![];
-        let scanned = self.scan.process(&decoded.batch, &rows, records, &mut skipped)?;
+        let scanned = self
+            .scan
+            .process(&decoded.batch, &rows, records, &mut skipped)?;
         for s in skipped {
             self.log_skip(stats, &records[rows[s.row]], s.reason, s.message);
         }
@@ -101,7 +112,12 @@ impl Pipeline {
         Ok(())
     }
 
-    fn run_from(&mut self, start: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+    fn run_from(
+        &mut self,
+        start: usize,
+        batch: RecordBatch,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
         let mut current = batch;
         for op in &mut self.operators[start..] {
             match op.process(current)? {
@@ -115,7 +131,13 @@ impl Pipeline {
         Ok(())
     }
 
-    fn log_skip(&self, stats: &QueryStats, record: &RawRecord, reason: SkipReason, message: String) {
+    fn log_skip(
+        &self,
+        stats: &QueryStats,
+        record: &RawRecord,
+        reason: SkipReason,
+        message: String,
+    ) {
         stats.skip(
             &self.query_id,
             ProcessingLogEntry {

@@ -96,7 +96,8 @@ pub async fn run_query(
         let mut produced = 0u64;
         for batch in &batches {
             for row in encode_rows(batch, &plan.key_columns)? {
-                let mut record = FutureRecord::<[u8], [u8]>::to(&config.sink_topic).payload(&row.value);
+                let mut record =
+                    FutureRecord::<[u8], [u8]>::to(&config.sink_topic).payload(&row.value);
                 if let Some(k) = &row.key {
                     record = record.key(k);
                 }
@@ -111,7 +112,10 @@ pub async fn run_query(
             match delivery {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
-                    return Err(ExecError::kafka(format!("producing to {}", config.sink_topic), e))
+                    return Err(ExecError::kafka(
+                        format!("producing to {}", config.sink_topic),
+                        e,
+                    ))
                 }
                 Err(_) => {
                     return Err(ExecError::kafka(

@@ -43,9 +43,11 @@ impl ScanStage {
     pub fn new(scan: SourceScan) -> Result<Self> {
         let time_column = match &scan.event_time {
             EventTime::RecordTimestamp => None,
-            EventTime::Column(c) => Some(scan.value_schema.index_of(c).map_err(ExecError::arrow(
-                "finding the time column",
-            ))?),
+            EventTime::Column(c) => Some(
+                scan.value_schema
+                    .index_of(c)
+                    .map_err(ExecError::arrow("finding the time column"))?,
+            ),
         };
         let output_schema = match &scan.projection {
             Some(p) => Arc::new(
@@ -164,7 +166,8 @@ impl ScanStage {
             DataType::Timestamp(_, _) => {
                 let as_ms = cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))
                     .map_err(ExecError::arrow("reading the time column"))?;
-                cast(&as_ms, &DataType::Int64).map_err(ExecError::arrow("reading the time column"))?
+                cast(&as_ms, &DataType::Int64)
+                    .map_err(ExecError::arrow("reading the time column"))?
             }
             other => {
                 return Err(ExecError::Arrow {

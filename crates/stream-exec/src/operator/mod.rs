@@ -63,11 +63,6 @@ pub(crate) fn physical(
     schema: &DFSchema,
     operator: &'static str,
 ) -> Result<Arc<dyn PhysicalExpr>> {
-    create_physical_expr(
-        expr,
-        schema,
-        &ExecutionProps::new(),
-        &Default::default(),
-    )
-    .map_err(ExecError::eval(operator))
+    create_physical_expr(expr, schema, &ExecutionProps::new(), &Default::default())
+        .map_err(ExecError::eval(operator))
 }

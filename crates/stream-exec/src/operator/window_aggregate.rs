@@ -82,7 +82,8 @@ impl WindowAggregateOperator {
                     .map_err(ExecError::eval(NAME))
             })
             .collect::<Result<Vec<_>>>()?;
-        let converter = RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
+        let converter =
+            RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
         let aggregates = aggr_exprs
             .iter()
             .map(|e| {
@@ -236,10 +237,13 @@ impl Operator for WindowAggregateOperator {
                     self.by_end.entry(end).or_default().push(owned.clone());
                 }
             }
-            let group = self.groups.get_mut(&owned).ok_or_else(|| ExecError::Evaluation {
-                operator: NAME,
-                source: datafusion::error::DataFusionError::Internal("group vanished".into()),
-            })?;
+            let group = self
+                .groups
+                .get_mut(&owned)
+                .ok_or_else(|| ExecError::Evaluation {
+                    operator: NAME,
+                    source: datafusion::error::DataFusionError::Internal("group vanished".into()),
+                })?;
             for (a, acc) in group.accumulators.iter_mut().enumerate() {
                 let selected: Vec<u32> = match &filters[a] {
                     Some(mask) => indices
