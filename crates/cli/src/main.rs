@@ -107,7 +107,19 @@ pub(crate) fn announce_broker(server: &Server) {
     }
 }
 
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what `docker stop` and service managers send).
 pub(crate) async fn shutdown_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
     tracing::info!("shutting down");
 }
