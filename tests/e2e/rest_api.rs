@@ -53,6 +53,7 @@ async fn bad_requests_get_4xx_with_a_json_body() {
         (format!("CREATE TABLE o AS SELECT id FROM {stream};"), "GROUP BY"),
         (format!("CREATE TABLE o AS SELECT id, COUNT(*) FROM {stream} WINDOW TUMBLING (SIZE 5 FORTNIGHTS) GROUP BY id;"), "time unit"),
         (format!("CREATE STREAM {stream} (a INT) WITH (KAFKA_TOPIC='{topic}');"), "already exists"),
+        (format!("CREATE STREAM o WITH (KAFKA_TOPIC='{topic}') AS SELECT id FROM {stream};"), "which its query reads"),
         ("TERMINATE NO_SUCH_QUERY;".to_string(), "does not exist"),
         ("DROP STREAM nope;".to_string(), "does not exist"),
         ("FROB;".to_string(), "unknown statement"),

@@ -380,6 +380,11 @@ impl Engine {
                 .unwrap_or(1),
         };
         let topic = sink.topic.clone();
+        if topic == plan.source.topic {
+            return Err(ApiError::statement(format!(
+                "\"{name}\" would write to topic \"{topic}\", which its query reads; give another KAFKA_TOPIC"
+            )));
+        }
         self.topics.create(&topic, partitions).await?;
         let prefix = match kind {
             SourceKind::Stream => "CSAS",

@@ -54,12 +54,13 @@ impl Server {
         };
         let topics = topics::Topics::new(&bootstrap_servers, embedded.clone())?;
         let service_id = config.service_id.clone();
-        let engine = Engine::new(config, topics);
+        let engine = Engine::new(config, topics.clone());
         Ok(Self {
             state: api::AppState {
                 engine: Arc::new(Mutex::new(engine)),
                 service_id,
                 embedded: embedded.is_some(),
+                topics,
             },
             bootstrap_servers,
             embedded,
