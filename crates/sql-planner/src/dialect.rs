@@ -7,10 +7,7 @@
 //! every syntax error points into the text the user wrote.
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::sql::sqlparser::ast::{
-    DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
-    SetExpr, SqlOption, Value,
-};
+use datafusion::sql::sqlparser::ast::{Expr, GroupByExpr, Ident, SetExpr, SqlOption, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -19,7 +16,8 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use crate::catalog::SourceKind;
 use crate::error::{PlanError, Position, Result};
 use crate::statement::{ColumnSpec, ContinuousQuery, Emit, ParsedStatement, Properties, Statement};
-use crate::window::{unit_ms, WindowKind, WindowSpec, WINDOW_COLUMNS};
+use crate::window::{WindowSpec, WINDOW_COLUMNS};
+use crate::window_syntax::{parse_window_clause, window_function};
 
 /// Parse `sql` (one or more statements separated by `;`).
 pub fn parse_statements(sql: &str) -> Result<Vec<ParsedStatement>> {
@@ -96,14 +94,14 @@ fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
     out
 }
 
-fn position(t: &TokenWithSpan) -> Option<Position> {
+pub(crate) fn position(t: &TokenWithSpan) -> Option<Position> {
     (t.span.start.line > 0).then_some(Position {
         line: t.span.start.line,
         column: t.span.start.column,
     })
 }
 
-fn is_word(t: &TokenWithSpan, word: &str) -> bool {
+pub(crate) fn is_word(t: &TokenWithSpan, word: &str) -> bool {
     matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
 
@@ -203,139 +201,6 @@ fn take_extensions(tokens: &mut Vec<TokenWithSpan>) -> Result<Extensions> {
     Ok(ext)
 }
 
-/// Parse `TUMBLING (SIZE n unit, …)` starting at `tokens[k]`; returns the spec and the
-/// index just past the closing parenthesis.
-fn parse_window_clause(tokens: &[TokenWithSpan], k: usize) -> Result<(WindowSpec, usize)> {
-    let mut c = Cursor { tokens, i: k + 1 };
-    let kind_token = &tokens[k];
-    c.expect(&Token::LParen, "(")?;
-    let kind = if is_word(kind_token, "SESSION") {
-        WindowKind::Session {
-            gap_ms: c.duration(false)?,
-        }
-    } else {
-        c.expect_word("SIZE")?;
-        let size_ms = c.duration(false)?;
-        if is_word(kind_token, "HOPPING") {
-            c.expect(&Token::Comma, ",")?;
-            c.expect_word("ADVANCE")?;
-            c.expect_word("BY")?;
-            let advance_ms = c.duration(false)?;
-            if advance_ms > size_ms {
-                return Err(PlanError::syntax(
-                    "ADVANCE BY must not be larger than the window SIZE",
-                    position(kind_token),
-                ));
-            }
-            WindowKind::Hopping {
-                size_ms,
-                advance_ms,
-            }
-        } else {
-            WindowKind::Tumbling { size_ms }
-        }
-    };
-    let mut spec = WindowSpec {
-        kind,
-        grace_ms: None,
-        retention_ms: None,
-    };
-    while c.eat(&Token::Comma) {
-        if c.eat_word("GRACE") {
-            c.expect_word("PERIOD")?;
-            spec.grace_ms = Some(c.duration(true)?);
-        } else if c.eat_word("RETENTION") {
-            spec.retention_ms = Some(c.duration(true)?);
-        } else {
-            return Err(c.error("expected GRACE PERIOD or RETENTION"));
-        }
-    }
-    c.expect(&Token::RParen, ")")?;
-    Ok((spec, c.i))
-}
-
-/// A small cursor over tokens for the WINDOW clause, which sqlparser does not know.
-struct Cursor<'a> {
-    tokens: &'a [TokenWithSpan],
-    i: usize,
-}
-
-impl Cursor<'_> {
-    fn error(&self, message: &str) -> PlanError {
-        let found = self
-            .tokens
-            .get(self.i)
-            .map_or("end of input".to_string(), |t| t.token.to_string());
-        PlanError::syntax(
-            format!("{message}, found {found}"),
-            self.tokens
-                .get(self.i)
-                .or(self.tokens.last())
-                .and_then(position),
-        )
-    }
-
-    fn eat(&mut self, token: &Token) -> bool {
-        if self.tokens.get(self.i).is_some_and(|t| &t.token == token) {
-            self.i += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn eat_word(&mut self, word: &str) -> bool {
-        if self.tokens.get(self.i).is_some_and(|t| is_word(t, word)) {
-            self.i += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, token: &Token, shown: &str) -> Result<()> {
-        if self.eat(token) {
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected {shown}")))
-        }
-    }
-
-    fn expect_word(&mut self, word: &str) -> Result<()> {
-        if self.eat_word(word) {
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected {word}")))
-        }
-    }
-
-    /// `n UNIT`, e.g. `5 MINUTES`, in milliseconds; zero only when `allow_zero`.
-    fn duration(&mut self, allow_zero: bool) -> Result<i64> {
-        let n: i64 = match self.tokens.get(self.i).map(|t| &t.token) {
-            Some(Token::Number(n, _)) => n
-                .parse()
-                .map_err(|_| self.error("expected a whole number"))?,
-            _ => return Err(self.error("expected a number")),
-        };
-        self.i += 1;
-        let unit = match self.tokens.get(self.i).map(|t| &t.token) {
-            Some(Token::Word(w)) => unit_ms(&w.value),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            self.error("expected a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS or DAYS)")
-        })?;
-        self.i += 1;
-        if n < 0 || (n == 0 && !allow_zero) {
-            return Err(PlanError::syntax(
-                "a window size must be positive",
-                position(&self.tokens[self.i - 2]),
-            ));
-        }
-        Ok(n * unit)
-    }
-}
-
 fn object_name(ident: Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value,
@@ -343,7 +208,7 @@ fn object_name(ident: Ident) -> String {
     }
 }
 
-fn column_name(ident: Ident) -> String {
+pub(crate) fn column_name(ident: Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value,
         None => ident.value.to_ascii_lowercase(),
@@ -650,124 +515,10 @@ fn parse_continuous_query(p: &mut Parser, ext: &Extensions) -> Result<Continuous
     })
 }
 
-/// `TUMBLE(ts, size)`, `HOP(ts, slide, size)` or `SESSION(ts, gap)`, if `e` is one.
-fn window_function(e: &Expr) -> Result<Option<(WindowSpec, Option<String>)>> {
-    let Expr::Function(f) = e else {
-        return Ok(None);
-    };
-    let name = f.name.to_string().to_ascii_lowercase();
-    if !["tumble", "hop", "session"].contains(&name.as_str()) {
-        return Ok(None);
-    }
-    let FunctionArguments::List(list) = &f.args else {
-        return Err(PlanError::syntax(format!("{name} needs arguments"), None));
-    };
-    let args: Vec<&Expr> = list
-        .args
-        .iter()
-        .filter_map(|a| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-            _ => None,
-        })
-        .collect();
-    let expected = if name == "hop" { 3 } else { 2 };
-    if args.len() != expected {
-        let usage = match name.as_str() {
-            "tumble" => "TUMBLE(time_column, INTERVAL 'n' UNIT)",
-            "hop" => "HOP(time_column, INTERVAL 'slide' UNIT, INTERVAL 'size' UNIT)",
-            _ => "SESSION(time_column, INTERVAL 'gap' UNIT)",
-        };
-        return Err(PlanError::syntax(
-            format!("{name} takes {expected} arguments: {usage}"),
-            None,
-        ));
-    }
-    let time_column = match args[0] {
-        Expr::Identifier(i) => Some(column_name(i.clone())),
-        Expr::CompoundIdentifier(parts) => parts.last().cloned().map(column_name),
-        other => {
-            return Err(PlanError::syntax(
-                format!("the first argument of {name} must be a time column, found {other}"),
-                None,
-            ))
-        }
-    };
-    let kind = match name.as_str() {
-        "tumble" => WindowKind::Tumbling {
-            size_ms: interval_ms(args[1])?,
-        },
-        "hop" => {
-            let advance_ms = interval_ms(args[1])?;
-            let size_ms = interval_ms(args[2])?;
-            if advance_ms > size_ms {
-                return Err(PlanError::syntax(
-                    "the slide of HOP must not be larger than its size",
-                    None,
-                ));
-            }
-            WindowKind::Hopping {
-                size_ms,
-                advance_ms,
-            }
-        }
-        _ => WindowKind::Session {
-            gap_ms: interval_ms(args[1])?,
-        },
-    };
-    Ok(Some((
-        WindowSpec {
-            kind,
-            grace_ms: None,
-            retention_ms: None,
-        },
-        time_column,
-    )))
-}
-
-/// `INTERVAL '5' MINUTE` or `INTERVAL '5 minutes'` in milliseconds.
-fn interval_ms(e: &Expr) -> Result<i64> {
-    let bad = || {
-        PlanError::syntax(
-            format!("expected an interval such as INTERVAL '5' MINUTE, found {e}"),
-            None,
-        )
-    };
-    let Expr::Interval(iv) = e else {
-        return Err(bad());
-    };
-    let Expr::Value(v) = iv.value.as_ref() else {
-        return Err(bad());
-    };
-    let text = match &v.value {
-        Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
-        _ => return Err(bad()),
-    };
-    let mut parts = text.split_whitespace();
-    let n: i64 = parts.next().and_then(|n| n.parse().ok()).ok_or_else(bad)?;
-    let unit = match (&iv.leading_field, parts.next()) {
-        (Some(field), None) => match field {
-            DateTimeField::Millisecond | DateTimeField::Milliseconds => 1,
-            DateTimeField::Second | DateTimeField::Seconds => 1000,
-            DateTimeField::Minute | DateTimeField::Minutes => 60_000,
-            DateTimeField::Hour | DateTimeField::Hours => 3_600_000,
-            DateTimeField::Day | DateTimeField::Days => 86_400_000,
-            _ => return Err(bad()),
-        },
-        (None, Some(unit)) => unit_ms(unit).ok_or_else(bad)?,
-        _ => return Err(bad()),
-    };
-    if n <= 0 {
-        return Err(PlanError::syntax(
-            "a window duration must be positive",
-            None,
-        ));
-    }
-    Ok(n * unit)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::WindowKind;
 
     fn one(sql: &str) -> Statement {
         let mut v = parse_statements(sql).expect("parses");

@@ -19,6 +19,7 @@ pub mod planner;
 pub mod statement;
 pub mod stream_plan;
 pub mod window;
+mod window_syntax;
 
 pub use catalog::{Catalog, EventTime, SourceDef, SourceKind, ValueFormat, ROWTIME};
 pub use dialect::parse_statements;
