@@ -584,20 +584,16 @@ impl Engine {
 }
 
 fn check_same_columns(sink: &SourceDef, plan: &StreamPlan) -> Result<(), PlanError> {
-    let want: Vec<(String, &DataType)> = sink
-        .schema
-        .fields()
-        .iter()
-        .map(|f| (f.name().to_ascii_lowercase(), f.data_type()))
-        .collect();
-    let got: Vec<(String, &DataType)> = plan
-        .output_schema
-        .fields()
-        .iter()
-        .map(|f| (f.name().to_ascii_lowercase(), f.data_type()))
-        .collect();
+    let columns = |schema: &Schema| -> Vec<(String, DataType)> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().to_ascii_lowercase(), f.data_type().clone()))
+            .collect()
+    };
+    let (want, got) = (columns(&sink.schema), columns(&plan.output_schema));
     if want != got {
-        let show = |v: &[(String, &DataType)]| {
+        let show = |v: &[(String, DataType)]| {
             v.iter()
                 .map(|(n, t)| format!("{n} {}", sql_type(t)))
                 .collect::<Vec<_>>()

@@ -124,17 +124,28 @@ impl ScanStage {
                 }
             }
         }
-        let taken = take_record_batch(values, &UInt32Array::from(take))
-            .map_err(ExecError::arrow("selecting scanned rows"))?;
+        // Most batches keep every row once, in order: no copy needed then.
+        let identity = take.len() == values.num_rows()
+            && take.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let taken = if identity {
+            values.clone()
+        } else {
+            take_record_batch(values, &UInt32Array::from(take))
+                .map_err(ExecError::arrow("selecting scanned rows"))?
+        };
         let mut columns: Vec<ArrayRef> = taken.columns().to_vec();
         columns.push(Arc::new(Int64Array::from(rowtime)));
         if let Some(w) = &window {
             let size = w.spec.size_ms();
             let end: Vec<i64> = window_start.iter().map(|s| s + size).collect();
-            columns.push(Arc::new(Int64Array::from(window_start.clone())));
-            columns.push(Arc::new(Int64Array::from(end.clone())));
-            columns.push(Arc::new(TimestampMillisecondArray::from(window_start)));
-            columns.push(Arc::new(TimestampMillisecondArray::from(end)));
+            let (start, end) = (Int64Array::from(window_start), Int64Array::from(end));
+            // The TIMESTAMP columns share the BIGINT columns' buffers.
+            let start_ts = TimestampMillisecondArray::new(start.values().clone(), None);
+            let end_ts = TimestampMillisecondArray::new(end.values().clone(), None);
+            columns.push(Arc::new(start));
+            columns.push(Arc::new(end));
+            columns.push(Arc::new(start_ts));
+            columns.push(Arc::new(end_ts));
         }
         let columns = match &self.scan.projection {
             Some(p) => p.iter().map(|&i| columns[i].clone()).collect(),

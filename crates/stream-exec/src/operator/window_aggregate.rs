@@ -244,22 +244,27 @@ impl Operator for WindowAggregateOperator {
                     operator: NAME,
                     source: datafusion::error::DataFusionError::Internal("group vanished".into()),
                 })?;
+            // One index array per group; only aggregates with FILTER (WHERE …) need their own.
+            let all = UInt32Array::from(indices);
             for (a, acc) in group.accumulators.iter_mut().enumerate() {
-                let selected: Vec<u32> = match &filters[a] {
-                    Some(mask) => indices
-                        .iter()
-                        .copied()
-                        .filter(|&i| mask.is_valid(i as usize) && mask.value(i as usize))
-                        .collect(),
-                    None => indices.clone(),
-                };
-                if selected.is_empty() {
+                let filtered;
+                let idx =
+                    match &filters[a] {
+                        Some(mask) => {
+                            filtered =
+                                UInt32Array::from_iter_values(all.values().iter().copied().filter(
+                                    |&i| mask.is_valid(i as usize) && mask.value(i as usize),
+                                ));
+                            &filtered
+                        }
+                        None => &all,
+                    };
+                if idx.is_empty() {
                     continue;
                 }
-                let idx = UInt32Array::from(selected);
                 let values = args[a]
                     .iter()
-                    .map(|arr| take(arr.as_ref(), &idx, None))
+                    .map(|arr| take(arr.as_ref(), idx, None))
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map_err(ExecError::arrow("selecting group rows"))?;
                 acc.update_batch(&values).map_err(ExecError::eval(NAME))?;
