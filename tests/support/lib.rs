@@ -62,6 +62,7 @@ impl TestServer {
             bootstrap_servers: Some(bootstrap()),
             state_dir: state,
             service_id: format!("{}_", unique("test")),
+            ..ServerConfig::default()
         })
         .expect("server starts");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

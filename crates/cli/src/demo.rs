@@ -40,6 +40,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bootstrap_servers: args.bootstrap_servers.clone(),
         state_dir: std::env::temp_dir().join("sluice-demo-state"),
         service_id: "demo_".to_string(),
+        ..ServerConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::announce_broker(&server);
@@ -55,6 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let engine = server.engine();
     let props = RequestProperties {
         auto_offset_reset: "earliest".to_string(),
+        idle_timeout_ms: None,
     };
     engine
         .lock()

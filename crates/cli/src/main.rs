@@ -50,6 +50,11 @@ struct ServerArgs {
     /// Prefix of this server's consumer groups and internal topics.
     #[arg(long, default_value = "default_")]
     service_id: String,
+    /// Milliseconds after which a source partition that delivers nothing stops holding
+    /// the watermark back (0: never). A query can override it with the
+    /// `sluice.idle.timeout.ms` property.
+    #[arg(long, default_value_t = 10_000)]
+    idle_timeout_ms: u64,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -79,6 +84,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         bootstrap_servers: args.bootstrap_servers,
         state_dir: args.state_dir,
         service_id: args.service_id,
+        idle_timeout: (args.idle_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.idle_timeout_ms)),
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     announce_broker(&server);

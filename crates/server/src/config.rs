@@ -1,6 +1,7 @@
 //! `ServerConfig`: what `sluice server` is started with.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -12,6 +13,9 @@ pub struct ServerConfig {
     /// Prefix of this server's consumer groups and internal topics (ksqlDB's
     /// `ksql.service.id`), so two services on one cluster stay apart.
     pub service_id: String,
+    /// Default idle-partition timeout of queries: a source partition that delivers
+    /// nothing for this long stops holding the watermark back. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -20,6 +24,7 @@ impl Default for ServerConfig {
             bootstrap_servers: None,
             state_dir: PathBuf::from("sluice-state"),
             service_id: "default_".to_string(),
+            idle_timeout: Some(Duration::from_secs(10)),
         }
     }
 }

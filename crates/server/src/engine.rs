@@ -38,11 +38,17 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The `streamsProperties` key of the idle-partition timeout.
+pub const IDLE_TIMEOUT_PROPERTY: &str = "sluice.idle.timeout.ms";
+
 /// Per-request properties (`streamsProperties`).
 #[derive(Debug, Clone)]
 pub struct RequestProperties {
     /// `earliest` or `latest`.
     pub auto_offset_reset: String,
+    /// `sluice.idle.timeout.ms`: a source partition idle this long stops holding the
+    /// watermark back; `Some(0)` never. `None`: the server's default.
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl RequestProperties {
@@ -51,6 +57,7 @@ impl RequestProperties {
     pub fn from_json(props: &serde_json::Map<String, Value>) -> Result<Self, ApiError> {
         let mut out = Self {
             auto_offset_reset: "latest".to_string(),
+            idle_timeout_ms: None,
         };
         for (k, v) in props {
             let key = k.strip_prefix("ksql.streams.").unwrap_or(k);
@@ -66,6 +73,16 @@ impl RequestProperties {
                         )))
                     }
                 }
+            } else if key == IDLE_TIMEOUT_PROPERTY {
+                let ms = v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "invalid value {v} for property {IDLE_TIMEOUT_PROPERTY}; use a whole number of milliseconds (0 turns idle detection off)"
+                        ))
+                    })?;
+                out.idle_timeout_ms = Some(ms);
             }
         }
         Ok(out)
@@ -450,6 +467,11 @@ impl Engine {
             group_id: format!("{}query_{id}", self.config.service_id),
             sink_topic: sink_topic.to_string(),
             auto_offset_reset: props.auto_offset_reset.clone(),
+            idle_timeout: match props.idle_timeout_ms {
+                Some(0) => None,
+                Some(ms) => Some(std::time::Duration::from_millis(ms)),
+                None => self.config.idle_timeout,
+            },
         };
         let source = plan.source.stream.clone();
         let plan_text = plan.to_string();

@@ -8,6 +8,7 @@
 //! - [`catalog`]: streams and tables, their columns, topics and event time.
 //! - [`ddl`]: catalog entries from CREATE statements, checked without Kafka.
 //! - [`window`]: the window spec both window spellings lower to.
+//! - [`functions`]: ksqlDB's aggregates (`LATEST_BY_OFFSET`, `TOPK`, ...) as DataFusion UDAFs.
 //! - [`planner`]: DataFusion `SqlToRel` + optimizer, then lowering to a [`StreamPlan`].
 //! - [`stream_plan`]: the plan the executor runs.
 
@@ -15,6 +16,8 @@ pub mod catalog;
 pub mod ddl;
 pub mod dialect;
 pub mod error;
+/// ksqlDB's aggregate functions as DataFusion UDAFs, and their registration.
+pub mod functions;
 pub mod planner;
 pub mod statement;
 pub mod stream_plan;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::{DFSchemaRef, TableReference};
+use datafusion::common::{DFSchemaRef, ScalarValue, TableReference};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::logical_expr::{
@@ -25,7 +25,7 @@ use crate::catalog::{Catalog, EventTime, SourceDef, SourceKind, ROWTIME};
 use crate::error::{PlanError, PlanErrorKind, Result};
 use crate::statement::{ContinuousQuery, Emit};
 use crate::stream_plan::{AssignedWindow, SourceScan, StreamOperator, StreamPlan};
-use crate::window::{WindowKind, WINDOWEND, WINDOWSTART, WINDOW_COLUMNS, WINDOW_START};
+use crate::window::{WindowKind, WINDOWEND, WINDOWSTART, WINDOW_COLUMNS, WINDOW_END, WINDOW_START};
 
 /// Plans continuous queries against a catalog. Holds DataFusion's function registry, so
 /// make one and reuse it.
@@ -147,9 +147,10 @@ impl ContextProvider for Provider<'_> {
 impl QueryPlanner {
     /// A planner with all of DataFusion's built-in functions.
     pub fn new() -> Self {
-        Self {
-            state: SessionStateBuilder::new().with_default_features().build(),
-        }
+        let mut state = SessionStateBuilder::new().with_default_features().build();
+        crate::functions::register(&mut state)
+            .expect("registering functions with fresh names cannot fail");
+        Self { state }
     }
 
     /// DataFusion's session state: its functions and configuration.
@@ -215,18 +216,10 @@ impl QueryPlanner {
             None => source.event_time.clone(),
         };
         let window = match query.window {
-            Some(spec) => {
-                if let WindowKind::Session { .. } = spec.kind {
-                    return Err(PlanError::unsupported(
-                        "SESSION windows are not supported yet; use TUMBLING or HOPPING",
-                    )
-                    .at(query.position));
-                }
-                Some(AssignedWindow {
-                    spec,
-                    grace_ms: spec.effective_grace_ms(emit),
-                })
-            }
+            Some(spec) => Some(AssignedWindow {
+                spec,
+                grace_ms: spec.effective_grace_ms(emit),
+            }),
             None => None,
         };
         let mut lowering = Lowering {
@@ -234,6 +227,7 @@ impl QueryPlanner {
             operators: vec![],
             keys: vec![],
             window_keys: vec![],
+            window_end_keys: vec![],
             aggregates: false,
             window,
             emit,
@@ -259,10 +253,17 @@ impl QueryPlanner {
             },
             operators: lowering.operators,
             output_schema,
+            // A time window is named by its start; a session, whose end moves, by both.
             key_columns: lowering
                 .keys
                 .into_iter()
                 .chain(lowering.window_keys.first().copied())
+                .chain(lowering.window_end_keys.first().copied().filter(|_| {
+                    matches!(
+                        window.map(|w| w.spec.kind),
+                        Some(WindowKind::Session { .. })
+                    )
+                }))
                 .collect(),
             aggregates: lowering.aggregates,
         })
@@ -312,6 +313,8 @@ struct Lowering {
     /// Positions of the window start columns (`windowstart`, `window_start`); the first
     /// that reaches the output joins the key.
     window_keys: Vec<usize>,
+    /// Positions of the window end columns; for sessions the first joins the key.
+    window_end_keys: Vec<usize>,
     aggregates: bool,
     window: Option<AssignedWindow>,
     emit: Emit,
@@ -348,6 +351,7 @@ impl Lowering {
                 };
                 self.keys = follow(&self.keys);
                 self.window_keys = follow(&self.window_keys);
+                self.window_end_keys = follow(&self.window_end_keys);
                 self.operators.push(StreamOperator::Project {
                     exprs: p.expr.clone(),
                     input,
@@ -362,6 +366,7 @@ impl Lowering {
                     ));
                 }
                 self.aggregates = true;
+                a.aggr_expr.iter().try_for_each(check_topk)?;
                 let input = a.input.schema().clone();
                 let group_name = |e: &Expr| match e {
                     Expr::Column(c) => Some(c.name.clone()),
@@ -393,6 +398,15 @@ impl Lowering {
                     .enumerate()
                     .filter(|(_, e)| {
                         matches!(group_name(e).as_deref(), Some(WINDOWSTART) | Some(WINDOW_START))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                self.window_end_keys = a
+                    .group_expr
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        matches!(group_name(e).as_deref(), Some(WINDOWEND) | Some(WINDOW_END))
                     })
                     .map(|(i, _)| i)
                     .collect();
@@ -438,6 +452,33 @@ impl Lowering {
         }
         Ok(())
     }
+}
+
+/// `TOPK(col, k)` needs a positive integer literal `k`; checked here so a bad `k` fails
+/// the statement, not the running query.
+fn check_topk(e: &Expr) -> Result<()> {
+    let e = match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        other => other,
+    };
+    if let Expr::AggregateFunction(f) = e {
+        if f.func.name() == "topk" {
+            let k = match f.params.args.get(1) {
+                Some(Expr::Literal(v, _)) => match v {
+                    ScalarValue::Int64(Some(k)) => Some(*k),
+                    ScalarValue::Int32(Some(k)) => Some(i64::from(*k)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if !k.is_some_and(|k| k > 0) {
+                return Err(PlanError::invalid(
+                    "the second argument of TOPK must be a positive integer literal, as in TOPK(amount, 3)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The position in `exprs` of a plain reference to column `index` of `input`.

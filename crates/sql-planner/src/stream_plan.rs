@@ -13,7 +13,7 @@ use datafusion::logical_expr::Expr;
 
 use crate::catalog::EventTime;
 use crate::statement::Emit;
-use crate::window::WindowSpec;
+use crate::window::{WindowKind, WindowSpec};
 
 /// Where a plan reads: one stream's topic, decoded with the stream's schema.
 #[derive(Debug, Clone)]
@@ -82,11 +82,15 @@ pub enum StreamOperator {
 }
 
 impl StreamOperator {
-    /// The operator's name as EXPLAIN prints it; also its type name in the executor.
+    /// The operator's name as EXPLAIN prints it; also its type name in the executor
+    /// (`SessionAggregate` runs a `WindowAggregate` step with a SESSION window).
     pub fn name(&self) -> &'static str {
         match self {
             StreamOperator::Filter { .. } => "Filter",
             StreamOperator::Project { .. } => "Project",
+            StreamOperator::WindowAggregate {
+                window: Some(w), ..
+            } if matches!(w.spec.kind, WindowKind::Session { .. }) => "SessionAggregate",
             StreamOperator::WindowAggregate { .. } => "WindowAggregate",
         }
     }
@@ -152,7 +156,8 @@ impl fmt::Display for StreamPlan {
                 } => {
                     write!(
                         f,
-                        "{pad}WindowAggregate: group=[{}] aggr=[{}]",
+                        "{pad}{}: group=[{}] aggr=[{}]",
+                        op.name(),
                         exprs(group_exprs),
                         exprs(aggr_exprs)
                     )?;

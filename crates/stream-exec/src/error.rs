@@ -52,6 +52,14 @@ impl ExecError {
         move |source| ExecError::Evaluation { operator, source }
     }
 
+    /// A broken invariant in `operator`: a bug.
+    pub fn internal(operator: &'static str, message: &str) -> Self {
+        ExecError::Evaluation {
+            operator,
+            source: DataFusionError::Internal(message.to_string()),
+        }
+    }
+
     /// An Arrow error while `context`.
     pub fn arrow(
         context: &'static str,

@@ -1,39 +1,35 @@
 //! Arrow to JSON records: one Kafka value (a JSON object with every column, nulls
 //! included) and key per result row.
 //!
-//! The key is the key columns: a single column is written as its plain text (ksqlDB's
-//! KAFKA key format), several as a JSON object.
+//! The key is the key columns as JSON: a single column is written as its JSON value
+//! (`"card-7"`, `42`; ksqlDB's JSON key format for one column), several as a JSON object.
+//! A tombstone has a key and no value.
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::error::{ExecError, Result};
+use crate::operator::ChangeBatch;
 
 /// One encoded result row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRow {
     /// The Kafka key, if the result has key columns.
     pub key: Option<Vec<u8>>,
-    /// The JSON value.
-    pub value: Vec<u8>,
+    /// The JSON value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
 }
 
 /// Encode `batch` as one JSON value per row, keyed by `key_columns`.
-pub fn encode_rows(batch: &RecordBatch, key_columns: &[usize]) -> Result<Vec<EncodedRow>> {
-    let values = json_lines(batch)?;
+pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<EncodedRow>> {
+    let rows = &batch.rows;
+    let values = json_lines(rows)?;
     let keys: Vec<Option<Vec<u8>>> = match key_columns {
-        [] => vec![None; batch.num_rows()],
-        [one] => {
-            let options = FormatOptions::default().with_null("");
-            let formatter = ArrayFormatter::try_new(batch.column(*one).as_ref(), &options)
-                .map_err(ExecError::arrow("formatting keys"))?;
-            (0..batch.num_rows())
-                .map(|i| Some(formatter.value(i).to_string().into_bytes()))
-                .collect()
-        }
+        [] => vec![None; rows.num_rows()],
+        [one] => single_keys(rows, *one)?,
         many => {
-            let keys = batch
+            let keys = rows
                 .project(many)
                 .map_err(ExecError::arrow("projecting key columns"))?;
             json_lines(&keys)?.into_iter().map(Some).collect()
@@ -42,8 +38,42 @@ pub fn encode_rows(batch: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Enc
     Ok(keys
         .into_iter()
         .zip(values)
-        .map(|(key, value)| EncodedRow { key, value })
+        .enumerate()
+        .map(|(i, (key, value))| EncodedRow {
+            key,
+            value: (!batch.is_tombstone(i)).then_some(value),
+        })
         .collect())
+}
+
+/// The JSON value of column `index` per row.
+fn single_keys(rows: &RecordBatch, index: usize) -> Result<Vec<Option<Vec<u8>>>> {
+    let column = rows.column(index);
+    if let DataType::Utf8 = column.data_type() {
+        let strings = column.as_string::<i32>();
+        return Ok((0..strings.len())
+            .map(|i| {
+                Some(if strings.is_null(i) {
+                    b"null".to_vec()
+                } else {
+                    serde_json::to_vec(strings.value(i)).unwrap_or_else(|_| b"null".to_vec())
+                })
+            })
+            .collect());
+    }
+    let name = rows.schema().field(index).name().clone();
+    let projected = rows
+        .project(&[index])
+        .map_err(ExecError::arrow("projecting key columns"))?;
+    json_lines(&projected)?
+        .into_iter()
+        .map(|line| {
+            let object: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
+                ExecError::internal("JsonEncoder", &format!("encoded key is not JSON: {e}"))
+            })?;
+            Ok(Some(object[&name].to_string().into_bytes()))
+        })
+        .collect()
 }
 
 fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
@@ -68,7 +98,7 @@ fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::array::{BooleanArray, Float64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
 
@@ -86,12 +116,40 @@ mod tests {
             ],
         )
         .expect("batch");
-        let rows = encode_rows(&batch, &[0]).expect("encodes");
+        let rows = encode_rows(&ChangeBatch::rows(batch.clone()), &[0]).expect("encodes");
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].key.as_deref(), Some(&b"c\n1"[..]));
-        let v: serde_json::Value = serde_json::from_slice(&rows[0].value).expect("json");
+        assert_eq!(rows[0].key.as_deref(), Some(&br#""c\n1""#[..]));
+        let v: serde_json::Value =
+            serde_json::from_slice(rows[0].value.as_deref().expect("value")).expect("json");
         assert_eq!(v["amount"], 1.5);
-        let v: serde_json::Value = serde_json::from_slice(&rows[1].value).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_slice(rows[1].value.as_deref().expect("value")).expect("json");
         assert!(v["card"].is_null());
+
+        let rows = encode_rows(&ChangeBatch::rows(batch.clone()), &[1, 0]).expect("encodes");
+        assert_eq!(
+            rows[0].key.as_deref(),
+            Some(&br#"{"amount":1.5,"card":"c\n1"}"#[..])
+        );
+        let rows = encode_rows(&ChangeBatch::rows(batch.clone()), &[1]).expect("encodes");
+        assert_eq!(rows[0].key.as_deref(), Some(&b"1.5"[..]));
+    }
+
+    #[test]
+    fn tombstones_have_a_key_and_no_value() {
+        let schema = Arc::new(Schema::new(vec![Field::new("card", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![Some("a"), Some("b")]))],
+        )
+        .expect("batch");
+        let change = ChangeBatch {
+            rows: batch,
+            tombstones: Some(BooleanArray::from(vec![true, false])),
+        };
+        let rows = encode_rows(&change, &[0]).expect("encodes");
+        assert_eq!(rows[0].key.as_deref(), Some(&br#""a""#[..]));
+        assert_eq!(rows[0].value, None);
+        assert!(rows[1].value.is_some());
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ExecError, Result};
 use crate::json_encoder::encode_rows;
+use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
 use crate::record::RawRecord;
 use crate::stats::QueryStats;
@@ -24,6 +25,8 @@ use crate::stats::QueryStats;
 const MAX_BATCH: usize = 4096;
 /// How long a batch waits for more records after its first one.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How often a query with no new records checks the clock for idle partitions.
+const TICK: Duration = Duration::from_millis(250);
 
 /// What a persistent query needs besides its plan.
 #[derive(Debug, Clone)]
@@ -38,6 +41,9 @@ pub struct QueryConfig {
     pub sink_topic: String,
     /// `earliest` or `latest`: where to start when the group has no committed offset.
     pub auto_offset_reset: String,
+    /// A source partition that delivers nothing for this long stops holding the
+    /// watermark back; `None` never.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Run `plan` until `shutdown` turns true. Returns an error when Kafka fails in a way the
@@ -49,7 +55,7 @@ pub async fn run_query(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let query_id = config.query_id.as_str();
-    let mut pipeline = Pipeline::new(query_id, &plan)?;
+    let mut pipeline = Pipeline::new(query_id, &plan, config.idle_timeout)?;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.group_id)
@@ -68,18 +74,36 @@ pub async fn run_query(
         .set("acks", "all")
         .create()
         .map_err(|e| ExecError::kafka("creating the producer", e))?;
+    match consumer.fetch_metadata(Some(&plan.source.topic), Duration::from_secs(10)) {
+        Ok(metadata) => {
+            let partitions = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()));
+            pipeline.assign(partitions, std::time::Instant::now());
+        }
+        Err(e) => {
+            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver")
+        }
+    }
     tracing::info!(query_id, topic = %plan.source.topic, sink = %config.sink_topic, "query started");
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => break,
-            m = consumer.recv() => m,
+            m = consumer.recv() => Some(m),
+            _ = tokio::time::sleep(TICK) => None,
         };
         let mut records = Vec::with_capacity(256);
         match first {
-            Ok(m) => records.push(raw(&m)),
-            Err(e) => {
+            Some(Ok(m)) => records.push(raw(&m)),
+            Some(Err(e)) => {
                 tracing::warn!(query_id, error = %e, "consumer error; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            None => {
+                let batches = pipeline.tick(std::time::Instant::now(), &stats)?;
+                produce(&producer, &config, &plan, &batches, &stats).await?;
                 continue;
             }
         }
@@ -92,45 +116,58 @@ pub async fn run_query(
             }
         }
         let batches = pipeline.process(&records, &stats)?;
-        let mut deliveries = vec![];
-        let mut produced = 0u64;
-        for batch in &batches {
-            for row in encode_rows(batch, &plan.key_columns)? {
-                let mut record =
-                    FutureRecord::<[u8], [u8]>::to(&config.sink_topic).payload(&row.value);
-                if let Some(k) = &row.key {
-                    record = record.key(k);
-                }
-                let send = producer.send_result(record).map_err(|(e, _)| {
-                    ExecError::kafka(format!("producing to {}", config.sink_topic), e)
-                })?;
-                deliveries.push(send);
-                produced += 1;
-            }
-        }
-        for delivery in join_all(deliveries).await {
-            match delivery {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(ExecError::kafka(
-                        format!("producing to {}", config.sink_topic),
-                        e,
-                    ))
-                }
-                Err(_) => {
-                    return Err(ExecError::kafka(
-                        format!("producing to {}", config.sink_topic),
-                        rdkafka::error::KafkaError::Canceled,
-                    ))
-                }
-            }
-        }
-        stats.add_out(produced);
+        produce(&producer, &config, &plan, &batches, &stats).await?;
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
             tracing::warn!(query_id, error = %e, "offset commit failed; records may be processed again");
         }
     }
     tracing::info!(query_id, "query stopped");
+    Ok(())
+}
+
+/// Write `batches` to the sink and wait until the broker has them all.
+async fn produce(
+    producer: &FutureProducer,
+    config: &QueryConfig,
+    plan: &StreamPlan,
+    batches: &[ChangeBatch],
+    stats: &QueryStats,
+) -> Result<()> {
+    let mut deliveries = vec![];
+    for batch in batches {
+        for row in encode_rows(batch, &plan.key_columns)? {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&config.sink_topic);
+            if let Some(v) = &row.value {
+                record = record.payload(v);
+            }
+            if let Some(k) = &row.key {
+                record = record.key(k);
+            }
+            let send = producer.send_result(record).map_err(|(e, _)| {
+                ExecError::kafka(format!("producing to {}", config.sink_topic), e)
+            })?;
+            deliveries.push(send);
+        }
+    }
+    let produced = deliveries.len() as u64;
+    for delivery in join_all(deliveries).await {
+        match delivery {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(ExecError::kafka(
+                    format!("producing to {}", config.sink_topic),
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(ExecError::kafka(
+                    format!("producing to {}", config.sink_topic),
+                    rdkafka::error::KafkaError::Canceled,
+                ))
+            }
+        }
+    }
+    stats.add_out(produced);
     Ok(())
 }
 

@@ -1,17 +1,23 @@
 //! The scan stage: decoded values become the rows a query sees.
 //!
 //! It reads each record's event time, appends `rowtime` and, for windowed queries, the
-//! window bound columns (one row per window for hopping windows), drops records whose
-//! window has closed, and applies the scan's projection.
+//! window bound columns (one row per window for hopping windows; for sessions, whose bounds
+//! only the aggregation knows, the record's own time), drops late records, and applies
+//! the scan's projection.
+//!
+//! A record is late when the window it would go to has closed by the later of its
+//! partition's stream time and the watermark: a time window at `end + grace`, a session
+//! holding only the record once the watermark passes `t + gap + grace`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
-use sluice_sql_planner::{EventTime, SourceScan};
+use sluice_sql_planner::{EventTime, SourceScan, WindowKind};
 
 use crate::error::{ExecError, Result};
 use crate::record::RawRecord;
@@ -39,8 +45,9 @@ pub struct ScanStage {
 }
 
 impl ScanStage {
-    /// A scan stage for `scan`.
-    pub fn new(scan: SourceScan) -> Result<Self> {
+    /// A scan stage for `scan`; partitions idle longer than `idle_timeout` stop holding
+    /// the watermark back.
+    pub fn new(scan: SourceScan, idle_timeout: Option<Duration>) -> Result<Self> {
         let time_column = match &scan.event_time {
             EventTime::RecordTimestamp => None,
             EventTime::Column(c) => Some(
@@ -61,14 +68,19 @@ impl ScanStage {
             scan,
             output_schema,
             time_column,
-            stream_time: StreamTime::default(),
+            stream_time: StreamTime::new(idle_timeout),
             starts: Vec::with_capacity(4),
         })
     }
 
-    /// The watermark after everything processed so far.
-    pub fn watermark(&self) -> Option<i64> {
-        self.stream_time.watermark()
+    /// The watermark as of `now`.
+    pub fn watermark(&mut self, now: Instant) -> Option<i64> {
+        self.stream_time.watermark(now)
+    }
+
+    /// The query reads `partitions` from `now` on.
+    pub fn assign(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
+        self.stream_time.assign(partitions, now);
     }
 
     /// The schema of the batches [`ScanStage::process`] returns.
@@ -84,7 +96,9 @@ impl ScanStage {
         rows: &[usize],
         records: &[RawRecord],
         skipped: &mut Vec<Skipped>,
+        now: Instant,
     ) -> Result<RecordBatch> {
+        let watermark = self.stream_time.current().unwrap_or(i64::MIN);
         let times = self.event_times(values, rows, records, skipped)?;
         let mut take: Vec<u32> = Vec::with_capacity(values.num_rows());
         let mut rowtime: Vec<i64> = Vec::with_capacity(values.num_rows());
@@ -93,35 +107,57 @@ impl ScanStage {
         for (row, ts) in times.iter().enumerate() {
             let Some(ts) = *ts else { continue };
             let partition = records[rows[row]].partition;
-            let stream_time = self.stream_time.observe(partition, ts);
-            match &window {
-                None => {
+            let stream_time = self.stream_time.observe(partition, ts, now);
+            let threshold = stream_time.max(watermark);
+            let Some(w) = &window else {
+                take.push(row as u32);
+                rowtime.push(ts);
+                continue;
+            };
+            // The windows the record goes to, and the watermark at which each closes.
+            let mut closes_at = i64::MIN;
+            let mut open = 0;
+            if let WindowKind::Session { gap_ms } = w.spec.kind {
+                closes_at = ts
+                    .saturating_add(gap_ms)
+                    .saturating_add(w.grace_ms)
+                    .saturating_add(1);
+                if closes_at > threshold {
                     take.push(row as u32);
                     rowtime.push(ts);
+                    window_start.push(ts);
+                    open += 1;
                 }
-                Some(w) => {
-                    w.spec.window_starts(ts, &mut self.starts);
-                    let size = w.spec.size_ms();
-                    let mut open = 0;
-                    for &start in &self.starts {
-                        if start + size + w.grace_ms > stream_time {
-                            take.push(row as u32);
-                            rowtime.push(ts);
-                            window_start.push(start);
-                            open += 1;
-                        }
-                    }
-                    if open == 0 && !self.starts.is_empty() {
-                        skipped.push(Skipped {
-                            row,
-                            reason: SkipReason::Late,
-                            message: format!(
-                                "event time {ts} is after its window closed (stream time {stream_time}, grace {} ms)",
-                                w.grace_ms
-                            ),
-                        });
+            } else {
+                w.spec.window_starts(ts, &mut self.starts);
+                let size = w.spec.size_ms();
+                for &start in &self.starts {
+                    let close = start + size + w.grace_ms;
+                    closes_at = closes_at.max(close);
+                    if close > threshold {
+                        take.push(row as u32);
+                        rowtime.push(ts);
+                        window_start.push(start);
+                        open += 1;
                     }
                 }
+            }
+            if open == 0 && closes_at != i64::MIN {
+                skipped.push(Skipped {
+                    row,
+                    reason: SkipReason::Late,
+                    message: format!(
+                        "late by {} ms: event time {ts}, its window closed at {closes_at} \
+                         (stream time {stream_time}, watermark {}, grace {} ms)",
+                        threshold - closes_at,
+                        if watermark == i64::MIN {
+                            "none".to_string()
+                        } else {
+                            watermark.to_string()
+                        },
+                        w.grace_ms
+                    ),
+                });
             }
         }
         // Most batches keep every row once, in order: no copy needed then.
@@ -136,7 +172,10 @@ impl ScanStage {
         let mut columns: Vec<ArrayRef> = taken.columns().to_vec();
         columns.push(Arc::new(Int64Array::from(rowtime)));
         if let Some(w) = &window {
-            let size = w.spec.size_ms();
+            let size = match w.spec.kind {
+                WindowKind::Session { .. } => 0,
+                _ => w.spec.size_ms(),
+            };
             let end: Vec<i64> = window_start.iter().map(|s| s + size).collect();
             let (start, end) = (Int64Array::from(window_start), Int64Array::from(end));
             // The TIMESTAMP columns share the BIGINT columns' buffers.

@@ -42,6 +42,7 @@ pub struct QueryStats {
     records_out: AtomicU64,
     malformed: AtomicU64,
     late: AtomicU64,
+    state_groups: AtomicU64,
     recent: Mutex<VecDeque<ProcessingLogEntry>>,
 }
 
@@ -56,6 +57,8 @@ pub struct StatsSnapshot {
     pub malformed_records: u64,
     /// Records dropped because their window had closed.
     pub late_records: u64,
+    /// Groups (key × window) the query holds in state.
+    pub state_groups: u64,
     /// The last processing-log entries, oldest first.
     pub recent_errors: Vec<ProcessingLogEntry>,
 }
@@ -69,6 +72,11 @@ impl QueryStats {
     /// Count `n` records written.
     pub fn add_out(&self, n: u64) {
         self.records_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Set how many groups the query holds in state.
+    pub fn set_state_groups(&self, n: u64) {
+        self.state_groups.store(n, Ordering::Relaxed);
     }
 
     /// Record a skipped record: count it, log it, keep it for DESCRIBE.
@@ -101,6 +109,7 @@ impl QueryStats {
             records_out: self.records_out.load(Ordering::Relaxed),
             malformed_records: self.malformed.load(Ordering::Relaxed),
             late_records: self.late.load(Ordering::Relaxed),
+            state_groups: self.state_groups.load(Ordering::Relaxed),
             recent_errors: self
                 .recent
                 .lock()

@@ -1,30 +1,99 @@
 //! Stream time and watermarks.
 //!
-//! Each source partition's stream time is the largest event time seen on it. A record is
-//! late when its window ended (plus grace) at or before its partition's stream time, as
-//! ksqlDB judges lateness per partition. The watermark that closes windows is the minimum
-//! stream time over the partitions that have delivered records, so a slow partition holds
-//! windows open and a partition that never received a record does not.
+//! Each source partition's stream time is the largest event time seen on it. The
+//! watermark that closes windows is the minimum stream time over the query's partitions:
+//! the partitions it was assigned (a partition without records yet holds it back) and
+//! every partition that delivered records. A partition that delivered nothing for longer
+//! than the idle timeout stops holding the watermark back until it delivers again; when
+//! every partition is idle, those with records count. The watermark never goes backwards.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-/// Stream time per partition.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone, Copy)]
+struct Partition {
+    /// Largest event time seen; `None` before the first record.
+    stream_time: Option<i64>,
+    /// When the partition last delivered a record (or was assigned).
+    active_at: Instant,
+}
+
+/// Stream time per partition and the watermark over them.
+#[derive(Debug, Clone)]
 pub struct StreamTime {
-    partitions: HashMap<i32, i64>,
+    partitions: HashMap<i32, Partition>,
+    idle_timeout: Option<Duration>,
+    watermark: Option<i64>,
+}
+
+impl Default for StreamTime {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl StreamTime {
-    /// Observe a record at `ts` on `partition`; returns the partition's stream time after it.
-    pub fn observe(&mut self, partition: i32, ts: i64) -> i64 {
-        let t = self.partitions.entry(partition).or_insert(i64::MIN);
-        *t = (*t).max(ts);
-        *t
+    /// Stream time with the given idle timeout (`None`: partitions never count as idle).
+    pub fn new(idle_timeout: Option<Duration>) -> Self {
+        Self {
+            partitions: HashMap::new(),
+            idle_timeout,
+            watermark: None,
+        }
     }
 
-    /// The watermark: the minimum stream time over partitions that have seen records.
-    pub fn watermark(&self) -> Option<i64> {
-        self.partitions.values().copied().min()
+    /// The query reads `partitions` from `now` on; those without records hold the
+    /// watermark back until they deliver or go idle.
+    pub fn assign(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
+        for p in partitions {
+            self.partitions.entry(p).or_insert(Partition {
+                stream_time: None,
+                active_at: now,
+            });
+        }
+    }
+
+    /// Observe a record at `ts` on `partition`; returns the partition's stream time after it.
+    pub fn observe(&mut self, partition: i32, ts: i64, now: Instant) -> i64 {
+        let p = self.partitions.entry(partition).or_insert(Partition {
+            stream_time: None,
+            active_at: now,
+        });
+        p.active_at = now;
+        let t = p.stream_time.map_or(ts, |t| t.max(ts));
+        p.stream_time = Some(t);
+        t
+    }
+
+    /// The watermark as of `now`: the minimum stream time over partitions that are not
+    /// idle (over all that have records when every partition is idle), never lower than
+    /// before. `None` until that minimum exists.
+    pub fn watermark(&mut self, now: Instant) -> Option<i64> {
+        let is_idle = |p: &Partition| {
+            self.idle_timeout
+                .is_some_and(|t| now.saturating_duration_since(p.active_at) > t)
+        };
+        let all_idle = self.partitions.values().all(is_idle);
+        let mut min: Option<i64> = None;
+        for p in self.partitions.values() {
+            if all_idle || !is_idle(p) {
+                match p.stream_time {
+                    Some(t) => min = Some(min.map_or(t, |m| m.min(t))),
+                    // An active partition that has not delivered yet holds everything.
+                    None if !all_idle => return self.watermark,
+                    None => {}
+                }
+            }
+        }
+        if let Some(m) = min {
+            self.watermark = Some(self.watermark.map_or(m, |w| w.max(m)));
+        }
+        self.watermark
+    }
+
+    /// The watermark last computed, without looking at the clock.
+    pub fn current(&self) -> Option<i64> {
+        self.watermark
     }
 }
 
@@ -34,13 +103,44 @@ mod tests {
 
     #[test]
     fn watermark_is_the_slowest_active_partition() {
+        let now = Instant::now();
         let mut st = StreamTime::default();
-        assert_eq!(st.watermark(), None);
-        st.observe(0, 100);
-        st.observe(1, 50);
-        st.observe(0, 80);
-        assert_eq!(st.watermark(), Some(50));
-        st.observe(1, 200);
-        assert_eq!(st.watermark(), Some(100));
+        assert_eq!(st.watermark(now), None);
+        st.observe(0, 100, now);
+        st.observe(1, 50, now);
+        st.observe(0, 80, now);
+        assert_eq!(st.watermark(now), Some(50));
+        st.observe(1, 200, now);
+        assert_eq!(st.watermark(now), Some(100));
+    }
+
+    #[test]
+    fn assigned_partition_without_records_holds_the_watermark_until_idle() {
+        let start = Instant::now();
+        let mut st = StreamTime::new(Some(Duration::from_secs(10)));
+        st.assign([0, 1], start);
+        st.observe(0, 1_000, start);
+        assert_eq!(st.watermark(start + Duration::from_secs(5)), None);
+        assert_eq!(
+            st.watermark(start + Duration::from_secs(11)),
+            Some(1_000),
+            "every partition is idle: those with records count"
+        );
+        st.observe(0, 2_000, start + Duration::from_secs(12));
+        assert_eq!(st.watermark(start + Duration::from_secs(12)), Some(2_000));
+    }
+
+    #[test]
+    fn idle_partition_stops_holding_back_and_watermark_never_regresses() {
+        let start = Instant::now();
+        let mut st = StreamTime::new(Some(Duration::from_secs(10)));
+        st.observe(0, 100, start);
+        st.observe(1, 50, start);
+        assert_eq!(st.watermark(start), Some(50));
+        let later = start + Duration::from_secs(20);
+        st.observe(0, 500, later);
+        assert_eq!(st.watermark(later), Some(500), "partition 1 went idle");
+        st.observe(1, 60, later);
+        assert_eq!(st.watermark(later), Some(500), "never backwards");
     }
 }

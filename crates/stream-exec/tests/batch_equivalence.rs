@@ -95,18 +95,29 @@ fn batch_result(events: &[Value], sql: &str) -> Vec<Value> {
     })
 }
 
-fn streaming_result(events: &[Value], chunks: &[usize], sql: &str) -> Vec<Value> {
+/// One generated input record: its JSON value, source partition, and whether it was made
+/// late on purpose (far behind its partition's stream time).
+#[derive(Debug, Clone)]
+struct Event {
+    value: Value,
+    partition: i32,
+    late: bool,
+}
+
+/// Run `sql` over `events` in batches of `chunks` sizes; returns every result row (a
+/// tombstone as `{"k":…, "ws":…, "we":…, "tombstone":true}`) and the late count.
+fn streaming_result(events: &[Event], chunks: &[usize], sql: &str) -> (Vec<Value>, u64) {
     let plan = plan(sql);
-    let mut pipeline = Pipeline::new("q", &plan).expect("pipeline");
+    let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
     let stats = QueryStats::default();
     let records: Vec<RawRecord> = events
         .iter()
         .enumerate()
         .map(|(i, e)| RawRecord {
-            partition: 0,
+            partition: e.partition,
             offset: i as i64,
             timestamp_ms: None,
-            value: Some(e.to_string().into_bytes()),
+            value: Some(e.value.to_string().into_bytes()),
         })
         .collect();
     let mut out = vec![];
@@ -118,12 +129,17 @@ fn streaming_result(events: &[Value], chunks: &[usize], sql: &str) -> Vec<Value>
         rest = &rest[n..];
     }
     out.extend(pipeline.finish().expect("finish"));
-    assert_eq!(
-        stats.snapshot().late_records,
-        0,
-        "reordering stays within grace"
-    );
-    to_json(&out)
+    let mut rows = vec![];
+    for change in out {
+        let values = to_json(std::slice::from_ref(&change.rows));
+        for (i, mut v) in values.into_iter().enumerate() {
+            if change.is_tombstone(i) {
+                v["tombstone"] = json!(true);
+            }
+            rows.push(v);
+        }
+    }
+    (rows, stats.snapshot().late_records)
 }
 
 /// Last row per (k, ws), as a sorted map.
@@ -141,19 +157,89 @@ fn latest(rows: Vec<Value>) -> BTreeMap<(String, i64), Value> {
         .collect()
 }
 
-/// Events in timestamp order, each shifted back by up to 2 s:
-/// out of order, but far inside the grace.
-fn events() -> impl Strategy<Value = Vec<Value>> {
-    prop::collection::vec((0u8..4, -50i64..50, 0i64..2_000), 1..120).prop_map(|raw| {
-        let mut t = 1_000_000i64;
-        raw.into_iter()
-            .enumerate()
-            .map(|(i, (k, v, jitter))| {
-                t += 700;
-                json!({"k": format!("k{k}"), "v": v + i as i64, "ts": t - jitter})
-            })
-            .collect()
-    })
+/// A changelog applied as a table keyed by (k, ws, we): rows upsert, tombstones delete.
+fn apply_changelog(rows: Vec<Value>) -> BTreeMap<(String, i64, i64), Value> {
+    let mut table = BTreeMap::new();
+    for r in rows {
+        let key = (
+            r["k"].as_str().unwrap_or_default().to_string(),
+            r["ws"].as_i64().unwrap_or(-1),
+            r["we"].as_i64().unwrap_or(-1),
+        );
+        if r.get("tombstone").is_some() {
+            assert!(
+                table.remove(&key).is_some(),
+                "tombstone for a row never written: {r}"
+            );
+        } else {
+            table.insert(key, r);
+        }
+    }
+    table
+}
+
+/// The plain reference sessionizer: per key, sort by time and cut where the gap between
+/// neighbours exceeds `gap`; each session as (k, start, end) → {n, s}.
+fn sessions(events: &[Value], gap: i64) -> BTreeMap<(String, i64, i64), Value> {
+    let mut by_key: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for e in events {
+        let k = e["k"].as_str().unwrap_or_default().to_string();
+        by_key
+            .entry(k)
+            .or_default()
+            .push((e["ts"].as_i64().unwrap_or(0), e["v"].as_i64().unwrap_or(0)));
+    }
+    let mut out = BTreeMap::new();
+    for (k, mut rows) in by_key {
+        rows.sort();
+        let mut i = 0;
+        while i < rows.len() {
+            let (start, mut end, mut n, mut s) = (rows[i].0, rows[i].0, 0, 0);
+            while i < rows.len() && rows[i].0 - end <= gap {
+                end = rows[i].0;
+                n += 1;
+                s += rows[i].1;
+                i += 1;
+            }
+            out.insert(
+                (k.clone(), start, end),
+                json!({"k": k, "ws": start, "we": end, "n": n, "s": s}),
+            );
+        }
+    }
+    out
+}
+
+fn on_time(events: &[Event]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| !e.late)
+        .map(|e| e.value.clone())
+        .collect()
+}
+
+/// Events on three partitions in roughly timestamp order, each shifted back by up to 2 s
+/// (out of order, but far inside the grace); some, after the first few, are made a minute
+/// late, which is beyond any window's end plus grace.
+fn events() -> impl Strategy<Value = Vec<Event>> {
+    prop::collection::vec((0u8..4, -50i64..50, 0i64..2_000, 0i32..3, 0u8..20), 1..150).prop_map(
+        |raw| {
+            let mut t = 1_000_000i64;
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, (k, v, jitter, partition, dice))| {
+                    t += 700;
+                    let late = i >= 12 && dice == 0;
+                    let ts = if late { t - 60_000 } else { t - jitter };
+                    Event {
+                        value: json!({"k": format!("k{k}"), "v": v + i as i64, "ts": ts}),
+                        partition,
+                        late,
+                    }
+                })
+                .collect()
+        },
+    )
 }
 
 const STREAMING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, COUNT(*) AS n, SUM(v) AS s, MIN(v) AS lo, MAX(v) AS hi \
@@ -170,23 +256,69 @@ const HOPPING_BATCH: &str = "SELECT k, ws, COUNT(*) AS n, SUM(v) AS s FROM ( \
     SELECT k, v, ts - ts % 2000 - 2000 AS ws FROM ev UNION ALL \
     SELECT k, v, ts - ts % 2000 - 4000 AS ws FROM ev) GROUP BY k, ws";
 
+const SESSION_CHANGES: &str =
+    "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, WINDOWEND AS we, COUNT(*) AS n, SUM(v) AS s \
+    FROM ev WINDOW SESSION (1500 MILLISECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k EMIT CHANGES;";
+const SESSION_FINAL: &str =
+    "CREATE TABLE t AS SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS s \
+    FROM ev GROUP BY k, SESSION(ts, INTERVAL '1500' MILLISECOND) EMIT FINAL;";
+
+fn late_count(ev: &[Event]) -> u64 {
+    ev.iter().filter(|e| e.late).count() as u64
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn tumbling_changelog_ends_at_the_batch_result(ev in events(), chunks in prop::collection::vec(1usize..40, 1..6)) {
-        let streamed = latest(streaming_result(&ev, &chunks, STREAMING));
-        let batch = latest(batch_result(&ev, BATCH));
-        prop_assert_eq!(streamed, batch);
+        let (rows, late) = streaming_result(&ev, &chunks, STREAMING);
+        prop_assert_eq!(late, late_count(&ev));
+        let batch = latest(batch_result(&on_time(&ev), BATCH));
+        prop_assert_eq!(latest(rows), batch);
     }
 
     #[test]
     fn hopping_final_rows_equal_the_batch_result(ev in events(), chunks in prop::collection::vec(1usize..40, 1..6)) {
-        let rows = streaming_result(&ev, &chunks, HOPPING);
+        let (rows, late) = streaming_result(&ev, &chunks, HOPPING);
+        prop_assert_eq!(late, late_count(&ev));
         let n = rows.len();
         let streamed = latest(rows);
         prop_assert_eq!(n, streamed.len(), "EMIT FINAL sends one row per key and window");
-        let batch = latest(batch_result(&ev, HOPPING_BATCH));
+        let batch = latest(batch_result(&on_time(&ev), HOPPING_BATCH));
         prop_assert_eq!(streamed, batch);
     }
+
+    #[test]
+    fn session_changelog_ends_at_the_reference_sessions(ev in events(), chunks in prop::collection::vec(1usize..40, 1..6)) {
+        let (rows, late) = streaming_result(&ev, &chunks, SESSION_CHANGES);
+        prop_assert_eq!(late, late_count(&ev));
+        prop_assert_eq!(apply_changelog(rows), sessions(&on_time(&ev), 1500));
+    }
+
+    #[test]
+    fn session_final_rows_equal_the_reference_sessions(ev in events(), chunks in prop::collection::vec(1usize..40, 1..6)) {
+        let (rows, late) = streaming_result(&ev, &chunks, SESSION_FINAL);
+        prop_assert_eq!(late, late_count(&ev));
+        let n = rows.len();
+        let streamed: BTreeMap<(String, i64, i64), Value> = rows
+            .into_iter()
+            .map(|r| {
+                prop_assert!(r.get("tombstone").is_none(), "EMIT FINAL writes no tombstones");
+                let (ws, we) = (iso_ms(&r["window_start"]), iso_ms(&r["window_end"]));
+                let k = r["k"].as_str().unwrap_or_default().to_string();
+                Ok(((k.clone(), ws, we), json!({"k": k, "ws": ws, "we": we, "n": r["n"], "s": r["s"]})))
+            })
+            .collect::<Result<_, TestCaseError>>()?;
+        prop_assert_eq!(n, streamed.len(), "EMIT FINAL sends one row per session");
+        prop_assert_eq!(streamed, sessions(&on_time(&ev), 1500));
+    }
+}
+
+/// A TIMESTAMP as arrow's JSON writer prints it (`1970-01-01T00:16:40.700`), in epoch ms.
+fn iso_ms(v: &Value) -> i64 {
+    let text = v.as_str().unwrap_or_default();
+    datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(text)
+        .expect("a timestamp")
+        / 1_000_000
 }

@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::{filter, filter_record_batch, or_kleene};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::Operator;
+use super::{ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
-/// Keeps rows where `predicate` is true; null counts as false.
+/// Keeps rows where `predicate` is true; null counts as false. Tombstones always pass:
+/// deleting a row must reach the sink whatever the row held.
 pub struct FilterOperator {
     predicate: Arc<dyn PhysicalExpr>,
 }
@@ -26,14 +27,30 @@ impl Operator for FilterOperator {
         "Filter"
     }
 
-    fn process(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let mask = self
             .predicate
-            .evaluate(&batch)
+            .evaluate(&batch.rows)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(ExecError::eval("Filter"))?;
-        let out = filter_record_batch(&batch, mask.as_boolean())
-            .map_err(ExecError::arrow("filtering rows"))?;
-        Ok((out.num_rows() > 0).then_some(out))
+        let mut mask: BooleanArray = mask.as_boolean().clone();
+        if let Some(t) = &batch.tombstones {
+            mask = or_kleene(&mask, t).map_err(ExecError::arrow("filtering rows"))?;
+        }
+        let rows =
+            filter_record_batch(&batch.rows, &mask).map_err(ExecError::arrow("filtering rows"))?;
+        if rows.num_rows() == 0 {
+            return Ok(None);
+        }
+        let tombstones = match &batch.tombstones {
+            Some(t) => Some(
+                filter(t, &mask)
+                    .map_err(ExecError::arrow("filtering rows"))?
+                    .as_boolean()
+                    .clone(),
+            ),
+            None => None,
+        };
+        Ok(Some(ChangeBatch { rows, tombstones }))
     }
 }

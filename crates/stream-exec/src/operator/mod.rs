@@ -1,38 +1,80 @@
 //! Stream operators: each turns input batches into output batches and may act when the
 //! watermark advances. One operator per file, named as EXPLAIN names it.
+//!
+//! Batches travel as [`ChangeBatch`]es: rows plus, after an aggregation, a mask of the rows
+//! that are tombstones (a result row that no longer exists, e.g. a session merged into
+//! another). Tombstones pass every filter and become Kafka records with a null value.
 
+mod aggregates;
 mod filter;
 mod project;
+mod session_aggregate;
 mod window_aggregate;
 
 pub use filter::FilterOperator;
 pub use project::ProjectOperator;
+pub use session_aggregate::SessionAggregateOperator;
 pub use window_aggregate::WindowAggregateOperator;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
-use sluice_sql_planner::StreamOperator;
+use sluice_sql_planner::{StreamOperator, WindowKind};
 
 use crate::error::{ExecError, Result};
+
+/// Rows on their way through a query, some of which may be tombstones.
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    /// The rows. A tombstone row holds the key of the row it deletes; its other columns
+    /// are null or stale and must not be written.
+    pub rows: RecordBatch,
+    /// Which rows are tombstones; `None` when none are.
+    pub tombstones: Option<BooleanArray>,
+}
+
+impl ChangeBatch {
+    /// Rows without tombstones.
+    pub fn rows(rows: RecordBatch) -> Self {
+        Self {
+            rows,
+            tombstones: None,
+        }
+    }
+
+    /// Number of rows, tombstones included.
+    pub fn num_rows(&self) -> usize {
+        self.rows.num_rows()
+    }
+
+    /// Whether row `i` is a tombstone.
+    pub fn is_tombstone(&self, i: usize) -> bool {
+        self.tombstones.as_ref().is_some_and(|t| t.value(i))
+    }
+}
 
 /// A step of a running query.
 pub trait Operator: Send {
     /// The name EXPLAIN prints for it.
     fn name(&self) -> &'static str;
 
-    /// Process one batch. Must return batches of the operator's output schema; an empty
-    /// result means nothing to pass on.
-    fn process(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>>;
+    /// Process one batch. Must return batches of the operator's output schema; `None`
+    /// means nothing to pass on.
+    fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>>;
 
     /// The watermark reached `watermark_ms`. Operators with time state must drop what
     /// closed and may return the rows that closing produced.
-    fn advance_watermark(&mut self, _watermark_ms: i64) -> Result<Option<RecordBatch>> {
+    fn advance_watermark(&mut self, _watermark_ms: i64) -> Result<Option<ChangeBatch>> {
         Ok(None)
+    }
+
+    /// How many groups (key × window) the operator holds in state.
+    fn state_groups(&self) -> usize {
+        0
     }
 }
 
@@ -53,7 +95,10 @@ pub fn build(op: &StreamOperator) -> Result<Box<dyn Operator>> {
                 .collect::<Result<_>>()?,
             Arc::new(output.as_arrow().clone()),
         )),
-        StreamOperator::WindowAggregate { .. } => Box::new(WindowAggregateOperator::new(op)?),
+        StreamOperator::WindowAggregate { window, .. } => match window.map(|w| w.spec.kind) {
+            Some(WindowKind::Session { .. }) => Box::new(SessionAggregateOperator::new(op)?),
+            _ => Box::new(WindowAggregateOperator::new(op)?),
+        },
     })
 }
 

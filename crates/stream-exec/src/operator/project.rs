@@ -6,10 +6,11 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::Operator;
+use super::{ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
-/// Evaluates one expression per output column over whole batches.
+/// Evaluates one expression per output column over whole batches; tombstones stay
+/// tombstones.
 pub struct ProjectOperator {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
@@ -27,16 +28,19 @@ impl Operator for ProjectOperator {
         "Project"
     }
 
-    fn process(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let n = batch.num_rows();
         let columns = self
             .exprs
             .iter()
-            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+            .map(|e| e.evaluate(&batch.rows).and_then(|v| v.into_array(n)))
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(ExecError::eval("Project"))?;
-        let out = RecordBatch::try_new(self.schema.clone(), columns)
+        let rows = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(ExecError::arrow("building the projected batch"))?;
-        Ok((n > 0).then_some(out))
+        Ok((n > 0).then_some(ChangeBatch {
+            rows,
+            tombstones: batch.tombstones,
+        }))
     }
 }

@@ -1,47 +1,36 @@
-//! `WindowAggregateOperator`: keyed aggregation per window using DataFusion accumulators.
+//! `WindowAggregateOperator`: keyed aggregation per time window (tumbling, hopping) or
+//! over all time, using DataFusion accumulators.
 //!
 //! Group keys (the GROUP BY values, window bounds among them) are encoded with arrow's
 //! row format. Each group holds one DataFusion `Accumulator` per aggregate, fed with the
 //! group's rows of each batch through `update_batch`. With `EMIT CHANGES` the groups a
 //! batch touched are emitted after it; with `EMIT FINAL` a group is emitted once, when the
-//! watermark passes its window's end plus grace. Either way closed windows are dropped.
+//! watermark passes its window's end plus grace. Either way a closed window's groups are
+//! dropped, so state stays bounded on an unbounded stream.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::common::ScalarValue;
-use datafusion::logical_expr::execution_props::ExecutionProps;
-use datafusion::logical_expr::{Accumulator, Expr};
-use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, Row, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_sql_planner::{Emit, StreamOperator};
 
-use super::{physical, Operator};
+use super::aggregates::{Accumulators, Aggregates};
+use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
 const NAME: &str = "WindowAggregate";
 
-struct Aggregate {
-    function: Arc<AggregateFunctionExpr>,
-    args: Vec<Arc<dyn PhysicalExpr>>,
-    filter: Option<Arc<dyn PhysicalExpr>>,
-}
-
-struct Group {
-    accumulators: Vec<Box<dyn Accumulator>>,
-}
-
 /// Keyed, windowed aggregation. See the module docs.
 pub struct WindowAggregateOperator {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
-    aggregates: Vec<Aggregate>,
+    aggregates: Aggregates,
     converter: RowConverter,
     schema: SchemaRef,
-    groups: HashMap<OwnedRow, Group>,
+    aggregate_fields: Vec<FieldRef>,
+    groups: HashMap<OwnedRow, Accumulators>,
     /// Groups by window end, to close them in order; empty when not windowed.
     by_end: BTreeMap<i64, Vec<OwnedRow>>,
     window_end: Option<usize>,
@@ -62,12 +51,7 @@ impl WindowAggregateOperator {
             emit,
         } = op
         else {
-            return Err(ExecError::Evaluation {
-                operator: NAME,
-                source: datafusion::error::DataFusionError::Internal(
-                    "not a WindowAggregate step".into(),
-                ),
-            });
+            return Err(ExecError::internal(NAME, "not a WindowAggregate step"));
         };
         let group = group_exprs
             .iter()
@@ -84,31 +68,12 @@ impl WindowAggregateOperator {
             .collect::<Result<Vec<_>>>()?;
         let converter =
             RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
-        let aggregates = aggr_exprs
-            .iter()
-            .map(|e| {
-                let props = ExecutionProps::new();
-                let planning = Default::default();
-                let mut builder =
-                    LoweredAggregateBuilder::new(e, input, arrow_input, &props, &planning);
-                if let Expr::Alias(a) = e {
-                    builder = builder.with_name(a.name.clone());
-                }
-                let lowered = builder.build().map_err(ExecError::eval(NAME))?;
-                let (function, filter) = (lowered.aggregate, lowered.filter);
-                let args = function.expressions();
-                Ok(Aggregate {
-                    function,
-                    args,
-                    filter,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             group_exprs: group,
-            aggregates,
+            aggregates: Aggregates::new(aggr_exprs, input, NAME)?,
             converter,
             schema: Arc::new(output.as_arrow().clone()),
+            aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
             groups: HashMap::new(),
             by_end: BTreeMap::new(),
             window_end: *window_end,
@@ -117,24 +82,8 @@ impl WindowAggregateOperator {
         })
     }
 
-    /// Number of groups (key × window) held in state.
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-
-    fn new_group(&self) -> Result<Group> {
-        Ok(Group {
-            accumulators: self
-                .aggregates
-                .iter()
-                .map(|a| a.function.create_accumulator())
-                .collect::<datafusion::error::Result<_>>()
-                .map_err(ExecError::eval(NAME))?,
-        })
-    }
-
     /// The output rows of `keys`, in that order.
-    fn emit_rows(&mut self, keys: &[OwnedRow]) -> Result<Option<RecordBatch>> {
+    fn emit_rows(&mut self, keys: &[OwnedRow]) -> Result<Option<ChangeBatch>> {
         if keys.is_empty() {
             return Ok(None);
         }
@@ -142,30 +91,14 @@ impl WindowAggregateOperator {
             .converter
             .convert_rows(keys.iter().map(|k| k.row()))
             .map_err(ExecError::arrow("decoding group keys"))?;
-        for i in 0..self.aggregates.len() {
-            let values = keys
-                .iter()
-                .map(|k| {
-                    self.groups
-                        .get_mut(k)
-                        .map_or(Ok(ScalarValue::Null), |g| g.accumulators[i].evaluate())
-                })
-                .collect::<datafusion::error::Result<Vec<_>>>()
-                .map_err(ExecError::eval(NAME))?;
-            let field = self.schema.field(self.group_exprs.len() + i);
-            let array = ScalarValue::iter_to_array(values)
-                .and_then(|a| {
-                    if a.data_type() == field.data_type() {
-                        Ok(a)
-                    } else {
-                        Ok(datafusion::arrow::compute::cast(&a, field.data_type())?)
-                    }
-                })
-                .map_err(ExecError::eval(NAME))?;
-            columns.push(array);
+        let mut values = vec![Vec::with_capacity(keys.len()); self.aggregates.len()];
+        for k in keys {
+            self.aggregates
+                .evaluate_into(self.groups.get_mut(k), &mut values)?;
         }
+        columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
         RecordBatch::try_new(self.schema.clone(), columns)
-            .map(Some)
+            .map(|rows| Some(ChangeBatch::rows(rows)))
             .map_err(ExecError::arrow("building aggregate results"))
     }
 }
@@ -175,7 +108,8 @@ impl Operator for WindowAggregateOperator {
         NAME
     }
 
-    fn process(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>> {
+    fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
+        let batch = batch.rows;
         let n = batch.num_rows();
         let keys = self
             .group_exprs
@@ -188,8 +122,8 @@ impl Operator for WindowAggregateOperator {
             .convert_columns(&keys)
             .map_err(ExecError::arrow("encoding group keys"))?;
         // Rows of this batch per group, groups in order of first appearance.
-        let mut batch_groups: HashMap<datafusion::arrow::row::Row<'_>, usize> = HashMap::new();
-        let mut order: Vec<(datafusion::arrow::row::Row<'_>, Vec<u32>)> = vec![];
+        let mut batch_groups: HashMap<Row<'_>, usize> = HashMap::new();
+        let mut order: Vec<(Row<'_>, Vec<u32>)> = vec![];
         for (i, row) in rows.iter().enumerate() {
             let slot = *batch_groups.entry(row).or_insert_with(|| {
                 order.push((row, vec![]));
@@ -197,32 +131,7 @@ impl Operator for WindowAggregateOperator {
             });
             order[slot].1.push(i as u32);
         }
-        let args: Vec<Vec<ArrayRef>> = self
-            .aggregates
-            .iter()
-            .map(|a| {
-                a.args
-                    .iter()
-                    .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
-                    .collect::<datafusion::error::Result<Vec<_>>>()
-            })
-            .collect::<datafusion::error::Result<_>>()
-            .map_err(ExecError::eval(NAME))?;
-        let filters: Vec<Option<BooleanArray>> = self
-            .aggregates
-            .iter()
-            .map(|a| {
-                a.filter
-                    .as_ref()
-                    .map(|f| {
-                        f.evaluate(&batch)
-                            .and_then(|v| v.into_array(n))
-                            .map(|a| a.as_boolean().clone())
-                    })
-                    .transpose()
-            })
-            .collect::<datafusion::error::Result<_>>()
-            .map_err(ExecError::eval(NAME))?;
+        let args = self.aggregates.evaluate_args(&batch)?;
         let window_ends = self
             .window_end
             .map(|i| keys[i].as_primitive::<Int64Type>().clone());
@@ -230,7 +139,7 @@ impl Operator for WindowAggregateOperator {
         for (row, indices) in order {
             let owned = row.owned();
             if !self.groups.contains_key(&owned) {
-                let group = self.new_group()?;
+                let group = self.aggregates.create()?;
                 self.groups.insert(owned.clone(), group);
                 if let Some(ends) = &window_ends {
                     let end = ends.value(indices[0] as usize);
@@ -240,35 +149,9 @@ impl Operator for WindowAggregateOperator {
             let group = self
                 .groups
                 .get_mut(&owned)
-                .ok_or_else(|| ExecError::Evaluation {
-                    operator: NAME,
-                    source: datafusion::error::DataFusionError::Internal("group vanished".into()),
-                })?;
-            // One index array per group; only aggregates with FILTER (WHERE …) need their own.
-            let all = UInt32Array::from(indices);
-            for (a, acc) in group.accumulators.iter_mut().enumerate() {
-                let filtered;
-                let idx =
-                    match &filters[a] {
-                        Some(mask) => {
-                            filtered =
-                                UInt32Array::from_iter_values(all.values().iter().copied().filter(
-                                    |&i| mask.is_valid(i as usize) && mask.value(i as usize),
-                                ));
-                            &filtered
-                        }
-                        None => &all,
-                    };
-                if idx.is_empty() {
-                    continue;
-                }
-                let values = args[a]
-                    .iter()
-                    .map(|arr| take(arr.as_ref(), idx, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(ExecError::arrow("selecting group rows"))?;
-                acc.update_batch(&values).map_err(ExecError::eval(NAME))?;
-            }
+                .ok_or_else(|| ExecError::internal(NAME, "group vanished"))?;
+            self.aggregates
+                .update(group, &args, &UInt32Array::from(indices))?;
             touched.push(owned);
         }
         match self.emit {
@@ -277,7 +160,7 @@ impl Operator for WindowAggregateOperator {
         }
     }
 
-    fn advance_watermark(&mut self, watermark_ms: i64) -> Result<Option<RecordBatch>> {
+    fn advance_watermark(&mut self, watermark_ms: i64) -> Result<Option<ChangeBatch>> {
         let mut closed = vec![];
         while let Some(entry) = self.by_end.first_entry() {
             if entry.key().saturating_add(self.grace_ms) > watermark_ms {
@@ -293,5 +176,9 @@ impl Operator for WindowAggregateOperator {
             self.groups.remove(&key);
         }
         Ok(out)
+    }
+
+    fn state_groups(&self) -> usize {
+        self.groups.len()
     }
 }

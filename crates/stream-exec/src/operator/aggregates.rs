@@ -1,0 +1,227 @@
+//! The aggregate functions of one aggregation, shared by `WindowAggregate` and
+//! `SessionAggregate`: DataFusion accumulators created per group, fed with a group's rows
+//! of a batch, evaluated into result columns, and merged when sessions merge.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    new_empty_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::FieldRef;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::execution_props::ExecutionProps;
+use datafusion::logical_expr::{Accumulator, Expr};
+use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::error::{ExecError, Result};
+
+struct Aggregate {
+    function: Arc<AggregateFunctionExpr>,
+    args: Vec<Arc<dyn PhysicalExpr>>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// One group's accumulators, one per aggregate.
+pub(crate) type Accumulators = Vec<Box<dyn Accumulator>>;
+
+/// The aggregates' arguments and FILTER masks evaluated over one batch.
+pub(crate) struct BatchArgs {
+    args: Vec<Vec<ArrayRef>>,
+    filters: Vec<Option<BooleanArray>>,
+}
+
+/// The aggregate functions of one aggregation.
+pub(crate) struct Aggregates {
+    aggregates: Vec<Aggregate>,
+    operator: &'static str,
+}
+
+impl Aggregates {
+    /// Lower `exprs` (aggregate expressions over `input`) for `operator`.
+    pub(crate) fn new(exprs: &[Expr], input: &DFSchema, operator: &'static str) -> Result<Self> {
+        let arrow_input = input.as_arrow();
+        let aggregates = exprs
+            .iter()
+            .map(|e| {
+                let props = ExecutionProps::new();
+                let planning = Default::default();
+                let mut builder =
+                    LoweredAggregateBuilder::new(e, input, arrow_input, &props, &planning);
+                if let Expr::Alias(a) = e {
+                    builder = builder.with_name(a.name.clone());
+                }
+                let lowered = builder.build().map_err(ExecError::eval(operator))?;
+                let (function, filter) = (lowered.aggregate, lowered.filter);
+                let args = function.expressions();
+                Ok(Aggregate {
+                    function,
+                    args,
+                    filter,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            aggregates,
+            operator,
+        })
+    }
+
+    /// Number of aggregates.
+    pub(crate) fn len(&self) -> usize {
+        self.aggregates.len()
+    }
+
+    /// Fresh accumulators for a new group.
+    pub(crate) fn create(&self) -> Result<Accumulators> {
+        self.aggregates
+            .iter()
+            .map(|a| a.function.create_accumulator())
+            .collect::<datafusion::error::Result<_>>()
+            .map_err(ExecError::eval(self.operator))
+    }
+
+    /// Evaluate every aggregate's arguments and filter over `batch`.
+    pub(crate) fn evaluate_args(&self, batch: &RecordBatch) -> Result<BatchArgs> {
+        let n = batch.num_rows();
+        let args = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                a.args
+                    .iter()
+                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+            })
+            .collect::<datafusion::error::Result<_>>()
+            .map_err(ExecError::eval(self.operator))?;
+        let filters = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                a.filter
+                    .as_ref()
+                    .map(|f| {
+                        f.evaluate(batch)
+                            .and_then(|v| v.into_array(n))
+                            .map(|a| a.as_boolean().clone())
+                    })
+                    .transpose()
+            })
+            .collect::<datafusion::error::Result<_>>()
+            .map_err(ExecError::eval(self.operator))?;
+        Ok(BatchArgs { args, filters })
+    }
+
+    /// Feed the rows `indices` of the batch `args` came from to `accumulators`.
+    pub(crate) fn update(
+        &self,
+        accumulators: &mut Accumulators,
+        args: &BatchArgs,
+        indices: &UInt32Array,
+    ) -> Result<()> {
+        for (a, acc) in accumulators.iter_mut().enumerate() {
+            // Only aggregates with FILTER (WHERE …) need their own index array.
+            let filtered;
+            let idx = match &args.filters[a] {
+                Some(mask) => {
+                    filtered = UInt32Array::from_iter_values(
+                        indices
+                            .values()
+                            .iter()
+                            .copied()
+                            .filter(|&i| mask.is_valid(i as usize) && mask.value(i as usize)),
+                    );
+                    &filtered
+                }
+                None => indices,
+            };
+            if idx.is_empty() {
+                continue;
+            }
+            let values = args.args[a]
+                .iter()
+                .map(|arr| take(arr.as_ref(), idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(ExecError::arrow("selecting group rows"))?;
+            acc.update_batch(&values)
+                .map_err(ExecError::eval(self.operator))?;
+        }
+        Ok(())
+    }
+
+    /// Merge `other`'s state into `into` (two sessions becoming one).
+    pub(crate) fn merge(&self, into: &mut Accumulators, other: &mut Accumulators) -> Result<()> {
+        for (acc, from) in into.iter_mut().zip(other.iter_mut()) {
+            let state = from
+                .state()
+                .and_then(|s| {
+                    s.iter()
+                        .map(|v| v.to_array())
+                        .collect::<datafusion::error::Result<Vec<_>>>()
+                })
+                .map_err(ExecError::eval(self.operator))?;
+            acc.merge_batch(&state)
+                .map_err(ExecError::eval(self.operator))?;
+        }
+        Ok(())
+    }
+
+    /// Append `group`'s current results to `values` (one vector per aggregate); a
+    /// missing group (a tombstone) appends nulls.
+    pub(crate) fn evaluate_into(
+        &self,
+        group: Option<&mut Accumulators>,
+        values: &mut [Vec<ScalarValue>],
+    ) -> Result<()> {
+        match group {
+            Some(accs) => {
+                for (acc, out) in accs.iter_mut().zip(values.iter_mut()) {
+                    out.push(acc.evaluate().map_err(ExecError::eval(self.operator))?);
+                }
+            }
+            None => {
+                for out in values.iter_mut() {
+                    out.push(ScalarValue::Null);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Result columns from [`Aggregates::evaluate_into`]'s values, typed as `fields`. A
+    /// tombstone's null in a column that cannot be null becomes the type's default.
+    pub(crate) fn columns(
+        &self,
+        values: Vec<Vec<ScalarValue>>,
+        fields: &[FieldRef],
+    ) -> Result<Vec<ArrayRef>> {
+        values
+            .into_iter()
+            .zip(fields)
+            .map(|(column, field)| {
+                let field_type = field.data_type();
+                let column = column
+                    .into_iter()
+                    .map(|v| match (v.is_null(), field.is_nullable()) {
+                        (false, _) => Ok(v),
+                        (true, true) => ScalarValue::try_from(field_type),
+                        (true, false) => ScalarValue::new_default(field_type),
+                    })
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+                    .map_err(ExecError::eval(self.operator))?;
+                let array = if column.is_empty() {
+                    new_empty_array(field_type)
+                } else {
+                    ScalarValue::iter_to_array(column).map_err(ExecError::eval(self.operator))?
+                };
+                if array.data_type() == field_type {
+                    Ok(array)
+                } else {
+                    cast(&array, field_type).map_err(ExecError::arrow("typing aggregate results"))
+                }
+            })
+            .collect()
+    }
+}

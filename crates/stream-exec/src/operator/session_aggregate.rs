@@ -1,0 +1,421 @@
+//! `SessionAggregateOperator`: keyed aggregation per session window.
+//!
+//! A session holds a key's records whose gaps are at most the gap; its bounds are its
+//! first and last record times. Per key the operator keeps its open sessions, sorted by
+//! start and more than a gap apart. A batch's rows are sorted by time per key and cut
+//! into runs no wider than the gap; each run joins every session within a gap of it, so a
+//! record that bridges two sessions merges them (their accumulators merge through
+//! `state` / `merge_batch`).
+//!
+//! With `EMIT CHANGES`, every session whose bounds or values changed is written after the
+//! batch; the bounds it had been written with before, and every session merged away, get a
+//! tombstone first. With `EMIT FINAL`, a session is written once, when the watermark passes
+//! its last record time plus gap plus grace. A closed session's state is dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray,
+    UInt32Array,
+};
+use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, Row, RowConverter, SortField};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::PhysicalExpr;
+use sluice_sql_planner::window::{WINDOWEND, WINDOWSTART, WINDOW_END, WINDOW_START};
+use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
+
+use super::aggregates::{Accumulators, Aggregates};
+use super::{physical, ChangeBatch, Operator};
+use crate::error::{ExecError, Result};
+
+const NAME: &str = "SessionAggregate";
+
+/// What a group column of the output holds.
+#[derive(Debug, Clone, Copy)]
+enum GroupColumn {
+    /// The `i`-th key column.
+    Key(usize),
+    /// `WINDOWSTART` (BIGINT) or `window_start` (TIMESTAMP).
+    Start { timestamp: bool },
+    /// `WINDOWEND` or `window_end`: the last record time.
+    End { timestamp: bool },
+}
+
+struct Session {
+    start: i64,
+    last: i64,
+    accumulators: Accumulators,
+    /// The bounds this session was last written with (EMIT CHANGES).
+    emitted: Option<(i64, i64)>,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+/// Keyed aggregation per session window. See the module docs.
+pub struct SessionAggregateOperator {
+    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Evaluates to each row's event time (the scan puts it in the window columns).
+    time_expr: Arc<dyn PhysicalExpr>,
+    columns: Vec<GroupColumn>,
+    aggregates: Aggregates,
+    aggregate_fields: Vec<FieldRef>,
+    converter: RowConverter,
+    schema: SchemaRef,
+    gap_ms: i64,
+    grace_ms: i64,
+    emit: Emit,
+    /// Open sessions per key, sorted by start.
+    sessions: HashMap<OwnedRow, Vec<Session>>,
+    session_count: usize,
+    /// (key, start) of sessions by close time; entries of sessions that grew since are
+    /// stale and skipped.
+    by_close: BTreeMap<i64, Vec<(OwnedRow, i64)>>,
+}
+
+/// One output row to build: a key's session bounds, live or deleted.
+struct Pending {
+    key: OwnedRow,
+    bounds: (i64, i64),
+    /// `Some(start)` of the live session whose values to write; `None` for a tombstone.
+    live: Option<i64>,
+}
+
+impl SessionAggregateOperator {
+    /// Build from a `StreamOperator::WindowAggregate` step with a SESSION window.
+    pub fn new(op: &StreamOperator) -> Result<Self> {
+        let StreamOperator::WindowAggregate {
+            group_exprs,
+            aggr_exprs,
+            input,
+            output,
+            window: Some(window),
+            emit,
+            ..
+        } = op
+        else {
+            return Err(ExecError::internal(NAME, "not a windowed aggregation step"));
+        };
+        let WindowKind::Session { gap_ms } = window.spec.kind else {
+            return Err(ExecError::internal(NAME, "not a SESSION window"));
+        };
+        let mut key_exprs = vec![];
+        let mut columns = vec![];
+        let mut time_expr = None;
+        for e in group_exprs {
+            let name = match e {
+                Expr::Column(c) => Some(c.name.as_str()),
+                _ => None,
+            };
+            let column = match name {
+                Some(WINDOWSTART) => GroupColumn::Start { timestamp: false },
+                Some(WINDOW_START) => GroupColumn::Start { timestamp: true },
+                Some(WINDOWEND) => GroupColumn::End { timestamp: false },
+                Some(WINDOW_END) => GroupColumn::End { timestamp: true },
+                _ => {
+                    key_exprs.push(physical(e, input, NAME)?);
+                    GroupColumn::Key(key_exprs.len() - 1)
+                }
+            };
+            if name == Some(WINDOWSTART) {
+                time_expr = Some(physical(e, input, NAME)?);
+            }
+            columns.push(column);
+        }
+        let time_expr = time_expr
+            .ok_or_else(|| ExecError::internal(NAME, "WINDOWSTART is missing from GROUP BY"))?;
+        let arrow_input = input.as_arrow();
+        let fields = key_exprs
+            .iter()
+            .map(|e| {
+                e.data_type(arrow_input)
+                    .map(SortField::new)
+                    .map_err(ExecError::eval(NAME))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let converter =
+            RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
+        Ok(Self {
+            key_exprs,
+            time_expr,
+            columns,
+            aggregates: Aggregates::new(aggr_exprs, input, NAME)?,
+            aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
+            converter,
+            schema: Arc::new(output.as_arrow().clone()),
+            gap_ms,
+            grace_ms: window.grace_ms,
+            emit: *emit,
+            sessions: HashMap::new(),
+            session_count: 0,
+            by_close: BTreeMap::new(),
+        })
+    }
+
+    fn close_time(&self, last: i64) -> i64 {
+        last.saturating_add(self.gap_ms)
+            .saturating_add(self.grace_ms)
+    }
+
+    /// Add the rows `indices` (sorted by time, at most a gap apart) of one key to its
+    /// sessions. Bounds written before and no longer live go to `tombstones`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_run(
+        &mut self,
+        key: &OwnedRow,
+        first: i64,
+        last: i64,
+        indices: Vec<u32>,
+        args: &super::aggregates::BatchArgs,
+        tombstones: &mut Vec<Pending>,
+    ) -> Result<()> {
+        let gap = self.gap_ms;
+        let list = self.sessions.entry(key.clone()).or_default();
+        // Sessions within a gap of [first, last]: a contiguous range of the sorted list.
+        let lo = list.partition_point(|s| s.last.saturating_add(gap) < first);
+        let hi = list.partition_point(|s| s.start.saturating_sub(gap) <= last);
+        let mut merged: Vec<Session> = list.drain(lo..hi.max(lo)).collect();
+        let before = merged.first().map(|s| (s.start, s.last));
+        let mut session = if merged.is_empty() {
+            self.session_count += 1;
+            Session {
+                start: first,
+                last,
+                accumulators: self.aggregates.create()?,
+                emitted: None,
+                dirty: true,
+            }
+        } else {
+            self.session_count -= merged.len() - 1;
+            let mut base = merged.remove(0);
+            for mut other in merged {
+                self.aggregates
+                    .merge(&mut base.accumulators, &mut other.accumulators)?;
+                base.start = base.start.min(other.start);
+                base.last = base.last.max(other.last);
+                if let Some(bounds) = other.emitted {
+                    tombstones.push(Pending {
+                        key: key.clone(),
+                        bounds,
+                        live: None,
+                    });
+                }
+            }
+            base.start = base.start.min(first);
+            base.last = base.last.max(last);
+            base
+        };
+        self.aggregates
+            .update(&mut session.accumulators, args, &UInt32Array::from(indices))?;
+        session.dirty = true;
+        if let Some(bounds) = session.emitted {
+            if bounds != (session.start, session.last) {
+                tombstones.push(Pending {
+                    key: key.clone(),
+                    bounds,
+                    live: None,
+                });
+                session.emitted = None;
+            }
+        }
+        // Bounds only grow, so an entry is pushed once per (start, close).
+        if before != Some((session.start, session.last)) {
+            let close = self.close_time(session.last);
+            self.by_close
+                .entry(close)
+                .or_default()
+                .push((key.clone(), session.start));
+        }
+        let list = self.sessions.entry(key.clone()).or_default();
+        list.insert(lo, session);
+        Ok(())
+    }
+
+    /// Build the output rows for `pending`, in order.
+    fn build(&mut self, pending: &[Pending]) -> Result<Option<ChangeBatch>> {
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let keys = self
+            .converter
+            .convert_rows(pending.iter().map(|p| p.key.row()))
+            .map_err(ExecError::arrow("decoding group keys"))?;
+        let starts: Vec<i64> = pending.iter().map(|p| p.bounds.0).collect();
+        let ends: Vec<i64> = pending.iter().map(|p| p.bounds.1).collect();
+        let mut columns: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|c| -> ArrayRef {
+                match *c {
+                    GroupColumn::Key(i) => keys[i].clone(),
+                    GroupColumn::Start { timestamp: false } => {
+                        Arc::new(Int64Array::from(starts.clone()))
+                    }
+                    GroupColumn::Start { timestamp: true } => {
+                        Arc::new(TimestampMillisecondArray::from(starts.clone()))
+                    }
+                    GroupColumn::End { timestamp: false } => {
+                        Arc::new(Int64Array::from(ends.clone()))
+                    }
+                    GroupColumn::End { timestamp: true } => {
+                        Arc::new(TimestampMillisecondArray::from(ends.clone()))
+                    }
+                }
+            })
+            .collect();
+        let mut values = vec![Vec::with_capacity(pending.len()); self.aggregates.len()];
+        for p in pending {
+            let group = match p.live {
+                Some(start) => self
+                    .sessions
+                    .get_mut(&p.key)
+                    .and_then(|l| l.iter_mut().find(|s| s.start == start))
+                    .map(|s| &mut s.accumulators),
+                None => None,
+            };
+            self.aggregates.evaluate_into(group, &mut values)?;
+        }
+        columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
+        let rows = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(ExecError::arrow("building session results"))?;
+        let tombstones = pending
+            .iter()
+            .any(|p| p.live.is_none())
+            .then(|| BooleanArray::from_iter(pending.iter().map(|p| Some(p.live.is_none()))));
+        Ok(Some(ChangeBatch { rows, tombstones }))
+    }
+}
+
+impl Operator for SessionAggregateOperator {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
+        let batch = batch.rows;
+        let n = batch.num_rows();
+        let keys = self
+            .key_exprs
+            .iter()
+            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(ExecError::eval(NAME))?;
+        let times = self
+            .time_expr
+            .evaluate(&batch)
+            .and_then(|v| v.into_array(n))
+            .map_err(ExecError::eval(NAME))?;
+        let times = times.as_primitive::<Int64Type>();
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(ExecError::arrow("encoding group keys"))?;
+        let mut batch_keys: HashMap<Row<'_>, usize> = HashMap::new();
+        let mut order: Vec<(Row<'_>, Vec<u32>)> = vec![];
+        for (i, row) in rows.iter().enumerate() {
+            let slot = *batch_keys.entry(row).or_insert_with(|| {
+                order.push((row, vec![]));
+                order.len() - 1
+            });
+            order[slot].1.push(i as u32);
+        }
+        let args = self.aggregates.evaluate_args(&batch)?;
+        let mut tombstones = vec![];
+        let mut touched = Vec::with_capacity(order.len());
+        for (row, mut indices) in order {
+            let key = row.owned();
+            indices.sort_by_key(|&i| times.value(i as usize));
+            // Runs of rows at most a gap apart.
+            let mut run: Vec<u32> = vec![];
+            let (mut first, mut prev) = (0i64, 0i64);
+            for i in indices {
+                let t = times.value(i as usize);
+                if !run.is_empty() && t.saturating_sub(prev) > self.gap_ms {
+                    let done = std::mem::take(&mut run);
+                    self.add_run(&key, first, prev, done, &args, &mut tombstones)?;
+                }
+                if run.is_empty() {
+                    first = t;
+                }
+                prev = t;
+                run.push(i);
+            }
+            if !run.is_empty() {
+                self.add_run(&key, first, prev, run, &args, &mut tombstones)?;
+            }
+            touched.push(key);
+        }
+        if self.emit == Emit::Final {
+            return Ok(None);
+        }
+        let mut pending = tombstones;
+        for key in touched {
+            if let Some(list) = self.sessions.get_mut(&key) {
+                for s in list.iter_mut() {
+                    if s.dirty {
+                        s.dirty = false;
+                        s.emitted = Some((s.start, s.last));
+                        pending.push(Pending {
+                            key: key.clone(),
+                            bounds: (s.start, s.last),
+                            live: Some(s.start),
+                        });
+                    }
+                }
+            }
+        }
+        self.build(&pending)
+    }
+
+    fn advance_watermark(&mut self, watermark_ms: i64) -> Result<Option<ChangeBatch>> {
+        let mut closed: Vec<(OwnedRow, i64)> = vec![];
+        while let Some(entry) = self.by_close.first_entry() {
+            // A session is closed once the watermark passes last + gap + grace.
+            if *entry.key() >= watermark_ms {
+                break;
+            }
+            let close = *entry.key();
+            for (key, start) in entry.remove() {
+                let live = self.sessions.get(&key).is_some_and(|l| {
+                    l.iter()
+                        .any(|s| s.start == start && self.close_time(s.last) == close)
+                });
+                if live {
+                    closed.push((key, start));
+                }
+            }
+        }
+        let out = match self.emit {
+            Emit::Final => {
+                let pending: Vec<Pending> = closed
+                    .iter()
+                    .filter_map(|(key, start)| {
+                        let s = self.sessions.get(key)?.iter().find(|s| s.start == *start)?;
+                        Some(Pending {
+                            key: key.clone(),
+                            bounds: (s.start, s.last),
+                            live: Some(s.start),
+                        })
+                    })
+                    .collect();
+                self.build(&pending)?
+            }
+            Emit::Changes => None,
+        };
+        for (key, start) in closed {
+            if let Some(list) = self.sessions.get_mut(&key) {
+                list.retain(|s| s.start != start);
+                self.session_count -= 1;
+                if list.is_empty() {
+                    self.sessions.remove(&key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn state_groups(&self) -> usize {
+        self.session_count
+    }
+}
