@@ -511,7 +511,7 @@ impl Engine {
                     "type": kind.as_str(),
                     "name": s.name,
                     "topic": s.topic,
-                    "keyFormat": "KAFKA",
+                    "keyFormat": "JSON",
                     "valueFormat": s.value_format.as_str(),
                     "isWindowed": s.window.is_some(),
                 })
@@ -585,7 +585,7 @@ impl Engine {
                 "statistics": format!("records-in: {} records-out: {}", totals.0, totals.1),
                 "errorStats": format!("malformed-records: {} late-records: {}", totals.2, totals.3),
                 "extended": extended,
-                "keyFormat": "KAFKA",
+                "keyFormat": "JSON",
                 "valueFormat": source.value_format.as_str(),
                 "topic": source.topic,
                 "partitions": partitions,

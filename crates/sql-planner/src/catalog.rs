@@ -65,7 +65,8 @@ impl ValueFormat {
 pub enum EventTime {
     /// The Kafka record timestamp (`ROWTIME`).
     RecordTimestamp,
-    /// A column of the value: BIGINT epoch milliseconds or TIMESTAMP.
+    /// A column of the value: BIGINT epoch milliseconds, TIMESTAMP, or VARCHAR read with
+    /// the source's `TIMESTAMP_FORMAT`.
     Column(String),
 }
 
@@ -87,6 +88,9 @@ pub struct SourceDef {
     pub key_columns: Vec<String>,
     /// Where event time comes from.
     pub event_time: EventTime,
+    /// `TIMESTAMP_FORMAT`, for a VARCHAR time column (a Java `DateTimeFormatter` pattern).
+    #[serde(default)]
+    pub timestamp_format: Option<String>,
     /// For windowed tables, the window they were aggregated over.
     pub window: Option<WindowSpec>,
     /// The statement that created it.

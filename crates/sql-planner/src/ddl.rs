@@ -8,6 +8,7 @@ use crate::error::{PlanError, Result};
 use crate::planner::{check_time_column, value_schema};
 use crate::statement::{ColumnSpec, Properties};
 use crate::stream_plan::StreamPlan;
+use crate::timestamp_format::TimestampFormat;
 
 /// Properties Sluice accepts and ignores (they matter to ksqlDB but not here yet).
 const IGNORED: [&str; 3] = ["KEY_FORMAT", "REPLICAS", "WRAP_SINGLE_VALUE"];
@@ -70,9 +71,14 @@ pub fn declare_source(
         schema,
         key_columns,
         event_time: EventTime::RecordTimestamp,
+        timestamp_format: None,
         window: None,
         statement: statement.to_string(),
     };
+    if let Some(format) = properties.remove("TIMESTAMP_FORMAT") {
+        TimestampFormat::parse(&format)?;
+        source.timestamp_format = Some(format);
+    }
     if let Some(ts) = properties.remove("TIMESTAMP") {
         let column = source
             .schema
@@ -136,6 +142,7 @@ pub fn declare_sink(
                 .map(|&i| plan.output_schema.field(i).name().clone())
                 .collect(),
             event_time: EventTime::RecordTimestamp,
+            timestamp_format: None,
             window: plan.source.window.map(|w| w.spec),
             statement: statement.to_string(),
         },
@@ -169,7 +176,7 @@ fn take_partitions(properties: &mut Properties) -> Result<Option<i32>> {
 fn reject_unknown(properties: &Properties) -> Result<()> {
     match properties.keys().find(|k| !IGNORED.contains(&k.as_str())) {
         Some(k) => Err(PlanError::invalid(format!(
-            "unknown property {k}; Sluice knows KAFKA_TOPIC, VALUE_FORMAT, PARTITIONS and TIMESTAMP"
+            "unknown property {k}; Sluice knows KAFKA_TOPIC, VALUE_FORMAT, PARTITIONS, TIMESTAMP and TIMESTAMP_FORMAT"
         ))),
         None => Ok(()),
     }

@@ -8,6 +8,7 @@
 //! - [`catalog`]: streams and tables, their columns, topics and event time.
 //! - [`ddl`]: catalog entries from CREATE statements, checked without Kafka.
 //! - [`window`]: the window spec both window spellings lower to.
+//! - [`timestamp_format`]: `TIMESTAMP_FORMAT` patterns (Java letters) for string event times.
 //! - [`functions`]: ksqlDB's aggregates (`LATEST_BY_OFFSET`, `TOPK`, ...) as DataFusion UDAFs.
 //! - [`planner`]: DataFusion `SqlToRel` + optimizer, then lowering to a [`StreamPlan`].
 //! - [`stream_plan`]: the plan the executor runs.
@@ -21,6 +22,7 @@ pub mod functions;
 pub mod planner;
 pub mod statement;
 pub mod stream_plan;
+pub mod timestamp_format;
 pub mod window;
 mod window_syntax;
 
@@ -30,6 +32,7 @@ pub use error::{PlanError, PlanErrorKind, Position};
 pub use planner::QueryPlanner;
 pub use statement::{ColumnSpec, ContinuousQuery, Emit, ParsedStatement, Properties, Statement};
 pub use stream_plan::{AssignedWindow, SourceScan, StreamOperator, StreamPlan};
+pub use timestamp_format::TimestampFormat;
 pub use window::{WindowKind, WindowSpec};
 
 pub use datafusion;

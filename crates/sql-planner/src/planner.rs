@@ -25,6 +25,7 @@ use crate::catalog::{Catalog, EventTime, SourceDef, SourceKind, ROWTIME};
 use crate::error::{PlanError, PlanErrorKind, Result};
 use crate::statement::{ContinuousQuery, Emit};
 use crate::stream_plan::{AssignedWindow, SourceScan, StreamOperator, StreamPlan};
+use crate::timestamp_format::TimestampFormat;
 use crate::window::{WindowKind, WINDOWEND, WINDOWSTART, WINDOW_COLUMNS, WINDOW_END, WINDOW_START};
 
 /// Plans continuous queries against a catalog. Holds DataFusion's function registry, so
@@ -249,6 +250,11 @@ impl QueryPlanner {
                 scan_schema,
                 projection,
                 event_time,
+                timestamp_format: source
+                    .timestamp_format
+                    .as_deref()
+                    .map(TimestampFormat::parse)
+                    .transpose()?,
                 window,
             },
             operators: lowering.operators,
@@ -283,7 +289,8 @@ fn check_unique_names(schema: &Schema) -> Result<()> {
     Ok(())
 }
 
-/// The time column of a window function must be a BIGINT or TIMESTAMP value column.
+/// A time column must be a BIGINT or TIMESTAMP value column, or VARCHAR when the source
+/// has a `TIMESTAMP_FORMAT`.
 pub fn check_time_column(source: &SourceDef, column: &str) -> Result<()> {
     let field = source
         .schema
@@ -298,8 +305,13 @@ pub fn check_time_column(source: &SourceDef, column: &str) -> Result<()> {
         })?;
     match field.data_type() {
         DataType::Int64 | DataType::Timestamp(_, _) => Ok(()),
+        DataType::Utf8 if source.timestamp_format.is_some() => Ok(()),
+        DataType::Utf8 => Err(PlanError::invalid(format!(
+            "time column \"{column}\" is VARCHAR; give its pattern with TIMESTAMP_FORMAT, \
+             e.g. TIMESTAMP_FORMAT='yyyy-MM-dd''T''HH:mm:ssX'"
+        ))),
         other => Err(PlanError::invalid(format!(
-            "time column \"{column}\" must be BIGINT (epoch milliseconds) or TIMESTAMP, not {other}"
+            "time column \"{column}\" must be BIGINT (epoch milliseconds), TIMESTAMP, or VARCHAR with TIMESTAMP_FORMAT, not {other}"
         ))),
     }
 }

@@ -13,6 +13,7 @@ use datafusion::logical_expr::Expr;
 
 use crate::catalog::EventTime;
 use crate::statement::Emit;
+use crate::timestamp_format::TimestampFormat;
 use crate::window::{WindowKind, WindowSpec};
 
 /// Where a plan reads: one stream's topic, decoded with the stream's schema.
@@ -30,6 +31,8 @@ pub struct SourceScan {
     pub projection: Option<Vec<usize>>,
     /// Where event time comes from.
     pub event_time: EventTime,
+    /// How to read a VARCHAR time column.
+    pub timestamp_format: Option<TimestampFormat>,
     /// The window assigned to each record, with the grace in force.
     pub window: Option<AssignedWindow>,
 }
@@ -184,6 +187,9 @@ impl fmt::Display for StreamPlan {
             "{pad}Source: stream={} topic={} time={time}",
             self.source.stream, self.source.topic
         )?;
+        if let Some(format) = &self.source.timestamp_format {
+            write!(f, " format='{}'", format.pattern.replace('\'', "''"))?;
+        }
         if let Some(p) = &self.source.projection {
             let names: Vec<&str> = p
                 .iter()

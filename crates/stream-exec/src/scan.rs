@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
-use sluice_sql_planner::{EventTime, SourceScan, WindowKind};
+use sluice_sql_planner::{EventTime, SourceScan, TimestampFormat, WindowKind};
 
 use crate::error::{ExecError, Result};
 use crate::record::RawRecord;
@@ -219,6 +219,22 @@ impl ScanStage {
                 cast(&as_ms, &DataType::Int64)
                     .map_err(ExecError::arrow("reading the time column"))?
             }
+            DataType::Utf8 => {
+                if let Some(format) = &self.scan.timestamp_format {
+                    return Ok(parse_times(
+                        column.as_string::<i32>(),
+                        format,
+                        &self.scan.value_schema.field(index).name().clone(),
+                        skipped,
+                    ));
+                }
+                return Err(ExecError::Arrow {
+                    context: "reading the time column",
+                    source: datafusion::arrow::error::ArrowError::InvalidArgumentError(
+                        "a VARCHAR time column needs TIMESTAMP_FORMAT".to_string(),
+                    ),
+                });
+            }
             other => {
                 return Err(ExecError::Arrow {
                     context: "reading the time column",
@@ -244,5 +260,86 @@ impl ScanStage {
                 }
             })
             .collect())
+    }
+}
+
+/// Event times of a VARCHAR column read with `format`; a value that does not match is
+/// malformed.
+fn parse_times(
+    values: &datafusion::arrow::array::StringArray,
+    format: &TimestampFormat,
+    name: &str,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Option<i64>> {
+    (0..values.len())
+        .map(|row| {
+            let parsed = if values.is_null(row) {
+                Err(format!("the time column \"{name}\" is missing or null"))
+            } else {
+                parse_time(values.value(row), format).ok_or_else(|| {
+                    format!(
+                        "the time column \"{name}\" value {:?} does not match TIMESTAMP_FORMAT '{}'",
+                        values.value(row),
+                        format.pattern
+                    )
+                })
+            };
+            match parsed {
+                Ok(ms) => Some(ms),
+                Err(message) => {
+                    skipped.push(Skipped {
+                        row,
+                        reason: SkipReason::Malformed,
+                        message,
+                    });
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// One value in epoch ms: with the pattern's zone, else as UTC.
+fn parse_time(text: &str, format: &TimestampFormat) -> Option<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let f = format.strftime.as_str();
+    if format.has_zone {
+        // Java's X writes UTC as `Z`; chrono's %:z wants an offset.
+        let text = match text.strip_suffix('Z') {
+            Some(rest) => format!("{rest}+00:00"),
+            None => text.to_string(),
+        };
+        return DateTime::parse_from_str(&text, f)
+            .ok()
+            .map(|t| t.timestamp_millis());
+    }
+    if format.has_time {
+        return NaiveDateTime::parse_from_str(text, f)
+            .ok()
+            .map(|t| t.and_utc().timestamp_millis());
+    }
+    NaiveDate::parse_from_str(text, f)
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formatted_times_are_read_with_their_zone_or_as_utc() {
+        let iso = TimestampFormat::parse("yyyy-MM-dd'T'HH:mm:ss.SSSX").expect("valid");
+        assert_eq!(parse_time("1970-01-01T00:00:01.500Z", &iso), Some(1_500));
+        assert_eq!(
+            parse_time("1970-01-01T01:00:01.500+01:00", &iso),
+            Some(1_500)
+        );
+        let local = TimestampFormat::parse("dd/MM/yyyy HH:mm:ss").expect("valid");
+        assert_eq!(parse_time("02/01/1970 00:00:00", &local), Some(86_400_000));
+        let day = TimestampFormat::parse("yyyy-MM-dd").expect("valid");
+        assert_eq!(parse_time("1970-01-03", &day), Some(2 * 86_400_000));
+        assert_eq!(parse_time("yesterday", &day), None);
     }
 }
