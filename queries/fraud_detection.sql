@@ -4,8 +4,11 @@
 --   {"tx_id":"t-1","card_id":"card-0042","merchant":"Grocer","amount":23.5,"country":"DE","ts":1764100000000}
 -- Output:
 --   LARGE_TRANSACTIONS  every transaction over 1,000 (a stream)
---   FRAUD_ALERTS        cards used 5 times or more, or for more than 3,000 in total,
---                       or in more than one country within one minute (a windowed table)
+--   FRAUD_ALERTS        on the `alerts` topic: per card, a session of activity (no gap of
+--                       5 minutes or more) with more than 3 transactions totalling more
+--                       than 5,000 -- several high-value transactions in a short time. Each
+--                       update of an alerting session is written; when a session grows or
+--                       merges with another, its old row gets a tombstone (key, null value)
 
 CREATE STREAM transactions (
   tx_id VARCHAR,
@@ -22,15 +25,16 @@ CREATE STREAM large_transactions AS
   WHERE amount > 1000
   EMIT CHANGES;
 
-CREATE TABLE fraud_alerts AS
+CREATE TABLE fraud_alerts WITH (KAFKA_TOPIC='alerts') AS
   SELECT card_id,
-         WINDOWSTART AS window_start_ms,
-         WINDOWEND AS window_end_ms,
+         WINDOWSTART AS session_start,
+         WINDOWEND AS session_end,
          COUNT(*) AS tx_count,
          SUM(amount) AS total_amount,
-         COUNT(DISTINCT country) AS countries
+         COUNT(DISTINCT country) AS countries,
+         LATEST_BY_OFFSET(merchant) AS last_merchant
   FROM transactions
-  WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 10 SECONDS)
+  WINDOW SESSION (5 MINUTES, GRACE PERIOD 1 MINUTE)
   GROUP BY card_id
-  HAVING COUNT(*) >= 5 OR SUM(amount) > 3000 OR COUNT(DISTINCT country) > 1
+  HAVING COUNT(*) > 3 AND SUM(amount) > 5000
   EMIT CHANGES;

@@ -76,7 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("  running queries:   curl -s -X POST http://{address}/ksql -d '{{\"ksql\":\"SHOW QUERIES;\"}}'");
     println!("  alert table:       curl -s -X POST http://{address}/ksql -d '{{\"ksql\":\"DESCRIBE FRAUD_ALERTS;\"}}'");
-    println!("  raw alert records: kcat -b {bootstrap} -t FRAUD_ALERTS -C");
+    println!("  raw alert records: kcat -b {bootstrap} -t alerts -C");
     println!("  (Ctrl-C to stop)");
     println!();
 
@@ -160,14 +160,14 @@ async fn generate(bootstrap: String, rate: u32) -> anyhow::Result<()> {
     }
 }
 
-/// Print each alert update from the FRAUD_ALERTS topic.
+/// Print each alert update from the `alerts` topic (FRAUD_ALERTS); tombstones are skipped.
 async fn watch_alerts(bootstrap: String) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "sluice-demo-watcher")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    consumer.subscribe(&["FRAUD_ALERTS"])?;
+    consumer.subscribe(&["alerts"])?;
     loop {
         let m = match consumer.recv().await {
             Ok(m) => m,
@@ -181,12 +181,15 @@ async fn watch_alerts(bootstrap: String) -> anyhow::Result<()> {
             continue;
         };
         println!(
-            "ALERT card={} window_start={} transactions={} total={:.2} countries={}",
+            "ALERT card={} session={}..{} ({} s) transactions={} total={:.2} countries={} last_merchant={}",
             v["card_id"].as_str().unwrap_or("?"),
-            v["window_start_ms"],
+            v["session_start"],
+            v["session_end"],
+            (v["session_end"].as_i64().unwrap_or(0) - v["session_start"].as_i64().unwrap_or(0)) / 1000,
             v["tx_count"],
             v["total_amount"].as_f64().unwrap_or(0.0),
             v["countries"],
+            v["last_merchant"].as_str().unwrap_or("?"),
         );
     }
 }
