@@ -78,7 +78,13 @@ fn batch_result(events: &[Value], sql: &str) -> Vec<Value> {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let ctx = SessionContext::new();
+        // One partition, so order-sensitive aggregates see the events in input order.
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+        );
+        for f in sluice_sql_planner::functions::udafs() {
+            ctx.register_udaf(f.as_ref().clone());
+        }
         ctx.register_table(
             "ev",
             Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("mem")),
@@ -242,11 +248,23 @@ fn events() -> impl Strategy<Value = Vec<Event>> {
     )
 }
 
-const STREAMING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, COUNT(*) AS n, SUM(v) AS s, MIN(v) AS lo, MAX(v) AS hi \
-    FROM ev WINDOW TUMBLING (SIZE 5 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k EMIT CHANGES;";
-const BATCH: &str =
-    "SELECT k, ts - ts % 5000 AS ws, COUNT(*) AS n, SUM(v) AS s, MIN(v) AS lo, MAX(v) AS hi \
-    FROM ev GROUP BY k, ts - ts % 5000";
+/// Aggregates of every kind: plain, distinct, statistical, approximate, order-sensitive
+/// (ksqlDB's), with FILTER.
+const AGGREGATES: &str = "COUNT(*) AS n, SUM(v) AS s, MIN(v) AS lo, MAX(v) AS hi, AVG(v) AS mean, \
+    ROUND(STDDEV(v), 6) AS sd, APPROX_DISTINCT(v % 7) AS ad, COUNT(DISTINCT v % 5) AS cd, \
+    COUNT(*) FILTER (WHERE v > 0) AS positive, LATEST_BY_OFFSET(v) AS last_v, \
+    EARLIEST_BY_OFFSET(v) AS first_v, TOPK(v, 2) AS top2, COLLECT_LIST(v) AS vs";
+
+fn streaming_sql() -> String {
+    format!(
+        "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, {AGGREGATES} \
+         FROM ev WINDOW TUMBLING (SIZE 5 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k EMIT CHANGES;"
+    )
+}
+
+fn batch_sql() -> String {
+    format!("SELECT k, ts - ts % 5000 AS ws, {AGGREGATES} FROM ev GROUP BY k, ts - ts % 5000")
+}
 
 const HOPPING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, COUNT(*) AS n, SUM(v) AS s \
     FROM ev WINDOW HOPPING (SIZE 6 SECONDS, ADVANCE BY 2 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k EMIT FINAL;";
@@ -272,9 +290,9 @@ proptest! {
 
     #[test]
     fn tumbling_changelog_ends_at_the_batch_result(ev in events(), chunks in prop::collection::vec(1usize..40, 1..6)) {
-        let (rows, late) = streaming_result(&ev, &chunks, STREAMING);
+        let (rows, late) = streaming_result(&ev, &chunks, &streaming_sql());
         prop_assert_eq!(late, late_count(&ev));
-        let batch = latest(batch_result(&on_time(&ev), BATCH));
+        let batch = latest(batch_result(&on_time(&ev), &batch_sql()));
         prop_assert_eq!(latest(rows), batch);
     }
 
