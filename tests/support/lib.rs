@@ -269,3 +269,141 @@ pub fn latest_by<K: std::hash::Hash + Eq>(
     }
     out
 }
+
+/// Produce `(partition, key, value)` records, each to its own partition. Each partition
+/// receives its records in list order: the producer is idempotent, which keeps one
+/// partition's records in order while many are in flight. Panics unless all are delivered.
+pub async fn produce_to_partitions(topic: &str, records: &[(i32, Option<String>, String)]) {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::Producer as _;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    // Explicit partitions need the topic's metadata first.
+    let wanted = records.iter().map(|r| r.0).max().unwrap_or(0);
+    let (client, name) = (producer.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let known = client
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32));
+            if known.is_some_and(|n| n > wanted) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} has no partition {wanted}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("metadata task");
+    let mut pending = Vec::with_capacity(records.len());
+    for (partition, key, value) in records {
+        let mut record = FutureRecord::<String, String>::to(topic)
+            .payload(value)
+            .partition(*partition);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push((*partition, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
+    }
+    for (partition, delivery) in pending {
+        let delivered = delivery
+            .await
+            .expect("delivery report")
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+        assert_eq!(delivered.partition, partition, "delivered to its partition");
+    }
+}
+
+/// A window bound as epoch ms: a BIGINT bound as it is, a TIMESTAMP bound as arrow's JSON
+/// writer spells it (`2025-11-24T16:00:00`, UTC, optionally with a fraction).
+pub fn epoch_ms(v: &Value) -> Option<i64> {
+    if let Some(n) = v.as_i64() {
+        return Some(n);
+    }
+    let (date, time) = v.as_str()?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.trim_end_matches('Z').split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let secs: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) * 1000 + (secs * 1000.0).round() as i64)
+}
+
+/// Create `topic` with `partitions` partitions (Ok if it exists) and wait until the
+/// cluster's metadata shows them all.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_topics([&new], &opts)
+        .await
+        .expect("create topics")
+    {
+        if let Err((name, code)) = r {
+            assert_eq!(
+                code,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "creating {name}"
+            );
+        }
+    }
+    let name = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let known = admin
+                .inner()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+                .ok()
+                .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32));
+            if known == Some(partitions) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} has {known:?} partitions, not {partitions}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("metadata task");
+}

@@ -216,13 +216,10 @@ impl QueryPlanner {
             }
             None => source.event_time.clone(),
         };
-        let window = match query.window {
-            Some(spec) => Some(AssignedWindow {
-                spec,
-                grace_ms: spec.effective_grace_ms(emit),
-            }),
-            None => None,
-        };
+        let window = query.window.map(|spec| AssignedWindow {
+            spec,
+            grace_ms: spec.effective_grace_ms(emit),
+        });
         let mut lowering = Lowering {
             source: None,
             operators: vec![],
@@ -483,7 +480,7 @@ fn check_topk(e: &Expr) -> Result<()> {
                 },
                 _ => None,
             };
-            if !k.is_some_and(|k| k > 0) {
+            if k.is_none_or(|k| k <= 0) {
                 return Err(PlanError::invalid(
                     "the second argument of TOPK must be a positive integer literal, as in TOPK(amount, 3)",
                 ));
