@@ -168,6 +168,14 @@ impl Aggregates {
         Ok(())
     }
 
+    /// `group`'s current results, one per aggregate.
+    pub(crate) fn evaluate_row(&self, group: &mut Accumulators) -> Result<Vec<ScalarValue>> {
+        group
+            .iter_mut()
+            .map(|acc| acc.evaluate().map_err(ExecError::eval(self.operator)))
+            .collect()
+    }
+
     /// Append `group`'s current results to `values` (one vector per aggregate); a
     /// missing group (a tombstone) appends nulls.
     pub(crate) fn evaluate_into(

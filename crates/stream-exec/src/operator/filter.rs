@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
-use datafusion::arrow::compute::{filter, filter_record_batch, or_kleene};
+use datafusion::arrow::compute::{filter, filter_record_batch};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
-/// Keeps rows where `predicate` is true; null counts as false. Tombstones always pass:
-/// deleting a row must reach the sink whatever the row held.
+/// Keeps rows where `predicate` is true; null counts as false. A tombstone carries the
+/// values of the row it deletes, so it passes exactly when that row passed: rows that were
+/// written get deleted, rows that never were get no tombstone.
 pub struct FilterOperator {
     predicate: Arc<dyn PhysicalExpr>,
 }
@@ -33,10 +34,7 @@ impl Operator for FilterOperator {
             .evaluate(&batch.rows)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(ExecError::eval("Filter"))?;
-        let mut mask: BooleanArray = mask.as_boolean().clone();
-        if let Some(t) = &batch.tombstones {
-            mask = or_kleene(&mask, t).map_err(ExecError::arrow("filtering rows"))?;
-        }
+        let mask: &BooleanArray = mask.as_boolean();
         let rows =
             filter_record_batch(&batch.rows, &mask).map_err(ExecError::arrow("filtering rows"))?;
         if rows.num_rows() == 0 {
@@ -44,7 +42,7 @@ impl Operator for FilterOperator {
         }
         let tombstones = match &batch.tombstones {
             Some(t) => Some(
-                filter(t, &mask)
+                filter(t, mask)
                     .map_err(ExecError::arrow("filtering rows"))?
                     .as_boolean()
                     .clone(),

@@ -8,8 +8,9 @@
 //! `state` / `merge_batch`).
 //!
 //! With `EMIT CHANGES`, every session whose bounds or values changed is written after the
-//! batch; the bounds it had been written with before, and every session merged away, get a
-//! tombstone first. With `EMIT FINAL`, a session is written once, when the watermark passes
+//! batch; the row it had been written as before, and every session merged away, get a
+//! tombstone first. A tombstone carries the values of the row it deletes, so a HAVING filter
+//! downstream passes it exactly when it passed that row. With `EMIT FINAL`, a session is written once, when the watermark passes
 //! its last record time plus gap plus grace. A closed session's state is dropped.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +22,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, Row, RowConverter, SortField};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_sql_planner::window::{WINDOWEND, WINDOWSTART, WINDOW_END, WINDOW_START};
@@ -43,12 +45,18 @@ enum GroupColumn {
     End { timestamp: bool },
 }
 
+/// A row as last written: its bounds and aggregate values.
+struct Written {
+    bounds: (i64, i64),
+    values: Vec<ScalarValue>,
+}
+
 struct Session {
     start: i64,
     last: i64,
     accumulators: Accumulators,
-    /// The bounds this session was last written with (EMIT CHANGES).
-    emitted: Option<(i64, i64)>,
+    /// The row this session was last written as (EMIT CHANGES).
+    emitted: Option<Written>,
     /// Changed since last written.
     dirty: bool,
 }
@@ -78,8 +86,15 @@ pub struct SessionAggregateOperator {
 struct Pending {
     key: OwnedRow,
     bounds: (i64, i64),
-    /// `Some(start)` of the live session whose values to write; `None` for a tombstone.
-    live: Option<i64>,
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    /// The current values of the session starting at this time.
+    Live(i64),
+    /// A tombstone, carrying the values the row was written with: a HAVING filter passes
+    /// it only if it passed that row, so rows never written get no tombstone.
+    Tombstone(Vec<ScalarValue>),
 }
 
 impl SessionAggregateOperator {
@@ -194,11 +209,11 @@ impl SessionAggregateOperator {
                     .merge(&mut base.accumulators, &mut other.accumulators)?;
                 base.start = base.start.min(other.start);
                 base.last = base.last.max(other.last);
-                if let Some(bounds) = other.emitted {
+                if let Some(w) = other.emitted {
                     tombstones.push(Pending {
                         key: key.clone(),
-                        bounds,
-                        live: None,
+                        bounds: w.bounds,
+                        kind: PendingKind::Tombstone(w.values),
                     });
                 }
             }
@@ -209,14 +224,15 @@ impl SessionAggregateOperator {
         self.aggregates
             .update(&mut session.accumulators, args, &UInt32Array::from(indices))?;
         session.dirty = true;
-        if let Some(bounds) = session.emitted {
-            if bounds != (session.start, session.last) {
+        if let Some(w) = session.emitted.take() {
+            if w.bounds == (session.start, session.last) {
+                session.emitted = Some(w);
+            } else {
                 tombstones.push(Pending {
                     key: key.clone(),
-                    bounds,
-                    live: None,
+                    bounds: w.bounds,
+                    kind: PendingKind::Tombstone(w.values),
                 });
-                session.emitted = None;
             }
         }
         // Bounds only grow, so an entry is pushed once per (start, close).
@@ -265,24 +281,40 @@ impl SessionAggregateOperator {
             })
             .collect();
         let mut values = vec![Vec::with_capacity(pending.len()); self.aggregates.len()];
+        let remember = self.emit == Emit::Changes;
         for p in pending {
-            let group = match p.live {
-                Some(start) => self
-                    .sessions
-                    .get_mut(&p.key)
-                    .and_then(|l| l.iter_mut().find(|s| s.start == start))
-                    .map(|s| &mut s.accumulators),
-                None => None,
+            let row = match &p.kind {
+                PendingKind::Live(start) => {
+                    let session = self
+                        .sessions
+                        .get_mut(&p.key)
+                        .and_then(|l| l.iter_mut().find(|s| s.start == *start))
+                        .ok_or_else(|| {
+                            ExecError::internal(NAME, "emitting a session that is gone")
+                        })?;
+                    let row = self.aggregates.evaluate_row(&mut session.accumulators)?;
+                    if remember {
+                        session.emitted = Some(Written {
+                            bounds: p.bounds,
+                            values: row.clone(),
+                        });
+                    }
+                    row
+                }
+                PendingKind::Tombstone(old) => old.clone(),
             };
-            self.aggregates.evaluate_into(group, &mut values)?;
+            for (column, v) in values.iter_mut().zip(row) {
+                column.push(v);
+            }
         }
         columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
         let rows = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(ExecError::arrow("building session results"))?;
+        let is_tombstone = |p: &Pending| matches!(p.kind, PendingKind::Tombstone(_));
         let tombstones = pending
             .iter()
-            .any(|p| p.live.is_none())
-            .then(|| BooleanArray::from_iter(pending.iter().map(|p| Some(p.live.is_none()))));
+            .any(is_tombstone)
+            .then(|| BooleanArray::from_iter(pending.iter().map(|p| Some(is_tombstone(p)))));
         Ok(Some(ChangeBatch { rows, tombstones }))
     }
 }
@@ -355,11 +387,10 @@ impl Operator for SessionAggregateOperator {
                 for s in list.iter_mut() {
                     if s.dirty {
                         s.dirty = false;
-                        s.emitted = Some((s.start, s.last));
                         pending.push(Pending {
                             key: key.clone(),
                             bounds: (s.start, s.last),
-                            live: Some(s.start),
+                            kind: PendingKind::Live(s.start),
                         });
                     }
                 }
@@ -395,7 +426,7 @@ impl Operator for SessionAggregateOperator {
                         Some(Pending {
                             key: key.clone(),
                             bounds: (s.start, s.last),
-                            live: Some(s.start),
+                            kind: PendingKind::Live(s.start),
                         })
                     })
                     .collect();
