@@ -6,4 +6,5 @@ mod differential;
 mod examples;
 mod rest_api;
 mod streams;
+mod tables;
 mod windows;
