@@ -342,68 +342,7 @@ pub fn epoch_ms(v: &Value) -> Option<i64> {
     if let Some(n) = v.as_i64() {
         return Some(n);
     }
-    let (date, time) = v.as_str()?.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.trim_end_matches('Z').split(':');
-    let (hh, mm) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let secs: f64 = t.next()?.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hh * 3600 + mm * 60) * 1000 + (secs * 1000.0).round() as i64)
-}
-
-/// Create `topic` with `partitions` partitions (Ok if it exists) and wait until the
-/// cluster's metadata shows them all.
-pub async fn create_topic(topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics([&new], &opts)
-        .await
-        .expect("create topics")
-    {
-        if let Err((name, code)) = r {
-            assert_eq!(
-                code,
-                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                "creating {name}"
-            );
-        }
-    }
-    let name = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let known = admin
-                .inner()
-                .fetch_metadata(Some(&name), Duration::from_secs(5))
-                .ok()
-                .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32));
-            if known == Some(partitions) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} has {known:?} partitions, not {partitions}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .await
-    .expect("metadata task");
+    datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(v.as_str()?)
+        .ok()
+        .map(|ns| ns / 1_000_000)
 }

@@ -37,8 +37,12 @@ impl Topics {
         bootstrap_servers: &str,
         embedded: Option<Arc<EmbeddedBroker>>,
     ) -> Result<Self, ApiError> {
+        // The admin client runs on a producer handle, and a producer's metadata request
+        // would create a missing topic with the broker's defaults (1 partition) before
+        // Sluice creates it with the partitions asked for.
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap_servers)
+            .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| ApiError::internal(format!("cannot create a Kafka admin client: {e}")))?;
         Ok(Self {

@@ -36,7 +36,7 @@ impl Operator for FilterOperator {
             .map_err(ExecError::eval("Filter"))?;
         let mask: &BooleanArray = mask.as_boolean();
         let rows =
-            filter_record_batch(&batch.rows, &mask).map_err(ExecError::arrow("filtering rows"))?;
+            filter_record_batch(&batch.rows, mask).map_err(ExecError::arrow("filtering rows"))?;
         if rows.num_rows() == 0 {
             return Ok(None);
         }
