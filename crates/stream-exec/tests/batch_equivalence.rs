@@ -225,17 +225,20 @@ fn on_time(events: &[Event]) -> Vec<Value> {
 }
 
 /// Events on three partitions in roughly timestamp order, each shifted back by up to 2 s
-/// (out of order, but far inside the grace); some, after the first few, are made a minute
-/// late, which is beyond any window's end plus grace.
+/// (out of order, but far inside the grace); some, after the first few and on a partition
+/// that already delivered, are made a minute late, beyond any window's end plus grace.
 fn events() -> impl Strategy<Value = Vec<Event>> {
     prop::collection::vec((0u8..4, -50i64..50, 0i64..2_000, 0i32..3, 0u8..20), 1..150).prop_map(
         |raw| {
             let mut t = 1_000_000i64;
+            let mut seen = [false; 3];
             raw.into_iter()
                 .enumerate()
                 .map(|(i, (k, v, jitter, partition, dice))| {
                     t += 700;
-                    let late = i >= 12 && dice == 0;
+                    // Late by its own partition's stream time, whatever the batch sizes.
+                    let late = i >= 12 && dice == 0 && seen[partition as usize];
+                    seen[partition as usize] = true;
                     let ts = if late { t - 60_000 } else { t - jitter };
                     Event {
                         value: json!({"k": format!("k{k}"), "v": v + i as i64, "ts": ts}),
