@@ -14,34 +14,15 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use sluice_sql_planner::ddl::declare_source;
-use sluice_sql_planner::{parse_statements, Catalog, QueryPlanner, SourceKind, Statement};
 use sluice_stream_exec::{Pipeline, QueryStats, RawRecord};
 
+mod support;
+
+const EVENTS: &str =
+    "CREATE STREAM ev (k VARCHAR, v BIGINT, ts BIGINT) WITH (KAFKA_TOPIC='ev', TIMESTAMP='ts');";
+
 fn plan(sql: &str) -> sluice_sql_planner::StreamPlan {
-    let mut catalog = Catalog::new();
-    let ddl = "CREATE STREAM ev (k VARCHAR, v BIGINT, ts BIGINT) WITH (KAFKA_TOPIC='ev', TIMESTAMP='ts');";
-    let Statement::CreateSource {
-        columns,
-        properties,
-        ..
-    } = parse_statements(ddl).expect("ddl").remove(0).statement
-    else {
-        unreachable!("a CREATE STREAM")
-    };
-    catalog
-        .insert(
-            declare_source(SourceKind::Stream, "EV", &columns, properties, ddl)
-                .expect("source")
-                .source,
-        )
-        .expect("insert");
-    let Statement::CreateAsSelect { query, .. } =
-        parse_statements(sql).expect("sql").remove(0).statement
-    else {
-        unreachable!("a CTAS")
-    };
-    QueryPlanner::new().plan(&catalog, &query).expect("plans")
+    support::plan(EVENTS, sql)
 }
 
 fn to_json(batches: &[RecordBatch]) -> Vec<Value> {

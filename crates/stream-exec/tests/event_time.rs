@@ -4,41 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice_sql_planner::ddl::declare_source;
-use sluice_sql_planner::{parse_statements, Catalog, QueryPlanner, SourceKind, Statement};
 use sluice_stream_exec::{Pipeline, QueryStats, RawRecord};
 
-fn plan(ddl: &str, sql: &str) -> sluice_sql_planner::StreamPlan {
-    let mut catalog = Catalog::new();
-    let Statement::CreateSource {
-        name,
-        columns,
-        properties,
-        ..
-    } = parse_statements(ddl).expect("ddl").remove(0).statement
-    else {
-        unreachable!("a CREATE STREAM")
-    };
-    catalog
-        .insert(
-            declare_source(
-                SourceKind::Stream,
-                &name.to_uppercase(),
-                &columns,
-                properties,
-                ddl,
-            )
-            .expect("source")
-            .source,
-        )
-        .expect("insert");
-    let Statement::CreateAsSelect { query, .. } =
-        parse_statements(sql).expect("sql").remove(0).statement
-    else {
-        unreachable!("a CTAS")
-    };
-    QueryPlanner::new().plan(&catalog, &query).expect("plans")
-}
+use support::plan;
+
+mod support;
 
 #[test]
 fn varchar_times_with_a_format_place_records_in_their_windows() {

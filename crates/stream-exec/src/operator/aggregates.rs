@@ -1,7 +1,9 @@
-//! The aggregate functions of one aggregation, shared by `WindowAggregate` and
-//! `SessionAggregate`: DataFusion accumulators created per group, fed with a group's rows
-//! of a batch, evaluated into result columns, and merged when sessions merge.
+//! What `WindowAggregate` and `SessionAggregate` share: [`GroupKeys`], the GROUP BY
+//! values of a batch in arrow's row format with the batch's rows per group, and
+//! [`Aggregates`], DataFusion accumulators created per group, fed with a group's rows of a
+//! batch, evaluated into result columns, and merged when sessions merge.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -9,6 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::FieldRef;
+use datafusion::arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::{Accumulator, Expr};
@@ -16,6 +19,88 @@ use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggrega
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{ExecError, Result};
+
+/// Group key expressions and their row encoding.
+pub(crate) struct GroupKeys {
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+    converter: RowConverter,
+    operator: &'static str,
+}
+
+/// A batch's group keys: the evaluated key columns and their encoded rows.
+pub(crate) struct BatchKeys {
+    /// The key columns, one per key expression.
+    pub(crate) columns: Vec<ArrayRef>,
+    /// The same, one encoded row per batch row.
+    pub(crate) rows: Rows,
+}
+
+impl GroupKeys {
+    /// Encode `exprs` (over `input`) for `operator`.
+    pub(crate) fn new(
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        input: &DFSchema,
+        operator: &'static str,
+    ) -> Result<Self> {
+        let fields = exprs
+            .iter()
+            .map(|e| {
+                e.data_type(input.as_arrow())
+                    .map(SortField::new)
+                    .map_err(ExecError::eval(operator))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let converter =
+            RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
+        Ok(Self {
+            exprs,
+            converter,
+            operator,
+        })
+    }
+
+    /// Evaluate and encode the keys of `batch`.
+    pub(crate) fn evaluate(&self, batch: &RecordBatch) -> Result<BatchKeys> {
+        let n = batch.num_rows();
+        let columns = self
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(ExecError::eval(self.operator))?;
+        let rows = self
+            .converter
+            .convert_columns(&columns)
+            .map_err(ExecError::arrow("encoding group keys"))?;
+        Ok(BatchKeys { columns, rows })
+    }
+
+    /// The key columns of `keys`, in that order.
+    pub(crate) fn decode<'a>(
+        &self,
+        keys: impl IntoIterator<Item = Row<'a>>,
+    ) -> Result<Vec<ArrayRef>> {
+        self.converter
+            .convert_rows(keys)
+            .map_err(ExecError::arrow("decoding group keys"))
+    }
+}
+
+impl BatchKeys {
+    /// The batch's row indices per group, groups in order of first appearance.
+    pub(crate) fn groups(&self) -> Vec<(Row<'_>, Vec<u32>)> {
+        let mut slots: HashMap<Row<'_>, usize> = HashMap::new();
+        let mut order: Vec<(Row<'_>, Vec<u32>)> = vec![];
+        for (i, row) in self.rows.iter().enumerate() {
+            let slot = *slots.entry(row).or_insert_with(|| {
+                order.push((row, vec![]));
+                order.len() - 1
+            });
+            order[slot].1.push(i as u32);
+        }
+        order
+    }
+}
 
 struct Aggregate {
     function: Arc<AggregateFunctionExpr>,

@@ -21,14 +21,14 @@ use datafusion::arrow::array::{
     UInt32Array,
 };
 use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, Row, RowConverter, SortField};
+use datafusion::arrow::row::OwnedRow;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_sql_planner::window::{WINDOWEND, WINDOWSTART, WINDOW_END, WINDOW_START};
 use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
 
-use super::aggregates::{Accumulators, Aggregates};
+use super::aggregates::{Accumulators, Aggregates, BatchArgs, GroupKeys};
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
@@ -63,13 +63,12 @@ struct Session {
 
 /// Keyed aggregation per session window. See the module docs.
 pub struct SessionAggregateOperator {
-    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    keys: GroupKeys,
     /// Evaluates to each row's event time (the scan puts it in the window columns).
     time_expr: Arc<dyn PhysicalExpr>,
     columns: Vec<GroupColumn>,
     aggregates: Aggregates,
     aggregate_fields: Vec<FieldRef>,
-    converter: RowConverter,
     schema: SchemaRef,
     gap_ms: i64,
     grace_ms: i64,
@@ -140,24 +139,12 @@ impl SessionAggregateOperator {
         }
         let time_expr = time_expr
             .ok_or_else(|| ExecError::internal(NAME, "WINDOWSTART is missing from GROUP BY"))?;
-        let arrow_input = input.as_arrow();
-        let fields = key_exprs
-            .iter()
-            .map(|e| {
-                e.data_type(arrow_input)
-                    .map(SortField::new)
-                    .map_err(ExecError::eval(NAME))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let converter =
-            RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
         Ok(Self {
-            key_exprs,
+            keys: GroupKeys::new(key_exprs, input, NAME)?,
             time_expr,
             columns,
             aggregates: Aggregates::new(aggr_exprs, input, NAME)?,
             aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
-            converter,
             schema: Arc::new(output.as_arrow().clone()),
             gap_ms,
             grace_ms: window.grace_ms,
@@ -182,7 +169,7 @@ impl SessionAggregateOperator {
         first: i64,
         last: i64,
         indices: Vec<u32>,
-        args: &super::aggregates::BatchArgs,
+        args: &BatchArgs,
         tombstones: &mut Vec<Pending>,
     ) -> Result<()> {
         let gap = self.gap_ms;
@@ -253,10 +240,7 @@ impl SessionAggregateOperator {
         if pending.is_empty() {
             return Ok(None);
         }
-        let keys = self
-            .converter
-            .convert_rows(pending.iter().map(|p| p.key.row()))
-            .map_err(ExecError::arrow("decoding group keys"))?;
+        let keys = self.keys.decode(pending.iter().map(|p| p.key.row()))?;
         let starts: Vec<i64> = pending.iter().map(|p| p.bounds.0).collect();
         let ends: Vec<i64> = pending.iter().map(|p| p.bounds.1).collect();
         let mut columns: Vec<ArrayRef> = self
@@ -326,32 +310,14 @@ impl Operator for SessionAggregateOperator {
 
     fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let batch = batch.rows;
-        let n = batch.num_rows();
-        let keys = self
-            .key_exprs
-            .iter()
-            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<_>>>()
-            .map_err(ExecError::eval(NAME))?;
         let times = self
             .time_expr
             .evaluate(&batch)
-            .and_then(|v| v.into_array(n))
+            .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(ExecError::eval(NAME))?;
         let times = times.as_primitive::<Int64Type>();
-        let rows = self
-            .converter
-            .convert_columns(&keys)
-            .map_err(ExecError::arrow("encoding group keys"))?;
-        let mut batch_keys: HashMap<Row<'_>, usize> = HashMap::new();
-        let mut order: Vec<(Row<'_>, Vec<u32>)> = vec![];
-        for (i, row) in rows.iter().enumerate() {
-            let slot = *batch_keys.entry(row).or_insert_with(|| {
-                order.push((row, vec![]));
-                order.len() - 1
-            });
-            order[slot].1.push(i as u32);
-        }
+        let keys = self.keys.evaluate(&batch)?;
+        let order = keys.groups();
         let args = self.aggregates.evaluate_args(&batch)?;
         let mut tombstones = vec![];
         let mut touched = Vec::with_capacity(order.len());

@@ -13,11 +13,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, Row, RowConverter, SortField};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::arrow::row::OwnedRow;
 use sluice_sql_planner::{Emit, StreamOperator};
 
-use super::aggregates::{Accumulators, Aggregates};
+use super::aggregates::{Accumulators, Aggregates, GroupKeys};
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
@@ -25,9 +24,8 @@ const NAME: &str = "WindowAggregate";
 
 /// Keyed, windowed aggregation. See the module docs.
 pub struct WindowAggregateOperator {
-    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    keys: GroupKeys,
     aggregates: Aggregates,
-    converter: RowConverter,
     schema: SchemaRef,
     aggregate_fields: Vec<FieldRef>,
     groups: HashMap<OwnedRow, Accumulators>,
@@ -57,21 +55,9 @@ impl WindowAggregateOperator {
             .iter()
             .map(|e| physical(e, input, NAME))
             .collect::<Result<Vec<_>>>()?;
-        let arrow_input = input.as_arrow();
-        let fields = group
-            .iter()
-            .map(|e| {
-                e.data_type(arrow_input)
-                    .map(SortField::new)
-                    .map_err(ExecError::eval(NAME))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let converter =
-            RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
         Ok(Self {
-            group_exprs: group,
+            keys: GroupKeys::new(group, input, NAME)?,
             aggregates: Aggregates::new(aggr_exprs, input, NAME)?,
-            converter,
             schema: Arc::new(output.as_arrow().clone()),
             aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
             groups: HashMap::new(),
@@ -87,10 +73,7 @@ impl WindowAggregateOperator {
         if keys.is_empty() {
             return Ok(None);
         }
-        let mut columns = self
-            .converter
-            .convert_rows(keys.iter().map(|k| k.row()))
-            .map_err(ExecError::arrow("decoding group keys"))?;
+        let mut columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
         let mut values = vec![Vec::with_capacity(keys.len()); self.aggregates.len()];
         for k in keys {
             self.aggregates
@@ -110,31 +93,12 @@ impl Operator for WindowAggregateOperator {
 
     fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let batch = batch.rows;
-        let n = batch.num_rows();
-        let keys = self
-            .group_exprs
-            .iter()
-            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::error::Result<Vec<_>>>()
-            .map_err(ExecError::eval(NAME))?;
-        let rows = self
-            .converter
-            .convert_columns(&keys)
-            .map_err(ExecError::arrow("encoding group keys"))?;
-        // Rows of this batch per group, groups in order of first appearance.
-        let mut batch_groups: HashMap<Row<'_>, usize> = HashMap::new();
-        let mut order: Vec<(Row<'_>, Vec<u32>)> = vec![];
-        for (i, row) in rows.iter().enumerate() {
-            let slot = *batch_groups.entry(row).or_insert_with(|| {
-                order.push((row, vec![]));
-                order.len() - 1
-            });
-            order[slot].1.push(i as u32);
-        }
+        let keys = self.keys.evaluate(&batch)?;
+        let order = keys.groups();
         let args = self.aggregates.evaluate_args(&batch)?;
         let window_ends = self
             .window_end
-            .map(|i| keys[i].as_primitive::<Int64Type>().clone());
+            .map(|i| keys.columns[i].as_primitive::<Int64Type>().clone());
         let mut touched = Vec::with_capacity(order.len());
         for (row, indices) in order {
             let owned = row.owned();
