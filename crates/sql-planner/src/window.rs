@@ -72,8 +72,9 @@ impl WindowSpec {
         }
     }
 
-    /// The starts of the time windows that contain `ts`, ascending. Windows with a
-    /// negative start are never created, as ksqlDB. Empty for sessions.
+    /// The starts of the time windows that contain `ts` (not negative: the scan skips
+    /// earlier times), ascending. Windows with a negative start are never created, as
+    /// ksqlDB. Empty for sessions.
     pub fn window_starts(&self, ts: i64, out: &mut Vec<i64>) {
         out.clear();
         match self.kind {
@@ -83,12 +84,15 @@ impl WindowSpec {
                 advance_ms,
             } => {
                 let last = ts - ts.rem_euclid(advance_ms);
-                let mut start = last - ((size_ms - 1) / advance_ms) * advance_ms;
+                let mut start = last.saturating_sub(((size_ms - 1) / advance_ms) * advance_ms);
                 while start <= last {
-                    if start >= 0 && start + size_ms > ts {
+                    if start >= 0 && start.saturating_add(size_ms) > ts {
                         out.push(start);
                     }
-                    start += advance_ms;
+                    start = start.saturating_add(advance_ms);
+                    if start == i64::MAX {
+                        break;
+                    }
                 }
             }
             WindowKind::Session { .. } => {}

@@ -12,6 +12,10 @@ use crate::dialect::{column_name, is_word, position};
 use crate::error::{PlanError, Result};
 use crate::window::{unit_ms, WindowKind, WindowSpec};
 
+/// The longest window size, advance, gap, grace or retention: 100 years, so that window
+/// arithmetic on any event time stays far from `i64` overflow.
+const MAX_DURATION_MS: i64 = 100 * 366 * 86_400_000;
+
 /// Parse `TUMBLING (SIZE n unit, …)` starting at `tokens[k]`; returns the spec and the
 /// index just past the closing parenthesis.
 pub(crate) fn parse_window_clause(
@@ -144,7 +148,14 @@ impl Cursor<'_> {
                 position(&self.tokens[self.i - 2]),
             ));
         }
-        Ok(n * unit)
+        n.checked_mul(unit)
+            .filter(|ms| *ms <= MAX_DURATION_MS)
+            .ok_or_else(|| {
+                PlanError::syntax(
+                    "a window duration must be at most 100 years",
+                    position(&self.tokens[self.i - 2]),
+                )
+            })
     }
 }
 
@@ -260,5 +271,7 @@ fn interval_ms(e: &Expr) -> Result<i64> {
             None,
         ));
     }
-    Ok(n * unit)
+    n.checked_mul(unit)
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .ok_or_else(|| PlanError::syntax("a window duration must be at most 100 years", None))
 }

@@ -106,6 +106,15 @@ impl ScanStage {
         let window = self.scan.window;
         for (row, ts) in times.iter().enumerate() {
             let Some(ts) = *ts else { continue };
+            if ts < 0 {
+                // Kafka has no timestamps before 1970, and windows start at 0.
+                skipped.push(Skipped {
+                    row,
+                    reason: SkipReason::Malformed,
+                    message: format!("event time {ts} is before 1970-01-01"),
+                });
+                continue;
+            }
             let partition = records[rows[row]].partition;
             let stream_time = self.stream_time.observe(partition, ts, now);
             let threshold = stream_time.max(watermark);
@@ -132,7 +141,7 @@ impl ScanStage {
                 w.spec.window_starts(ts, &mut self.starts);
                 let size = w.spec.size_ms();
                 for &start in &self.starts {
-                    let close = start + size + w.grace_ms;
+                    let close = start.saturating_add(size).saturating_add(w.grace_ms);
                     closes_at = closes_at.max(close);
                     if close > threshold {
                         take.push(row as u32);
@@ -149,7 +158,7 @@ impl ScanStage {
                     message: format!(
                         "late by {} ms: event time {ts}, its window closed at {closes_at} \
                          (stream time {stream_time}, watermark {}, grace {} ms)",
-                        threshold - closes_at,
+                        threshold.saturating_sub(closes_at),
                         if watermark == i64::MIN {
                             "none".to_string()
                         } else {
@@ -176,7 +185,10 @@ impl ScanStage {
                 WindowKind::Session { .. } => 0,
                 _ => w.spec.size_ms(),
             };
-            let end: Vec<i64> = window_start.iter().map(|s| s + size).collect();
+            let end: Vec<i64> = window_start
+                .iter()
+                .map(|s| s.saturating_add(size))
+                .collect();
             let (start, end) = (Int64Array::from(window_start), Int64Array::from(end));
             // The TIMESTAMP columns share the BIGINT columns' buffers.
             let start_ts = TimestampMillisecondArray::new(start.values().clone(), None);

@@ -165,16 +165,18 @@ fn apply_changelog(rows: Vec<Value>) -> BTreeMap<(String, i64, i64), Value> {
     table
 }
 
-/// The plain reference sessionizer: per key, sort by time and cut where the gap between
-/// neighbours exceeds `gap`; each session as (k, start, end) → {n, s}.
+/// The plain reference sessionizer over events in arrival order: per key, sort by time
+/// and cut where the gap between neighbours exceeds `gap`; each session as
+/// (k, start, end) → {n, s, and the values that arrived first and last}.
 fn sessions(events: &[Value], gap: i64) -> BTreeMap<(String, i64, i64), Value> {
-    let mut by_key: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-    for e in events {
+    let mut by_key: BTreeMap<String, Vec<(i64, usize, i64)>> = BTreeMap::new();
+    for (arrival, e) in events.iter().enumerate() {
         let k = e["k"].as_str().unwrap_or_default().to_string();
-        by_key
-            .entry(k)
-            .or_default()
-            .push((e["ts"].as_i64().unwrap_or(0), e["v"].as_i64().unwrap_or(0)));
+        by_key.entry(k).or_default().push((
+            e["ts"].as_i64().unwrap_or(0),
+            arrival,
+            e["v"].as_i64().unwrap_or(0),
+        ));
     }
     let mut out = BTreeMap::new();
     for (k, mut rows) in by_key {
@@ -182,15 +184,25 @@ fn sessions(events: &[Value], gap: i64) -> BTreeMap<(String, i64, i64), Value> {
         let mut i = 0;
         while i < rows.len() {
             let (start, mut end, mut n, mut s) = (rows[i].0, rows[i].0, 0, 0);
+            let (mut first, mut last) = ((usize::MAX, 0), (0, 0));
+            let mut seen = false;
             while i < rows.len() && rows[i].0 - end <= gap {
-                end = rows[i].0;
+                let (ts, arrival, v) = rows[i];
+                end = ts;
                 n += 1;
-                s += rows[i].1;
+                s += v;
+                first = first.min((arrival, v));
+                last = if seen {
+                    last.max((arrival, v))
+                } else {
+                    (arrival, v)
+                };
+                seen = true;
                 i += 1;
             }
             out.insert(
                 (k.clone(), start, end),
-                json!({"k": k, "ws": start, "we": end, "n": n, "s": s}),
+                json!({"k": k, "ws": start, "we": end, "n": n, "s": s, "first_v": first.1, "last_v": last.1}),
             );
         }
     }
@@ -259,13 +271,13 @@ const HOPPING_BATCH: &str = "SELECT k, ws, COUNT(*) AS n, SUM(v) AS s FROM ( \
     SELECT k, v, ts - ts % 2000 - 4000 AS ws FROM ev) GROUP BY k, ws";
 
 const SESSION_CHANGES: &str =
-    "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, WINDOWEND AS we, COUNT(*) AS n, SUM(v) AS s \
+    "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, WINDOWEND AS we, COUNT(*) AS n, SUM(v) AS s, EARLIEST_BY_OFFSET(v) AS first_v, LATEST_BY_OFFSET(v) AS last_v \
     FROM ev WINDOW SESSION (1500 MILLISECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k EMIT CHANGES;";
 const SESSION_FINAL: &str =
-    "CREATE TABLE t AS SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS s \
+    "CREATE TABLE t AS SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS s, EARLIEST_BY_OFFSET(v) AS first_v, LATEST_BY_OFFSET(v) AS last_v \
     FROM ev GROUP BY k, SESSION(ts, INTERVAL '1500' MILLISECOND) EMIT FINAL;";
 
-const SESSION_HAVING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, WINDOWEND AS we, COUNT(*) AS n, SUM(v) AS s \
+const SESSION_HAVING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, WINDOWEND AS we, COUNT(*) AS n, SUM(v) AS s, EARLIEST_BY_OFFSET(v) AS first_v, LATEST_BY_OFFSET(v) AS last_v \
     FROM ev WINDOW SESSION (1500 MILLISECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k HAVING COUNT(*) >= 3 EMIT CHANGES;";
 
 fn late_count(ev: &[Event]) -> u64 {
@@ -321,7 +333,7 @@ proptest! {
                 prop_assert!(r.get("tombstone").is_none(), "EMIT FINAL writes no tombstones");
                 let (ws, we) = (iso_ms(&r["window_start"]), iso_ms(&r["window_end"]));
                 let k = r["k"].as_str().unwrap_or_default().to_string();
-                Ok(((k.clone(), ws, we), json!({"k": k, "ws": ws, "we": we, "n": r["n"], "s": r["s"]})))
+                Ok(((k.clone(), ws, we), json!({"k": k, "ws": ws, "we": we, "n": r["n"], "s": r["s"], "first_v": r["first_v"], "last_v": r["last_v"]})))
             })
             .collect::<Result<_, TestCaseError>>()?;
         prop_assert_eq!(n, streamed.len(), "EMIT FINAL sends one row per session");

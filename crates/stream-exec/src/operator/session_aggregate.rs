@@ -13,7 +13,7 @@
 //! downstream passes it exactly when it passed that row. With `EMIT FINAL`, a session is written once, when the watermark passes
 //! its last record time plus gap plus grace. A closed session's state is dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -59,6 +59,10 @@ struct Session {
     emitted: Option<Written>,
     /// Changed since last written.
     dirty: bool,
+    /// Rows of the current batch that joined this session, not yet aggregated: they are
+    /// fed in arrival order once the batch's merges are known, so order-sensitive
+    /// aggregates (LATEST_BY_OFFSET, COLLECT_LIST) do not depend on batch boundaries.
+    batch_rows: Vec<u32>,
 }
 
 /// Keyed aggregation per session window. See the module docs.
@@ -76,9 +80,8 @@ pub struct SessionAggregateOperator {
     /// Open sessions per key, sorted by start.
     sessions: HashMap<OwnedRow, Vec<Session>>,
     session_count: usize,
-    /// (key, start) of sessions by close time; entries of sessions that grew since are
-    /// stale and skipped.
-    by_close: BTreeMap<i64, Vec<(OwnedRow, i64)>>,
+    /// Every open session as (close time, key, start), in closing order.
+    by_close: BTreeSet<(i64, OwnedRow, i64)>,
 }
 
 /// One output row to build: a key's session bounds, live or deleted.
@@ -151,7 +154,7 @@ impl SessionAggregateOperator {
             emit: *emit,
             sessions: HashMap::new(),
             session_count: 0,
-            by_close: BTreeMap::new(),
+            by_close: BTreeSet::new(),
         })
     }
 
@@ -160,16 +163,14 @@ impl SessionAggregateOperator {
             .saturating_add(self.grace_ms)
     }
 
-    /// Add the rows `indices` (sorted by time, at most a gap apart) of one key to its
-    /// sessions. Bounds written before and no longer live go to `tombstones`.
-    #[allow(clippy::too_many_arguments)]
+    /// Add the rows `indices` (sorted by time, at most a gap apart, from `first` to
+    /// `last`) of one key to its sessions, merging those within a gap. Rows written before
+    /// and no longer live go to `tombstones`.
     fn add_run(
         &mut self,
         key: &OwnedRow,
-        first: i64,
-        last: i64,
+        (first, last): (i64, i64),
         indices: Vec<u32>,
-        args: &BatchArgs,
         tombstones: &mut Vec<Pending>,
     ) -> Result<()> {
         let gap = self.gap_ms;
@@ -177,39 +178,46 @@ impl SessionAggregateOperator {
         // Sessions within a gap of [first, last]: a contiguous range of the sorted list.
         let lo = list.partition_point(|s| s.last.saturating_add(gap) < first);
         let hi = list.partition_point(|s| s.start.saturating_sub(gap) <= last);
-        let mut merged: Vec<Session> = list.drain(lo..hi.max(lo)).collect();
-        let before = merged.first().map(|s| (s.start, s.last));
-        let mut session = if merged.is_empty() {
-            self.session_count += 1;
-            Session {
-                start: first,
-                last,
-                accumulators: self.aggregates.create()?,
-                emitted: None,
-                dirty: true,
-            }
-        } else {
-            self.session_count -= merged.len() - 1;
-            let mut base = merged.remove(0);
-            for mut other in merged {
-                self.aggregates
-                    .merge(&mut base.accumulators, &mut other.accumulators)?;
-                base.start = base.start.min(other.start);
-                base.last = base.last.max(other.last);
-                if let Some(w) = other.emitted {
-                    tombstones.push(Pending {
-                        key: key.clone(),
-                        bounds: w.bounds,
-                        kind: PendingKind::Tombstone(w.values),
-                    });
+        let merged: Vec<Session> = list.drain(lo..hi.max(lo)).collect();
+        for s in &merged {
+            let close = self.close_time(s.last);
+            self.by_close.remove(&(close, key.clone(), s.start));
+        }
+        let mut merged = merged.into_iter();
+        let mut session = match merged.next() {
+            None => {
+                self.session_count += 1;
+                Session {
+                    start: first,
+                    last,
+                    accumulators: self.aggregates.create()?,
+                    emitted: None,
+                    dirty: true,
+                    batch_rows: vec![],
                 }
             }
-            base.start = base.start.min(first);
-            base.last = base.last.max(last);
-            base
+            Some(mut base) => {
+                for mut other in merged {
+                    self.session_count -= 1;
+                    self.aggregates
+                        .merge(&mut base.accumulators, &mut other.accumulators)?;
+                    base.start = base.start.min(other.start);
+                    base.last = base.last.max(other.last);
+                    base.batch_rows.append(&mut other.batch_rows);
+                    if let Some(w) = other.emitted {
+                        tombstones.push(Pending {
+                            key: key.clone(),
+                            bounds: w.bounds,
+                            kind: PendingKind::Tombstone(w.values),
+                        });
+                    }
+                }
+                base.start = base.start.min(first);
+                base.last = base.last.max(last);
+                base
+            }
         };
-        self.aggregates
-            .update(&mut session.accumulators, args, &UInt32Array::from(indices))?;
+        session.batch_rows.extend(indices);
         session.dirty = true;
         if let Some(w) = session.emitted.take() {
             if w.bounds == (session.start, session.last) {
@@ -222,16 +230,24 @@ impl SessionAggregateOperator {
                 });
             }
         }
-        // Bounds only grow, so an entry is pushed once per (start, close).
-        if before != Some((session.start, session.last)) {
-            let close = self.close_time(session.last);
-            self.by_close
-                .entry(close)
-                .or_default()
-                .push((key.clone(), session.start));
-        }
+        let close = self.close_time(session.last);
+        self.by_close.insert((close, key.clone(), session.start));
         let list = self.sessions.entry(key.clone()).or_default();
         list.insert(lo, session);
+        Ok(())
+    }
+
+    /// Feed each of `key`'s sessions the batch rows that joined it, in arrival order.
+    fn aggregate_batch_rows(&mut self, key: &OwnedRow, args: &BatchArgs) -> Result<()> {
+        let Some(list) = self.sessions.get_mut(key) else {
+            return Ok(());
+        };
+        for s in list.iter_mut().filter(|s| !s.batch_rows.is_empty()) {
+            let mut rows = std::mem::take(&mut s.batch_rows);
+            rows.sort_unstable();
+            self.aggregates
+                .update(&mut s.accumulators, args, &UInt32Array::from(rows))?;
+        }
         Ok(())
     }
 
@@ -331,7 +347,7 @@ impl Operator for SessionAggregateOperator {
                 let t = times.value(i as usize);
                 if !run.is_empty() && t.saturating_sub(prev) > self.gap_ms {
                     let done = std::mem::take(&mut run);
-                    self.add_run(&key, first, prev, done, &args, &mut tombstones)?;
+                    self.add_run(&key, (first, prev), done, &mut tombstones)?;
                 }
                 if run.is_empty() {
                     first = t;
@@ -340,8 +356,9 @@ impl Operator for SessionAggregateOperator {
                 run.push(i);
             }
             if !run.is_empty() {
-                self.add_run(&key, first, prev, run, &args, &mut tombstones)?;
+                self.add_run(&key, (first, prev), run, &mut tombstones)?;
             }
+            self.aggregate_batch_rows(&key, &args)?;
             touched.push(key);
         }
         if self.emit == Emit::Final {
@@ -367,20 +384,14 @@ impl Operator for SessionAggregateOperator {
 
     fn advance_watermark(&mut self, watermark_ms: i64) -> Result<Option<ChangeBatch>> {
         let mut closed: Vec<(OwnedRow, i64)> = vec![];
-        while let Some(entry) = self.by_close.first_entry() {
-            // A session is closed once the watermark passes last + gap + grace.
-            if *entry.key() >= watermark_ms {
+        // A session is closed once the watermark passes last + gap + grace; the end of
+        // the stream (i64::MAX) closes every session, even one whose close time saturated.
+        while let Some((close, _, _)) = self.by_close.first() {
+            if *close >= watermark_ms && watermark_ms != i64::MAX {
                 break;
             }
-            let close = *entry.key();
-            for (key, start) in entry.remove() {
-                let live = self.sessions.get(&key).is_some_and(|l| {
-                    l.iter()
-                        .any(|s| s.start == start && self.close_time(s.last) == close)
-                });
-                if live {
-                    closed.push((key, start));
-                }
+            if let Some((_, key, start)) = self.by_close.pop_first() {
+                closed.push((key, start));
             }
         }
         let out = match self.emit {
