@@ -345,10 +345,12 @@ impl Lowering {
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input)?,
             LogicalPlan::Filter(f) => {
                 self.lower(&f.input)?;
-                self.operators.push(StreamOperator::Filter {
-                    predicate: f.predicate.clone(),
-                    input: f.input.schema().clone(),
-                });
+                if !self.absorb_having(&f.predicate)? {
+                    self.operators.push(StreamOperator::Filter {
+                        predicate: f.predicate.clone(),
+                        input: f.input.schema().clone(),
+                    });
+                }
             }
             LogicalPlan::Projection(p) => {
                 self.lower(&p.input)?;
@@ -427,6 +429,7 @@ impl Lowering {
                     window_end,
                     window: self.window,
                     emit: self.emit,
+                    having: None,
                 });
             }
             LogicalPlan::Sort(_) => {
@@ -488,6 +491,52 @@ fn check_topk(e: &Expr) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Lowering {
+    /// A filter right after an aggregation (through projections only) is its HAVING: it
+    /// moves into the aggregation, rewritten over the aggregation's output, so the
+    /// aggregation knows which rows it wrote and can delete those that stop passing.
+    fn absorb_having(&mut self, predicate: &Expr) -> Result<bool> {
+        let Some(at) = self
+            .operators
+            .iter()
+            .rposition(|o| matches!(o, StreamOperator::WindowAggregate { .. }))
+        else {
+            return Ok(false);
+        };
+        let mut predicate = predicate.clone();
+        for op in self.operators[at + 1..].iter().rev() {
+            let StreamOperator::Project { exprs, output, .. } = op else {
+                return Ok(false);
+            };
+            predicate = inline_projection(predicate, exprs, output)?;
+        }
+        if let StreamOperator::WindowAggregate { having, .. } = &mut self.operators[at] {
+            *having = Some(match having.take() {
+                Some(h) => h.and(predicate),
+                None => predicate,
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// `predicate` over a projection's `output`, rewritten over its input: each column
+/// reference replaced by the expression that computes it.
+fn inline_projection(predicate: Expr, exprs: &[Expr], output: &DFSchemaRef) -> Result<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    predicate
+        .transform(|e| {
+            if let Expr::Column(c) = &e {
+                if let Ok(i) = output.index_of_column(c) {
+                    return Ok(Transformed::yes(exprs[i].clone().unalias()));
+                }
+            }
+            Ok(Transformed::no(e))
+        })
+        .map(|t| t.data)
+        .map_err(PlanError::from_datafusion)
 }
 
 /// The position in `exprs` of a plain reference to column `index` of `input`.

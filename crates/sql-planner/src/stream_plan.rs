@@ -81,6 +81,9 @@ pub enum StreamOperator {
         window: Option<AssignedWindow>,
         /// When results are sent.
         emit: Emit,
+        /// HAVING, over `output`: a row that fails it is not written, and a row written
+        /// before that now fails it gets a tombstone.
+        having: Option<Expr>,
     },
 }
 
@@ -155,6 +158,7 @@ impl fmt::Display for StreamPlan {
                     aggr_exprs,
                     window,
                     emit,
+                    having,
                     ..
                 } => {
                     write!(
@@ -172,7 +176,11 @@ impl fmt::Display for StreamPlan {
                             crate::window::ms(w.grace_ms)
                         )?;
                     }
-                    writeln!(f, " emit={}", emit.as_str())?;
+                    write!(f, " emit={}", emit.as_str())?;
+                    if let Some(h) = having {
+                        write!(f, " having={h}")?;
+                    }
+                    writeln!(f)?;
                 }
             }
             depth += 1;

@@ -18,6 +18,7 @@ use datafusion::logical_expr::{Accumulator, Expr};
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::PhysicalExpr;
 
+use super::ChangeBatch;
 use crate::error::{ExecError, Result};
 
 /// Group key expressions and their row encoding.
@@ -100,6 +101,70 @@ impl BatchKeys {
         }
         order
     }
+}
+
+/// HAVING, evaluated over an aggregation's result rows.
+pub(crate) struct Having {
+    predicate: Arc<dyn PhysicalExpr>,
+    operator: &'static str,
+}
+
+impl Having {
+    /// `predicate` over the aggregation's `output` schema.
+    pub(crate) fn new(predicate: &Expr, output: &DFSchema, operator: &'static str) -> Result<Self> {
+        Ok(Self {
+            predicate: super::physical(predicate, output, operator)?,
+            operator,
+        })
+    }
+
+    /// Whether each row of `rows` passes; null fails.
+    pub(crate) fn passes(&self, rows: &RecordBatch) -> Result<Vec<bool>> {
+        let mask = self
+            .predicate
+            .evaluate(rows)
+            .and_then(|v| v.into_array(rows.num_rows()))
+            .map_err(ExecError::eval(self.operator))?;
+        let mask = mask.as_boolean();
+        Ok((0..mask.len())
+            .map(|i| mask.is_valid(i) && mask.value(i))
+            .collect())
+    }
+}
+
+/// What becomes of one result row after HAVING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Written as a row.
+    Row,
+    /// Written as a tombstone of its key.
+    Tombstone,
+    /// Not written.
+    Dropped,
+}
+
+/// The rows of `rows` that are written, as a [`ChangeBatch`]; `None` when none are.
+pub(crate) fn changes(rows: RecordBatch, outcomes: &[Outcome]) -> Result<Option<ChangeBatch>> {
+    let keep = BooleanArray::from_iter(outcomes.iter().map(|o| Some(*o != Outcome::Dropped)));
+    let all = outcomes.iter().all(|o| *o != Outcome::Dropped);
+    let rows = if all {
+        rows
+    } else {
+        datafusion::arrow::compute::filter_record_batch(&rows, &keep)
+            .map_err(ExecError::arrow("selecting result rows"))?
+    };
+    if rows.num_rows() == 0 {
+        return Ok(None);
+    }
+    let tombstones = outcomes.contains(&Outcome::Tombstone).then(|| {
+        BooleanArray::from_iter(
+            outcomes
+                .iter()
+                .filter(|o| **o != Outcome::Dropped)
+                .map(|o| Some(*o == Outcome::Tombstone)),
+        )
+    });
+    Ok(Some(ChangeBatch { rows, tombstones }))
 }
 
 struct Aggregate {

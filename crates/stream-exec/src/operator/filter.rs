@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
-use datafusion::arrow::compute::{filter, filter_record_batch};
+use datafusion::arrow::compute::{filter, filter_record_batch, or_kleene};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
-/// Keeps rows where `predicate` is true; null counts as false. A tombstone carries the
-/// values of the row it deletes, so it passes exactly when that row passed: rows that were
-/// written get deleted, rows that never were get no tombstone.
+/// Keeps rows where `predicate` is true; null counts as false. Tombstones always pass:
+/// a deletion must reach the sink. (A HAVING right after an aggregation is not a filter: the
+/// planner moves it into the aggregation, which knows which rows it wrote.)
 pub struct FilterOperator {
     predicate: Arc<dyn PhysicalExpr>,
 }
@@ -34,7 +34,11 @@ impl Operator for FilterOperator {
             .evaluate(&batch.rows)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(ExecError::eval("Filter"))?;
-        let mask: &BooleanArray = mask.as_boolean();
+        let mut mask: BooleanArray = mask.as_boolean().clone();
+        if let Some(t) = &batch.tombstones {
+            mask = or_kleene(&mask, t).map_err(ExecError::arrow("filtering rows"))?;
+        }
+        let mask = &mask;
         let rows =
             filter_record_batch(&batch.rows, mask).map_err(ExecError::arrow("filtering rows"))?;
         if rows.num_rows() == 0 {

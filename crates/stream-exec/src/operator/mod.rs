@@ -2,8 +2,9 @@
 //! watermark advances. One operator per file, named as EXPLAIN names it.
 //!
 //! Batches travel as [`ChangeBatch`]es: rows plus, after an aggregation, a mask of the rows
-//! that are tombstones (a result row that no longer exists, e.g. a session merged into
-//! another). Tombstones pass every filter and become Kafka records with a null value.
+//! that are tombstones (a result row that no longer exists: a session merged into another,
+//! a group that stopped passing HAVING). Tombstones pass every filter and become Kafka
+//! records with a null value.
 
 mod aggregates;
 mod filter;
@@ -31,7 +32,7 @@ use crate::error::{ExecError, Result};
 #[derive(Debug, Clone)]
 pub struct ChangeBatch {
     /// The rows. A tombstone row holds the key of the row it deletes; its other columns
-    /// are null or stale and must not be written.
+    /// hold that row's old or current values and are not written.
     pub rows: RecordBatch,
     /// Which rows are tombstones; `None` when none are.
     pub tombstones: Option<BooleanArray>,

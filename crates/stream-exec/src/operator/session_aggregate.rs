@@ -9,16 +9,16 @@
 //!
 //! With `EMIT CHANGES`, every session whose bounds or values changed is written after the
 //! batch; the row it had been written as before, and every session merged away, get a
-//! tombstone first. A tombstone carries the values of the row it deletes, so a HAVING filter
-//! downstream passes it exactly when it passed that row. With `EMIT FINAL`, a session is written once, when the watermark passes
+//! tombstone first. HAVING is applied here: a row that fails it is not written, and a
+//! session whose written row stops passing gets a tombstone, so only written rows are
+//! ever deleted. With `EMIT FINAL`, a session is written once, when the watermark passes
 //! its last record time plus gap plus grace. A closed session's state is dropped.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray,
-    UInt32Array,
+    ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
 use datafusion::arrow::row::OwnedRow;
@@ -28,7 +28,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sluice_sql_planner::window::{WINDOWEND, WINDOWSTART, WINDOW_END, WINDOW_START};
 use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
 
-use super::aggregates::{Accumulators, Aggregates, BatchArgs, GroupKeys};
+use super::aggregates::{changes, Accumulators, Aggregates, BatchArgs, GroupKeys, Having, Outcome};
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
@@ -82,6 +82,7 @@ pub struct SessionAggregateOperator {
     session_count: usize,
     /// Every open session as (close time, key, start), in closing order.
     by_close: BTreeSet<(i64, OwnedRow, i64)>,
+    having: Option<Having>,
 }
 
 /// One output row to build: a key's session bounds, live or deleted.
@@ -94,8 +95,7 @@ struct Pending {
 enum PendingKind {
     /// The current values of the session starting at this time.
     Live(i64),
-    /// A tombstone, carrying the values the row was written with: a HAVING filter passes
-    /// it only if it passed that row, so rows never written get no tombstone.
+    /// A tombstone of a row that was written, with the values it was written with.
     Tombstone(Vec<ScalarValue>),
 }
 
@@ -109,6 +109,7 @@ impl SessionAggregateOperator {
             output,
             window: Some(window),
             emit,
+            having,
             ..
         } = op
         else {
@@ -155,6 +156,10 @@ impl SessionAggregateOperator {
             sessions: HashMap::new(),
             session_count: 0,
             by_close: BTreeSet::new(),
+            having: having
+                .as_ref()
+                .map(|h| Having::new(h, output, NAME))
+                .transpose()?,
         })
     }
 
@@ -281,27 +286,19 @@ impl SessionAggregateOperator {
             })
             .collect();
         let mut values = vec![Vec::with_capacity(pending.len()); self.aggregates.len()];
-        let remember = self.emit == Emit::Changes;
+        let mut live_values = Vec::with_capacity(pending.len());
         for p in pending {
             let row = match &p.kind {
                 PendingKind::Live(start) => {
-                    let session = self
-                        .sessions
-                        .get_mut(&p.key)
-                        .and_then(|l| l.iter_mut().find(|s| s.start == *start))
-                        .ok_or_else(|| {
-                            ExecError::internal(NAME, "emitting a session that is gone")
-                        })?;
+                    let session = session_mut(&mut self.sessions, &p.key, *start)?;
                     let row = self.aggregates.evaluate_row(&mut session.accumulators)?;
-                    if remember {
-                        session.emitted = Some(Written {
-                            bounds: p.bounds,
-                            values: row.clone(),
-                        });
-                    }
+                    live_values.push(Some(row.clone()));
                     row
                 }
-                PendingKind::Tombstone(old) => old.clone(),
+                PendingKind::Tombstone(old) => {
+                    live_values.push(None);
+                    old.clone()
+                }
             };
             for (column, v) in values.iter_mut().zip(row) {
                 column.push(v);
@@ -310,13 +307,50 @@ impl SessionAggregateOperator {
         columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
         let rows = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(ExecError::arrow("building session results"))?;
-        let is_tombstone = |p: &Pending| matches!(p.kind, PendingKind::Tombstone(_));
-        let tombstones = pending
-            .iter()
-            .any(is_tombstone)
-            .then(|| BooleanArray::from_iter(pending.iter().map(|p| Some(is_tombstone(p)))));
-        Ok(Some(ChangeBatch { rows, tombstones }))
+        let passes = match &self.having {
+            Some(h) => h.passes(&rows)?,
+            None => vec![true; rows.num_rows()],
+        };
+        // Remember what was written, so a later change can delete exactly that row.
+        let remember = self.emit == Emit::Changes;
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for ((p, pass), row) in pending.iter().zip(passes).zip(live_values) {
+            let outcome = match (&p.kind, row) {
+                (PendingKind::Tombstone(_), _) => Outcome::Tombstone,
+                (PendingKind::Live(start), Some(values)) => {
+                    let session = session_mut(&mut self.sessions, &p.key, *start)?;
+                    if pass {
+                        if remember {
+                            session.emitted = Some(Written {
+                                bounds: p.bounds,
+                                values,
+                            });
+                        }
+                        Outcome::Row
+                    } else if session.emitted.take().is_some() {
+                        Outcome::Tombstone
+                    } else {
+                        Outcome::Dropped
+                    }
+                }
+                (PendingKind::Live(_), None) => Outcome::Dropped,
+            };
+            outcomes.push(outcome);
+        }
+        changes(rows, &outcomes)
     }
+}
+
+/// The open session of `key` starting at `start`.
+fn session_mut<'a>(
+    sessions: &'a mut HashMap<OwnedRow, Vec<Session>>,
+    key: &OwnedRow,
+    start: i64,
+) -> Result<&'a mut Session> {
+    sessions
+        .get_mut(key)
+        .and_then(|l| l.iter_mut().find(|s| s.start == start))
+        .ok_or_else(|| ExecError::internal(NAME, "emitting a session that is gone"))
 }
 
 impl Operator for SessionAggregateOperator {

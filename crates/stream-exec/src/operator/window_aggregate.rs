@@ -16,11 +16,17 @@ use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
 use datafusion::arrow::row::OwnedRow;
 use sluice_sql_planner::{Emit, StreamOperator};
 
-use super::aggregates::{Accumulators, Aggregates, GroupKeys};
+use super::aggregates::{changes, Accumulators, Aggregates, GroupKeys, Having, Outcome};
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 
 const NAME: &str = "WindowAggregate";
+
+struct Group {
+    accumulators: Accumulators,
+    /// Its last row was written and passed HAVING (EMIT CHANGES).
+    written: bool,
+}
 
 /// Keyed, windowed aggregation. See the module docs.
 pub struct WindowAggregateOperator {
@@ -28,7 +34,8 @@ pub struct WindowAggregateOperator {
     aggregates: Aggregates,
     schema: SchemaRef,
     aggregate_fields: Vec<FieldRef>,
-    groups: HashMap<OwnedRow, Accumulators>,
+    groups: HashMap<OwnedRow, Group>,
+    having: Option<Having>,
     /// Groups by window end, to close them in order; empty when not windowed.
     by_end: BTreeMap<i64, Vec<OwnedRow>>,
     window_end: Option<usize>,
@@ -47,6 +54,7 @@ impl WindowAggregateOperator {
             window_end,
             window,
             emit,
+            having,
         } = op
         else {
             return Err(ExecError::internal(NAME, "not a WindowAggregate step"));
@@ -61,6 +69,10 @@ impl WindowAggregateOperator {
             schema: Arc::new(output.as_arrow().clone()),
             aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
             groups: HashMap::new(),
+            having: having
+                .as_ref()
+                .map(|h| Having::new(h, output, NAME))
+                .transpose()?,
             by_end: BTreeMap::new(),
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
@@ -76,13 +88,39 @@ impl WindowAggregateOperator {
         let mut columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
         let mut values = vec![Vec::with_capacity(keys.len()); self.aggregates.len()];
         for k in keys {
-            self.aggregates
-                .evaluate_into(self.groups.get_mut(k), &mut values)?;
+            self.aggregates.evaluate_into(
+                self.groups.get_mut(k).map(|g| &mut g.accumulators),
+                &mut values,
+            )?;
         }
         columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
-        RecordBatch::try_new(self.schema.clone(), columns)
-            .map(|rows| Some(ChangeBatch::rows(rows)))
-            .map_err(ExecError::arrow("building aggregate results"))
+        let rows = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(ExecError::arrow("building aggregate results"))?;
+        let Some(having) = &self.having else {
+            return Ok(Some(ChangeBatch::rows(rows)));
+        };
+        // A row that stops passing HAVING deletes the row written before, if any.
+        let passes = having.passes(&rows)?;
+        let outcomes: Vec<Outcome> = keys
+            .iter()
+            .zip(passes)
+            .map(|(k, pass)| {
+                let group = self.groups.get_mut(k);
+                match (pass, group) {
+                    (true, Some(g)) => {
+                        g.written = true;
+                        Outcome::Row
+                    }
+                    (false, Some(g)) if g.written => {
+                        g.written = false;
+                        Outcome::Tombstone
+                    }
+                    (true, None) => Outcome::Row,
+                    _ => Outcome::Dropped,
+                }
+            })
+            .collect();
+        changes(rows, &outcomes)
     }
 }
 
@@ -103,7 +141,10 @@ impl Operator for WindowAggregateOperator {
         for (row, indices) in order {
             let owned = row.owned();
             if !self.groups.contains_key(&owned) {
-                let group = self.aggregates.create()?;
+                let group = Group {
+                    accumulators: self.aggregates.create()?,
+                    written: false,
+                };
                 self.groups.insert(owned.clone(), group);
                 if let Some(ends) = &window_ends {
                     let end = ends.value(indices[0] as usize);
@@ -115,7 +156,7 @@ impl Operator for WindowAggregateOperator {
                 .get_mut(&owned)
                 .ok_or_else(|| ExecError::internal(NAME, "group vanished"))?;
             self.aggregates
-                .update(group, &args, &UInt32Array::from(indices))?;
+                .update(&mut group.accumulators, &args, &UInt32Array::from(indices))?;
             touched.push(owned);
         }
         match self.emit {
