@@ -61,18 +61,25 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Vec<Option<Vec<u8>>>>
             })
             .collect());
     }
-    let name = rows.schema().field(index).name().clone();
+    // Each line is `{"<name>":<value>}`: the value is what lies between the two.
+    let prefix = serde_json::to_vec(rows.schema().field(index).name())
+        .map_err(|e| ExecError::internal("JsonEncoder", &format!("encoding a key name: {e}")))?
+        .len()
+        + 2;
     let projected = rows
         .project(&[index])
         .map_err(ExecError::arrow("projecting key columns"))?;
     json_lines(&projected)?
         .into_iter()
-        .map(|line| {
-            let object: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
-                ExecError::internal("JsonEncoder", &format!("encoded key is not JSON: {e}"))
-            })?;
-            Ok(Some(object[&name].to_string().into_bytes()))
-        })
+        .map(
+            |line| match line.get(prefix..line.len().saturating_sub(1)) {
+                Some(value) => Ok(Some(value.to_vec())),
+                None => Err(ExecError::internal(
+                    "JsonEncoder",
+                    "an encoded key is not a one-field object",
+                )),
+            },
+        )
         .collect()
 }
 
