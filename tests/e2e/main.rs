@@ -4,6 +4,7 @@
 
 mod differential;
 mod examples;
+mod pull_queries;
 mod rest_api;
 mod streams;
 mod tables;

@@ -11,7 +11,7 @@ use sluice_sql_planner::{
     parse_statements, Catalog, ColumnSpec, ContinuousQuery, EventTime, PlanError, Properties,
     QueryPlanner, SourceDef, SourceKind, Statement, StreamPlan,
 };
-use sluice_stream_exec::{run_query, QueryConfig, QueryStats};
+use sluice_stream_exec::{run_query, MaterializedTable, QueryConfig, QueryStats};
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
@@ -26,8 +26,13 @@ pub struct Engine {
     planner: QueryPlanner,
     catalog: Catalog,
     queries: BTreeMap<String, PersistentQuery>,
+    /// The current rows of each table a CTAS writes, by table name.
+    materialized: BTreeMap<String, Arc<MaterializedTable>>,
     sequence: u64,
 }
+
+/// What a pull query may read: each materialized table with its catalog entry.
+pub type PullSources = BTreeMap<String, (SourceDef, Arc<MaterializedTable>)>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,11 +103,28 @@ impl Engine {
             planner: QueryPlanner::new(),
             catalog: Catalog::new(),
             queries: BTreeMap::new(),
+            materialized: BTreeMap::new(),
             sequence: 0,
         }
     }
 
-    /// The topic administration in use.
+    /// The tables pull queries can read, as of now.
+    pub fn pull_sources(&self) -> PullSources {
+        self.materialized
+            .iter()
+            .filter_map(|(name, table)| {
+                let source = self.catalog.get(name)?.clone();
+                Some((name.clone(), (source, table.clone())))
+            })
+            .collect()
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Topic administration.
     pub fn topics(&self) -> &Topics {
         &self.topics
     }
@@ -300,6 +322,7 @@ impl Engine {
                     self.topics.delete(&source.topic).await?;
                 }
                 self.catalog.remove(&name);
+                self.materialized.remove(&name);
                 Ok(self.status(text, kind, &name, "drop", "dropped", None))
             }
         }
@@ -409,7 +432,7 @@ impl Engine {
         };
         let id = format!("{prefix}_{name}_{}", self.sequence + 1);
         self.catalog.insert(sink)?;
-        self.start_query(&id, text, &name, &topic, plan, props);
+        self.start_query(&id, text, &name, &topic, plan, props)?;
         Ok(self.status(text, kind, &name, "create", "created", Some(&id)))
     }
 
@@ -438,7 +461,7 @@ impl Engine {
         check_same_columns(&sink, &plan)?;
         let id = format!("INSERTQUERY_{}", self.sequence + 1);
         let topic = sink.topic.clone();
-        self.start_query(&id, text, &sink.name, &topic, plan, props);
+        self.start_query(&id, text, &sink.name, &topic, plan, props)?;
         Ok(self.status(
             text,
             SourceKind::Stream,
@@ -457,10 +480,20 @@ impl Engine {
         sink_topic: &str,
         plan: StreamPlan,
         props: &RequestProperties,
-    ) {
+    ) -> Result<(), ApiError> {
         let stats = Arc::new(QueryStats::default());
         let state = Arc::new(Mutex::new(QueryState::Running));
         let (shutdown, rx) = watch::channel(false);
+        let materialized = if plan.aggregates {
+            let table = Arc::new(
+                MaterializedTable::new(plan.output_schema.clone(), plan.key_columns.clone())
+                    .map_err(|e| ApiError::internal(format!("cannot materialize {sink}: {e}")))?,
+            );
+            self.materialized.insert(sink.to_string(), table.clone());
+            Some(table)
+        } else {
+            None
+        };
         let config = QueryConfig {
             query_id: id.to_string(),
             bootstrap_servers: self.topics.bootstrap_servers().to_string(),
@@ -472,6 +505,7 @@ impl Engine {
                 Some(ms) => Some(std::time::Duration::from_millis(ms)),
                 None => self.config.idle_timeout,
             },
+            materialized,
         };
         let source = plan.source.stream.clone();
         let plan_text = plan.to_string();
@@ -500,6 +534,7 @@ impl Engine {
                 task: Some(task),
             },
         );
+        Ok(())
     }
 
     fn source_list(&self, kind: SourceKind) -> Vec<Value> {
@@ -645,6 +680,7 @@ pub fn sql_type(t: &DataType) -> String {
             "TIMESTAMP".into()
         }
         DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+        DataType::List(f) | DataType::LargeList(f) => format!("ARRAY<{}>", sql_type(f.data_type())),
         other => other.to_string().to_uppercase(),
     }
 }

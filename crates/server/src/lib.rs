@@ -1,14 +1,15 @@
 //! # sluice-server
 //!
 //! The Sluice server: statement execution ([`engine`]), persistent query lifecycle
-//! ([`query`]), topic administration ([`topics`]) and the ksqlDB-compatible REST API
-//! ([`api`]). [`Server::start`] connects to Kafka (or starts the embedded broker) and
+//! ([`query`]), pull queries over materialized tables ([`pull_query`]), topic
+//! administration ([`topics`]) and the ksqlDB-compatible REST API ([`api`]). [`Server::start`] connects to Kafka (or starts the embedded broker) and
 //! [`Server::serve`] answers HTTP on a listener until shutdown, so tests run it on port 0.
 
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod pull_query;
 pub mod query;
 pub mod topics;
 
@@ -61,6 +62,7 @@ impl Server {
                 service_id,
                 embedded: embedded.is_some(),
                 topics,
+                pull_queries: Arc::new(pull_query::PullQueries::new()),
             },
             bootstrap_servers,
             embedded,

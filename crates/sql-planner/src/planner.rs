@@ -69,11 +69,13 @@ impl TableSource for StreamSource {
     }
 }
 
+/// Resolves the tables a query names; the only way a query reaches data.
+pub type TableResolver<'a> =
+    &'a dyn Fn(&TableReference) -> datafusion::error::Result<Arc<dyn TableSource>>;
+
 struct Provider<'a> {
     state: &'a SessionState,
-    catalog: &'a Catalog,
-    windowed: bool,
-    used: RefCell<Vec<SourceDef>>,
+    resolve: TableResolver<'a>,
 }
 
 impl ContextProvider for Provider<'_> {
@@ -81,19 +83,18 @@ impl ContextProvider for Provider<'_> {
         &self,
         name: TableReference,
     ) -> datafusion::error::Result<Arc<dyn TableSource>> {
-        let source = self
-            .catalog
-            .get(name.table())
-            .ok_or_else(|| {
-                datafusion::error::DataFusionError::Plan(format!(
-                    "stream or table \"{}\" does not exist",
-                    name.table().to_ascii_uppercase()
-                ))
-            })?
-            .clone();
-        let schema = source.planning_schema(self.windowed);
-        self.used.borrow_mut().push(source);
-        Ok(Arc::new(StreamSource { schema }))
+        (self.resolve)(&name)
+    }
+
+    fn get_table_function_source(
+        &self,
+        name: &str,
+        _args: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn TableSource>> {
+        Err(datafusion::error::DataFusionError::Plan(format!(
+            "table function {name}(…) is not available: queries read Sluice's streams and \
+             tables only, never files"
+        )))
     }
 
     fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
@@ -161,20 +162,25 @@ impl QueryPlanner {
 
     /// Plan `query` over the streams of `catalog`.
     pub fn plan(&self, catalog: &Catalog, query: &ContinuousQuery) -> Result<StreamPlan> {
-        let provider = Provider {
-            state: &self.state,
-            catalog,
-            windowed: query.window.is_some(),
-            used: RefCell::new(vec![]),
+        let windowed = query.window.is_some();
+        let used: RefCell<Vec<SourceDef>> = RefCell::new(vec![]);
+        let resolve = |name: &TableReference| -> datafusion::error::Result<Arc<dyn TableSource>> {
+            let source = catalog
+                .get(name.table())
+                .ok_or_else(|| {
+                    datafusion::error::DataFusionError::Plan(format!(
+                        "stream or table \"{}\" does not exist",
+                        name.table().to_ascii_uppercase()
+                    ))
+                })?
+                .clone();
+            let schema = source.planning_schema(windowed);
+            used.borrow_mut().push(source);
+            Ok(Arc::new(StreamSource { schema }))
         };
-        let mut options = ParserOptions::new();
-        options.map_string_types_to_utf8view = false;
-        options.collect_spans = true;
-        let sql_to_rel = SqlToRel::new_with_options(&provider, options);
-        let logical = sql_to_rel
-            .sql_statement_to_plan(SqlStatement::Query(query.query.clone()))
-            .map_err(|e| PlanError::from_datafusion(e).at(query.position))?;
-        let used = provider.used.into_inner();
+        let logical =
+            logical_plan(&self.state, &query.query, &resolve).map_err(|e| e.at(query.position))?;
+        let used = used.into_inner();
         let source = match used.as_slice() {
             [one] => one.clone(),
             [] => {
@@ -271,6 +277,22 @@ impl QueryPlanner {
             aggregates: lowering.aggregates,
         })
     }
+}
+
+/// DataFusion's logical plan of a SELECT, reading only the tables `resolve` hands out:
+/// there is no other catalog, no table function and no file behind it.
+pub fn logical_plan(
+    state: &SessionState,
+    query: &datafusion::sql::sqlparser::ast::Query,
+    resolve: TableResolver<'_>,
+) -> Result<LogicalPlan> {
+    let provider = Provider { state, resolve };
+    let mut options = ParserOptions::new();
+    options.map_string_types_to_utf8view = false;
+    options.collect_spans = true;
+    SqlToRel::new_with_options(&provider, options)
+        .sql_statement_to_plan(SqlStatement::Query(Box::new(query.clone())))
+        .map_err(PlanError::from_datafusion)
 }
 
 fn check_unique_names(schema: &Schema) -> Result<()> {

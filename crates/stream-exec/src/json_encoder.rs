@@ -25,16 +25,7 @@ pub struct EncodedRow {
 pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<EncodedRow>> {
     let rows = &batch.rows;
     let values = json_lines(rows)?;
-    let keys: Vec<Option<Vec<u8>>> = match key_columns {
-        [] => vec![None; rows.num_rows()],
-        [one] => single_keys(rows, *one)?,
-        many => {
-            let keys = rows
-                .project(many)
-                .map_err(ExecError::arrow("projecting key columns"))?;
-            json_lines(&keys)?.into_iter().map(Some).collect()
-        }
-    };
+    let keys = encode_keys(rows, key_columns)?;
     Ok(keys
         .into_iter()
         .zip(values)
@@ -44,6 +35,20 @@ pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<Enc
             value: (!batch.is_tombstone(i)).then_some(value),
         })
         .collect())
+}
+
+/// The Kafka key of each row of `rows`: `key_columns` as JSON; `None` without key columns.
+pub fn encode_keys(rows: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Option<Vec<u8>>>> {
+    Ok(match key_columns {
+        [] => vec![None; rows.num_rows()],
+        [one] => single_keys(rows, *one)?,
+        many => {
+            let keys = rows
+                .project(many)
+                .map_err(ExecError::arrow("projecting key columns"))?;
+            json_lines(&keys)?.into_iter().map(Some).collect()
+        }
+    })
 }
 
 /// The JSON value of column `index` per row.

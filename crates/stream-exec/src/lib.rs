@@ -9,6 +9,7 @@
 //!   DataFusion physical expressions and accumulators.
 //! - [`watermark`]: stream time per partition and the watermark that closes windows.
 //! - [`json_encoder`]: result rows to Kafka keys and JSON values.
+//! - [`materialized`]: a CTAS table's current rows, for pull queries.
 //! - [`stats`]: per-query counters and the processing log.
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
 
@@ -16,6 +17,7 @@ pub mod embedded_broker;
 pub mod error;
 pub mod json_decoder;
 pub mod json_encoder;
+pub mod materialized;
 pub mod operator;
 pub mod pipeline;
 pub mod query_runner;
@@ -26,6 +28,7 @@ pub mod watermark;
 
 pub use embedded_broker::EmbeddedBroker;
 pub use error::{ExecError, Result};
+pub use materialized::MaterializedTable;
 pub use pipeline::Pipeline;
 pub use query_runner::{run_query, QueryConfig};
 pub use record::RawRecord;

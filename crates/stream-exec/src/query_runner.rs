@@ -16,6 +16,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ExecError, Result};
 use crate::json_encoder::encode_rows;
+use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
 use crate::record::RawRecord;
@@ -44,6 +45,9 @@ pub struct QueryConfig {
     /// A source partition that delivers nothing for this long stops holding the
     /// watermark back; `None` never.
     pub idle_timeout: Option<Duration>,
+    /// For a table: where its current rows are kept for pull queries, updated once the
+    /// broker has acknowledged them.
+    pub materialized: Option<Arc<MaterializedTable>>,
 }
 
 /// Run `plan` until `shutdown` turns true. Returns an error when Kafka fails in a way the
@@ -104,6 +108,7 @@ pub async fn run_query(
             None => {
                 let batches = pipeline.tick(std::time::Instant::now(), &stats)?;
                 produce(&producer, &config, &plan, &batches, &stats).await?;
+                materialize(&config, &batches)?;
                 continue;
             }
         }
@@ -117,12 +122,21 @@ pub async fn run_query(
         }
         let batches = pipeline.process(&records, &stats)?;
         produce(&producer, &config, &plan, &batches, &stats).await?;
+        materialize(&config, &batches)?;
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
             tracing::warn!(query_id, error = %e, "offset commit failed; records may be processed again");
         }
     }
     tracing::info!(query_id, "query stopped");
     Ok(())
+}
+
+/// Apply written `batches` to the table's materialization, if it has one.
+fn materialize(config: &QueryConfig, batches: &[ChangeBatch]) -> Result<()> {
+    match &config.materialized {
+        Some(table) if !batches.is_empty() => table.apply(batches),
+        _ => Ok(()),
+    }
 }
 
 /// Write `batches` to the sink and wait until the broker has them all.
