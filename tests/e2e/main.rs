@@ -5,6 +5,7 @@
 mod differential;
 mod examples;
 mod pull_queries;
+mod push_queries;
 mod rest_api;
 mod streams;
 mod tables;

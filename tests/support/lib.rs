@@ -57,14 +57,20 @@ pub struct TestServer {
 impl TestServer {
     /// Start a server on the test broker with its own service id.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start a server as [`TestServer::start`] does, with `adjust` applied to its config.
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let state = std::env::temp_dir().join(unique("sluice-test-state"));
-        let server = Server::start(ServerConfig {
+        let mut config = ServerConfig {
             bootstrap_servers: Some(bootstrap()),
             state_dir: state,
             service_id: format!("{}_", unique("test")),
             ..ServerConfig::default()
-        })
-        .expect("server starts");
+        };
+        adjust(&mut config);
+        let server = Server::start(config).expect("server starts");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, rx) = oneshot::channel::<()>();

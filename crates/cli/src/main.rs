@@ -55,6 +55,9 @@ struct ServerArgs {
     /// `sluice.idle.timeout.ms` property.
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
+    /// How many push queries (SELECT … EMIT CHANGES) may run at once; more get HTTP 429.
+    #[arg(long, default_value_t = 100)]
+    max_push_queries: usize,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -86,6 +89,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         service_id: args.service_id,
         idle_timeout: (args.idle_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(args.idle_timeout_ms)),
+        max_push_queries: args.max_push_queries,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     announce_broker(&server);

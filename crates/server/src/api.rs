@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use crate::engine::{sql_type, Engine, RequestProperties};
 use crate::error::{ApiError, NOT_FOUND};
 use crate::pull_query::{PullQueries, PullResult};
+use crate::push_query::{PushQueries, PushStream};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
     pub topics: crate::topics::Topics,
     /// Runs pull queries, outside the engine's lock.
     pub pull_queries: Arc<PullQueries>,
+    /// The running push queries.
+    pub push_queries: Arc<PushQueries>,
 }
 
 /// The router, testable without a socket.
@@ -38,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ksql", post(ksql))
         .route("/query-stream", post(query_stream))
         .route("/query", post(query))
+        .route("/close-query", post(close_query))
         .route("/info", get(info))
         .route("/", get(info))
         .route("/healthcheck", get(healthcheck))
@@ -84,8 +88,17 @@ fn request_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiErro
     }
 }
 
+/// A query request: a pull query, or a push query with its LIMIT taken out.
+enum QueryRequest {
+    Pull(sluice_sql_planner::ContinuousQuery),
+    Push {
+        query: sluice_sql_planner::ContinuousQuery,
+        limit: Option<u64>,
+    },
+}
+
 /// The one SELECT in `sql`, as a query to run.
-fn one_select(sql: &str) -> Result<sluice_sql_planner::ContinuousQuery, ApiError> {
+fn one_query(sql: &str) -> Result<QueryRequest, ApiError> {
     let mut statements = sluice_sql_planner::parse_statements(sql)
         .map_err(|e| ApiError::from(e).in_statement(sql.trim(), vec![]))?;
     if statements.len() != 1 {
@@ -95,34 +108,85 @@ fn one_select(sql: &str) -> Result<sluice_sql_planner::ContinuousQuery, ApiError
         )));
     }
     let parsed = statements.remove(0);
+    let in_statement = |e: ApiError| e.in_statement(&parsed.text, vec![]);
     match parsed.statement {
-        sluice_sql_planner::Statement::Select(q) => {
+        sluice_sql_planner::Statement::Select(mut q) => {
             if q.emit.is_some() {
-                return Err(ApiError::statement(
-                    "push queries (SELECT … EMIT CHANGES) are not supported yet; a SELECT without \
-                     EMIT is a pull query over a table",
-                )
-                .in_statement(&parsed.text, vec![]));
+                let limit = take_limit(&mut q).map_err(in_statement)?;
+                return Ok(QueryRequest::Push { query: q, limit });
             }
             if q.window.is_some() {
-                return Err(ApiError::statement(
+                return Err(in_statement(ApiError::statement(
                     "a pull query cannot have a WINDOW clause: it reads a table's current rows; \
-                     filter on WINDOWSTART / WINDOWEND instead",
-                )
-                .in_statement(&parsed.text, vec![]));
+                     filter on WINDOWSTART / WINDOWEND instead, or add EMIT CHANGES for a push query",
+                )));
             }
-            Ok(q)
+            Ok(QueryRequest::Pull(q))
         }
-        _ => Err(ApiError::bad_request(
+        _ => Err(in_statement(ApiError::bad_request(
             "the query endpoints run SELECT statements; send other statements to /ksql",
-        )
-        .in_statement(&parsed.text, vec![])),
+        ))),
+    }
+}
+
+/// Take a push query's `LIMIT n` out of it: the stream ends after n rows.
+fn take_limit(q: &mut sluice_sql_planner::ContinuousQuery) -> Result<Option<u64>, ApiError> {
+    use datafusion::sql::sqlparser::ast::{Expr, LimitClause, Value as SqlValue};
+    let bad = || ApiError::statement("a push query's LIMIT must be a whole number of rows");
+    match q.query.limit_clause.take() {
+        None => Ok(None),
+        Some(LimitClause::LimitOffset {
+            limit: Some(Expr::Value(v)),
+            offset: None,
+            limit_by,
+        }) if limit_by.is_empty() => match &v.value {
+            SqlValue::Number(n, _) => n.parse().map(Some).map_err(|_| bad()),
+            _ => Err(bad()),
+        },
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Start the push query `query` for one client.
+async fn push(
+    state: &AppState,
+    sql: &str,
+    query: &sluice_sql_planner::ContinuousQuery,
+    limit: Option<u64>,
+    props: &RequestProperties,
+) -> Result<PushStream, ApiError> {
+    let (plan, config) = {
+        let engine = state.engine.lock().await;
+        let plan = engine
+            .plan_push(query)
+            .map_err(|e| e.in_statement(sql.trim(), vec![]))?;
+        (plan, engine.push_config(props))
+    };
+    state
+        .push_queries
+        .start(config, &state.service_id, plan, limit)
+}
+
+/// The properties object of a query request (`properties` or `streamsProperties`).
+fn query_properties(
+    request: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<RequestProperties, ApiError> {
+    match request.get(field) {
+        None | Some(Value::Null) => RequestProperties::from_json(&serde_json::Map::new()),
+        Some(Value::Object(m)) => RequestProperties::from_json(m),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "\"{field}\" must be a JSON object"
+        ))),
     }
 }
 
 /// Run the pull query `sql` without holding the engine's lock while it runs.
-async fn pull(state: &AppState, sql: &str) -> Result<PullResult, ApiError> {
-    let query = one_select(sql)?;
+async fn pull(
+    state: &AppState,
+    sql: &str,
+    query: &sluice_sql_planner::ContinuousQuery,
+) -> Result<PullResult, ApiError> {
     let (catalog, sources) = {
         let engine = state.engine.lock().await;
         (engine.catalog().clone(), engine.pull_sources())
@@ -151,12 +215,20 @@ fn pull_query_id() -> String {
 
 /// Each result row as a JSON array of its column values, in column order.
 fn rows_as_arrays(result: &PullResult) -> Result<Vec<Vec<Value>>, ApiError> {
+    batch_rows(&result.schema, &result.batches)
+}
+
+/// Each row of `batches` as a JSON array of its column values, in column order.
+fn batch_rows(
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    batches: &[datafusion::arrow::array::RecordBatch],
+) -> Result<Vec<Vec<Value>>, ApiError> {
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
     let mut rows = vec![];
-    for batch in &result.batches {
+    for batch in batches {
         let mut columns: Vec<Vec<Value>> = Vec::with_capacity(batch.num_columns());
-        for (i, field) in result.schema.fields().iter().enumerate() {
+        for (i, field) in schema.fields().iter().enumerate() {
             // One column at a time under a fixed name, so duplicate names stay apart.
             let single = datafusion::arrow::array::RecordBatch::try_new(
                 Arc::new(Schema::new(vec![Field::new(
@@ -195,9 +267,223 @@ fn rows_as_arrays(result: &PullResult) -> Result<Vec<Vec<Value>>, ApiError> {
     Ok(rows)
 }
 
-/// `POST /query-stream`: `{"sql", "properties"}`. Answers a pull query with a metadata
-/// line and one JSON array per row (`application/vnd.ksqlapi.delimited.v1`, the default)
-/// or the same items as one JSON array (`Accept: application/json`).
+/// How a query's answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `/query-stream` default: a metadata line, then one JSON array per row.
+    Delimited,
+    /// `/query-stream` with `Accept: application/json`: the same items in one JSON array.
+    JsonArray,
+    /// `/query`: `[{"header"}, {"row": {"columns"}}…]`.
+    Legacy,
+}
+
+fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json") && !a.contains(DELIMITED))
+}
+
+/// The first item of an answer: the query id and the columns.
+fn header(
+    format: Format,
+    query_id: &str,
+    schema: &datafusion::arrow::datatypes::Schema,
+    keys: &[String],
+) -> Value {
+    match format {
+        Format::Legacy => {
+            let schema = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let key = if keys.contains(f.name()) { " KEY" } else { "" };
+                    format!(
+                        "`{}` {}{key}",
+                        f.name().to_uppercase(),
+                        sql_type(f.data_type())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            json!({"header": {"queryId": query_id, "schema": schema}})
+        }
+        _ => json!({
+            "queryId": query_id,
+            "columnNames": schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
+            "columnTypes": schema.fields().iter().map(|f| sql_type(f.data_type())).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// One row item of an answer.
+fn row_item(format: Format, row: Vec<Value>, tombstone: bool) -> Value {
+    match format {
+        Format::Legacy if tombstone => json!({"row": {"columns": row, "tombstone": true}}),
+        Format::Legacy => json!({"row": {"columns": row}}),
+        _ => Value::from(row),
+    }
+}
+
+/// A whole answer (a pull query's).
+fn answer(format: Format, items: Vec<Value>) -> Response {
+    match format {
+        Format::Delimited => {
+            let mut text = String::new();
+            for item in items {
+                text.push_str(&item.to_string());
+                text.push('\n');
+            }
+            ([(axum::http::header::CONTENT_TYPE, DELIMITED)], text).into_response()
+        }
+        Format::JsonArray | Format::Legacy => Json(items).into_response(),
+    }
+}
+
+async fn run_query_request(
+    state: &AppState,
+    sql: &str,
+    props: &RequestProperties,
+    format: Format,
+) -> Result<Response, ApiError> {
+    match one_query(sql)? {
+        QueryRequest::Pull(q) => {
+            let result = pull(state, sql, &q).await?;
+            let mut items = vec![header(
+                format,
+                &pull_query_id(),
+                &result.schema,
+                &result.key_columns,
+            )];
+            items.extend(
+                rows_as_arrays(&result)?
+                    .into_iter()
+                    .map(|r| row_item(format, r, false)),
+            );
+            Ok(answer(format, items))
+        }
+        QueryRequest::Push { query, limit } => {
+            let stream = push(state, sql, &query, limit, props).await?;
+            Ok(streamed(format, stream))
+        }
+    }
+}
+
+/// A push query's answer, written as its rows arrive; it ends after LIMIT rows or when
+/// the query stops.
+fn streamed(format: Format, stream: PushStream) -> Response {
+    use std::collections::VecDeque;
+    struct State {
+        stream: PushStream,
+        format: Format,
+        sent: u64,
+        pending: VecDeque<String>,
+        started: bool,
+        done: bool,
+    }
+    let first = header(format, &stream.query_id, &stream.schema, &[]);
+    let separator = |format: Format, first: bool| match (format, first) {
+        (Format::Delimited, _) => "",
+        (_, true) => "[",
+        (_, false) => ",\n",
+    };
+    let end = |format: Format| match format {
+        Format::Delimited => "",
+        _ => "]",
+    };
+    let line_end = |format: Format| {
+        if format == Format::Delimited {
+            "\n"
+        } else {
+            ""
+        }
+    };
+    let state = State {
+        stream,
+        format,
+        sent: 0,
+        pending: VecDeque::from([format!(
+            "{}{first}{}",
+            separator(format, true),
+            line_end(format)
+        )]),
+        started: true,
+        done: false,
+    };
+    let body = futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(chunk) = st.pending.pop_front() {
+                return Some((
+                    Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+                    st,
+                ));
+            }
+            if st.done {
+                return None;
+            }
+            let limit_reached = st.stream.limit.is_some_and(|n| st.sent >= n);
+            let next = if limit_reached {
+                None
+            } else {
+                st.stream.results.recv().await
+            };
+            let Some(batch) = next else {
+                if limit_reached && st.format == Format::Legacy {
+                    st.pending
+                        .push_back(format!(",\n{}", json!({"finalMessage": "Limit Reached"})));
+                }
+                st.pending.push_back(end(st.format).to_string());
+                st.done = true;
+                continue;
+            };
+            let rows = match batch_rows(&st.stream.schema, std::slice::from_ref(&batch.rows)) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    st.pending.push_back(format!(
+                        "{}{}{}",
+                        separator(st.format, !st.started),
+                        json!({"@type": "generic_error", "error_code": e.error_code, "message": e.message}),
+                        line_end(st.format)
+                    ));
+                    st.pending.push_back(end(st.format).to_string());
+                    st.done = true;
+                    continue;
+                }
+            };
+            for (i, row) in rows.into_iter().enumerate() {
+                let tombstone = batch.is_tombstone(i);
+                if tombstone && st.format != Format::Legacy {
+                    continue;
+                }
+                if st.stream.limit.is_some_and(|n| st.sent >= n) {
+                    break;
+                }
+                st.sent += 1;
+                st.pending.push_back(format!(
+                    "{}{}{}",
+                    separator(st.format, false),
+                    row_item(st.format, row, tombstone),
+                    line_end(st.format)
+                ));
+            }
+        }
+    });
+    let content_type = match format {
+        Format::Delimited => DELIMITED,
+        _ => "application/json",
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// `POST /query-stream`: `{"sql", "properties"}`. A pull query is answered at once; a
+/// push query streams. The answer is a metadata line and one JSON array per row
+/// (`application/vnd.ksqlapi.delimited.v1`, the default) or the same items as one JSON
+/// array (`Accept: application/json`).
 async fn query_stream(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -207,63 +493,43 @@ async fn query_stream(
     let sql = request.get("sql").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request("the request body needs a \"sql\" string with the query to run")
     })?;
-    let result = pull(&state, sql).await?;
-    let metadata = json!({
-        "queryId": pull_query_id(),
-        "columnNames": result.schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>(),
-        "columnTypes": result.schema.fields().iter().map(|f| sql_type(f.data_type())).collect::<Vec<_>>(),
-    });
-    let rows = rows_as_arrays(&result)?;
-    let json = headers
-        .get(axum::http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json") && !a.contains(DELIMITED));
-    if json {
-        let mut items = vec![metadata];
-        items.extend(rows.into_iter().map(Value::from));
-        return Ok(Json(items).into_response());
-    }
-    let mut text = metadata.to_string();
-    text.push('\n');
-    for row in rows {
-        text.push_str(&Value::from(row).to_string());
-        text.push('\n');
-    }
-    Ok(([(axum::http::header::CONTENT_TYPE, DELIMITED)], text).into_response())
+    let props = query_properties(&request, "properties")?;
+    let format = if wants_json(&headers) {
+        Format::JsonArray
+    } else {
+        Format::Delimited
+    };
+    run_query_request(&state, sql, &props, format).await
 }
 
-/// `POST /query`: `{"ksql", "streamsProperties"}`. Answers a pull query as ksqlDB's older
-/// JSON array: a header with the schema (key columns marked `KEY`), then one
-/// `{"row": {"columns": […]}}` per row.
-async fn query(State(state): State<AppState>, body: Bytes) -> Result<Json<Vec<Value>>, ApiError> {
+/// `POST /query`: `{"ksql", "streamsProperties"}`, answered as ksqlDB's older JSON array:
+/// a header with the schema (key columns marked `KEY`), then `{"row": {"columns": […]}}`
+/// items, and `{"finalMessage": "Limit Reached"}` when a push query's LIMIT ends it.
+async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let request = request_object(&body)?;
     let sql = request.get("ksql").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request("the request body needs a \"ksql\" string with the query to run")
     })?;
-    let result = pull(&state, sql).await?;
-    let schema = result
-        .schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let key = if result.key_columns.contains(f.name()) {
-                " KEY"
-            } else {
-                ""
-            };
-            format!(
-                "`{}` {}{key}",
-                f.name().to_uppercase(),
-                sql_type(f.data_type())
-            )
+    let props = query_properties(&request, "streamsProperties")?;
+    run_query_request(&state, sql, &props, Format::Legacy).await
+}
+
+/// `POST /close-query`: `{"queryId"}` stops a push query.
+async fn close_query(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let request = request_object(&body)?;
+    let id = request
+        .get("queryId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("the request body needs a \"queryId\" string"))?;
+    if state.push_queries.close(id) {
+        Ok(Json(json!({})))
+    } else {
+        Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            error_code: NOT_FOUND,
+            ..ApiError::bad_request(format!("no push query \"{id}\" is running"))
         })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut items = vec![json!({"header": {"queryId": pull_query_id(), "schema": schema}})];
-    for row in rows_as_arrays(&result)? {
-        items.push(json!({"row": {"columns": row}}));
     }
-    Ok(Json(items))
 }
 
 async fn info(State(state): State<AppState>) -> Json<Value> {

@@ -16,6 +16,8 @@ pub struct ServerConfig {
     /// Default idle-partition timeout of queries: a source partition that delivers
     /// nothing for this long stops holding the watermark back. `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// How many push queries may run at once (ksqlDB's `ksql.max.push.queries`).
+    pub max_push_queries: usize,
 }
 
 impl Default for ServerConfig {
@@ -25,6 +27,7 @@ impl Default for ServerConfig {
             state_dir: PathBuf::from("sluice-state"),
             service_id: "default_".to_string(),
             idle_timeout: Some(Duration::from_secs(10)),
+            max_push_queries: 100,
         }
     }
 }

@@ -119,6 +119,32 @@ impl Engine {
             .collect()
     }
 
+    /// Plan a push query (`SELECT … EMIT CHANGES` without its LIMIT).
+    pub fn plan_push(&self, query: &ContinuousQuery) -> Result<StreamPlan, ApiError> {
+        Ok(self.planner.plan(&self.catalog, query)?)
+    }
+
+    /// How a push query with `props` runs; its id and group are set when it starts.
+    pub fn push_config(&self, props: &RequestProperties) -> QueryConfig {
+        QueryConfig {
+            query_id: String::new(),
+            bootstrap_servers: self.topics.bootstrap_servers().to_string(),
+            group_id: String::new(),
+            sink_topic: String::new(),
+            auto_offset_reset: props.auto_offset_reset.clone(),
+            idle_timeout: self.idle_timeout(props),
+            materialized: None,
+        }
+    }
+
+    fn idle_timeout(&self, props: &RequestProperties) -> Option<std::time::Duration> {
+        match props.idle_timeout_ms {
+            Some(0) => None,
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+            None => self.config.idle_timeout,
+        }
+    }
+
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -500,11 +526,7 @@ impl Engine {
             group_id: format!("{}query_{id}", self.config.service_id),
             sink_topic: sink_topic.to_string(),
             auto_offset_reset: props.auto_offset_reset.clone(),
-            idle_timeout: match props.idle_timeout_ms {
-                Some(0) => None,
-                Some(ms) => Some(std::time::Duration::from_millis(ms)),
-                None => self.config.idle_timeout,
-            },
+            idle_timeout: self.idle_timeout(props),
             materialized,
         };
         let source = plan.source.stream.clone();

@@ -1,7 +1,8 @@
 //! # sluice-server
 //!
 //! The Sluice server: statement execution ([`engine`]), persistent query lifecycle
-//! ([`query`]), pull queries over materialized tables ([`pull_query`]), topic
+//! ([`query`]), pull queries over materialized tables ([`pull_query`]), push queries
+//! ([`push_query`]), topic
 //! administration ([`topics`]) and the ksqlDB-compatible REST API ([`api`]). [`Server::start`] connects to Kafka (or starts the embedded broker) and
 //! [`Server::serve`] answers HTTP on a listener until shutdown, so tests run it on port 0.
 
@@ -10,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod pull_query;
+pub mod push_query;
 pub mod query;
 pub mod topics;
 
@@ -55,6 +57,7 @@ impl Server {
         };
         let topics = topics::Topics::new(&bootstrap_servers, embedded.clone())?;
         let service_id = config.service_id.clone();
+        let config_max_push = config.max_push_queries;
         let engine = Engine::new(config, topics.clone());
         Ok(Self {
             state: api::AppState {
@@ -63,6 +66,7 @@ impl Server {
                 embedded: embedded.is_some(),
                 topics,
                 pull_queries: Arc::new(pull_query::PullQueries::new()),
+                push_queries: Arc::new(push_query::PushQueries::new(config_max_push)),
             },
             bootstrap_servers,
             embedded,
@@ -101,6 +105,13 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let engine = self.state.engine.clone();
+        let push_queries = self.state.push_queries.clone();
+        // Push queries never end by themselves: stop them, so their responses end and
+        // the graceful shutdown does not wait for their clients.
+        let shutdown = async move {
+            shutdown.await;
+            push_queries.close_all();
+        };
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await?;

@@ -30,6 +30,6 @@ pub use embedded_broker::EmbeddedBroker;
 pub use error::{ExecError, Result};
 pub use materialized::MaterializedTable;
 pub use pipeline::Pipeline;
-pub use query_runner::{run_query, QueryConfig};
+pub use query_runner::{run_push_query, run_query, QueryConfig};
 pub use record::RawRecord;
 pub use stats::{QueryStats, StatsSnapshot};

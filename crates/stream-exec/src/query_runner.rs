@@ -1,6 +1,7 @@
-//! The Kafka loop of one persistent query: consume a batch of records, run them through
-//! the [`Pipeline`], produce the results, wait for the broker to acknowledge them, then
-//! commit the consumer offsets (at-least-once).
+//! The Kafka loop of one query: consume a batch of records, run them through the
+//! [`Pipeline`], then hand the results on. A persistent query produces them to its sink
+//! topic, waits for the broker to acknowledge them, then commits the consumer offsets
+//! (at-least-once). A push query sends them to its client and commits nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_sql_planner::StreamPlan;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::{ExecError, Result};
@@ -50,13 +51,50 @@ pub struct QueryConfig {
     pub materialized: Option<Arc<MaterializedTable>>,
 }
 
-/// Run `plan` until `shutdown` turns true. Returns an error when Kafka fails in a way the
-/// query cannot recover from; bad records never stop it.
+/// Where a running query's results go.
+enum Output {
+    /// A persistent query: the sink topic, then a commit of the consumer offsets.
+    Topic(FutureProducer),
+    /// A push query: the client's channel; no offsets are committed.
+    Client(mpsc::Sender<ChangeBatch>),
+}
+
+/// Run `plan` as a persistent query, writing to `config.sink_topic`, until `shutdown`
+/// turns true. Returns an error when Kafka fails in a way the query cannot recover from;
+/// bad records never stop it.
 pub async fn run_query(
     config: QueryConfig,
     plan: StreamPlan,
     stats: Arc<QueryStats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("linger.ms", "5")
+        .set("acks", "all")
+        .create()
+        .map_err(|e| ExecError::kafka("creating the producer", e))?;
+    run(config, plan, stats, shutdown, Output::Topic(producer)).await
+}
+
+/// Run `plan` as a push query: its result batches go to `client` until `shutdown` turns
+/// true or the client goes away (the receiver is dropped). Offsets are never committed.
+pub async fn run_push_query(
+    config: QueryConfig,
+    plan: StreamPlan,
+    stats: Arc<QueryStats>,
+    shutdown: watch::Receiver<bool>,
+    client: mpsc::Sender<ChangeBatch>,
+) -> Result<()> {
+    run(config, plan, stats, shutdown, Output::Client(client)).await
+}
+
+async fn run(
+    config: QueryConfig,
+    plan: StreamPlan,
+    stats: Arc<QueryStats>,
     mut shutdown: watch::Receiver<bool>,
+    output: Output,
 ) -> Result<()> {
     let query_id = config.query_id.as_str();
     let mut pipeline = Pipeline::new(query_id, &plan, config.idle_timeout)?;
@@ -72,12 +110,6 @@ pub async fn run_query(
     consumer
         .subscribe(&[&plan.source.topic])
         .map_err(|e| ExecError::kafka(format!("subscribing to {}", plan.source.topic), e))?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("linger.ms", "5")
-        .set("acks", "all")
-        .create()
-        .map_err(|e| ExecError::kafka("creating the producer", e))?;
     match consumer.fetch_metadata(Some(&plan.source.topic), Duration::from_secs(10)) {
         Ok(metadata) => {
             let partitions = metadata
@@ -107,8 +139,9 @@ pub async fn run_query(
             }
             None => {
                 let batches = pipeline.tick(std::time::Instant::now(), &stats)?;
-                produce(&producer, &config, &plan, &batches, &stats).await?;
-                materialize(&config, &batches)?;
+                if !emit(&output, &config, &plan, batches, &stats).await? {
+                    break;
+                }
                 continue;
             }
         }
@@ -121,14 +154,44 @@ pub async fn run_query(
             }
         }
         let batches = pipeline.process(&records, &stats)?;
-        produce(&producer, &config, &plan, &batches, &stats).await?;
-        materialize(&config, &batches)?;
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-            tracing::warn!(query_id, error = %e, "offset commit failed; records may be processed again");
+        if !emit(&output, &config, &plan, batches, &stats).await? {
+            break;
+        }
+        if let Output::Topic(_) = output {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                tracing::warn!(query_id, error = %e, "offset commit failed; records may be processed again");
+            }
         }
     }
     tracing::info!(query_id, "query stopped");
     Ok(())
+}
+
+/// Send `batches` where they go; `false` when the push query's client has gone away.
+async fn emit(
+    output: &Output,
+    config: &QueryConfig,
+    plan: &StreamPlan,
+    batches: Vec<ChangeBatch>,
+    stats: &QueryStats,
+) -> Result<bool> {
+    match output {
+        Output::Topic(producer) => {
+            produce(producer, config, plan, &batches, stats).await?;
+            materialize(config, &batches)?;
+            Ok(true)
+        }
+        Output::Client(client) => {
+            for batch in batches {
+                let rows = batch.num_rows() as u64;
+                if client.send(batch).await.is_err() {
+                    return Ok(false);
+                }
+                stats.add_out(rows);
+            }
+            Ok(!client.is_closed())
+        }
+    }
 }
 
 /// Apply written `batches` to the table's materialization, if it has one.

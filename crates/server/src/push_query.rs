@@ -1,0 +1,157 @@
+//! Push queries: `SELECT … FROM stream … EMIT CHANGES [LIMIT n];` streamed to one client.
+//!
+//! Each push query is a transient query with its own consumer group and no sink: the
+//! executor's loop ([`run_push_query`]) sends its result batches through a channel to the
+//! HTTP response. It stops when the client goes away (the response body is dropped), when
+//! `LIMIT n` rows have been sent, or on `POST /close-query`. Offsets are never committed,
+//! so each push query starts where `auto.offset.reset` says: `latest` unless asked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use sluice_sql_planner::StreamPlan;
+use sluice_stream_exec::operator::ChangeBatch;
+use sluice_stream_exec::{run_push_query, QueryConfig, QueryStats};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::ApiError;
+
+/// Result batches a push query may have in flight to a slow client.
+const CHANNEL_BATCHES: usize = 16;
+
+/// The running push queries of a server, and the cap on how many may run.
+#[derive(Debug)]
+pub struct PushQueries {
+    running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    max: usize,
+    next: AtomicU64,
+}
+
+/// A started push query: its id, columns and results. Dropping it stops the query.
+#[derive(Debug)]
+pub struct PushStream {
+    /// The query id, for `/close-query`.
+    pub query_id: String,
+    /// Its result columns.
+    pub schema: SchemaRef,
+    /// At most this many rows are sent, then the response ends.
+    pub limit: Option<u64>,
+    /// Its result batches, as they are produced.
+    pub results: mpsc::Receiver<ChangeBatch>,
+    _registration: Registration,
+}
+
+/// Removes a push query from the running set, and stops it, when dropped.
+#[derive(Debug)]
+struct Registration {
+    query_id: String,
+    registry: Arc<PushQueries>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.close(&self.query_id);
+    }
+}
+
+impl PushQueries {
+    /// A registry allowing `max` push queries at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            max,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// How many push queries run now.
+    pub fn len(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start `plan` for one client. `config` needs no query id or group: they are made
+    /// here.
+    pub fn start(
+        self: &Arc<Self>,
+        mut config: QueryConfig,
+        service_id: &str,
+        plan: StreamPlan,
+        limit: Option<u64>,
+    ) -> Result<PushStream, ApiError> {
+        let query_id = format!("PUSH_QUERY_{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let (shutdown, stop) = watch::channel(false);
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.len() >= self.max {
+                return Err(ApiError {
+                    status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    error_code: 42900,
+                    ..ApiError::bad_request(format!(
+                        "the server runs its maximum of {} push queries; close one \
+                         (POST /close-query) or try again later",
+                        self.max
+                    ))
+                });
+            }
+            running.insert(query_id.clone(), shutdown);
+        }
+        let registration = Registration {
+            query_id: query_id.clone(),
+            registry: self.clone(),
+        };
+        config.query_id = query_id.clone();
+        config.group_id = format!("{service_id}transient_{query_id}");
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let schema = plan.output_schema.clone();
+        let id = query_id.clone();
+        tokio::spawn(async move {
+            let stats = Arc::new(QueryStats::default());
+            if let Err(e) = run_push_query(config, plan, stats, stop, tx).await {
+                tracing::warn!(query_id = %id, error = %e, "push query failed");
+            }
+        });
+        Ok(PushStream {
+            query_id,
+            schema,
+            limit,
+            results: rx,
+            _registration: registration,
+        })
+    }
+
+    /// Stop every push query, so their responses end (the server is shutting down).
+    pub fn close_all(&self) {
+        let running: Vec<_> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, shutdown) in running {
+            let _ = shutdown.send(true);
+        }
+    }
+
+    /// Stop push query `query_id`; `false` when no such query runs.
+    pub fn close(&self, query_id: &str) -> bool {
+        let stopped = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(query_id);
+        match stopped {
+            Some(shutdown) => {
+                let _ = shutdown.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+}
