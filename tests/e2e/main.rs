@@ -4,6 +4,7 @@
 
 mod differential;
 mod examples;
+mod inserts;
 mod pull_queries;
 mod push_queries;
 mod rest_api;

@@ -19,7 +19,7 @@ use crate::pull_query::{PullQueries, PullResult};
 use crate::push_query::{PushQueries, PushStream};
 
 /// What the handlers share.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     /// The statement engine; statements run one at a time, as ksqlDB's command queue.
     pub engine: Arc<Mutex<Engine>>,
@@ -33,6 +33,17 @@ pub struct AppState {
     pub pull_queries: Arc<PullQueries>,
     /// The running push queries.
     pub push_queries: Arc<PushQueries>,
+    /// Writes `/inserts-stream` rows.
+    pub producer: rdkafka::producer::FutureProducer,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("service_id", &self.service_id)
+            .field("embedded", &self.embedded)
+            .finish()
+    }
 }
 
 /// The router, testable without a socket.
@@ -42,6 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/query-stream", post(query_stream))
         .route("/query", post(query))
         .route("/close-query", post(close_query))
+        .route("/inserts-stream", post(crate::inserts::inserts_stream))
         .route("/info", get(info))
         .route("/", get(info))
         .route("/healthcheck", get(healthcheck))
@@ -569,7 +581,7 @@ async fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         error_code: NOT_FOUND,
         ..ApiError::bad_request(
-            "no such endpoint; Sluice serves POST /ksql, POST /query-stream, POST /query, GET /info and GET /healthcheck",
+            "no such endpoint; Sluice serves POST /ksql, /query-stream, /query, /close-query and /inserts-stream, and GET /info, /healthcheck and /openapi.json",
         )
     }
 }

@@ -145,6 +145,32 @@ impl Engine {
         }
     }
 
+    /// The topic and value columns of stream `name`, for `/inserts-stream`.
+    pub fn insert_target(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            String,
+            sluice_sql_planner::datafusion::arrow::datatypes::SchemaRef,
+        ),
+        ApiError,
+    > {
+        let source = self.catalog.get(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "stream \"{}\" does not exist",
+                name.to_ascii_uppercase()
+            ))
+        })?;
+        if source.kind != SourceKind::Stream {
+            return Err(ApiError::bad_request(format!(
+                "\"{}\" is a table; /inserts-stream writes rows into streams",
+                source.name
+            )));
+        }
+        Ok((source.topic.clone(), source.schema.clone()))
+    }
+
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog

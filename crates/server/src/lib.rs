@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod inserts;
 pub mod pull_query;
 pub mod push_query;
 pub mod query;
@@ -58,6 +59,12 @@ impl Server {
         let topics = topics::Topics::new(&bootstrap_servers, embedded.clone())?;
         let service_id = config.service_id.clone();
         let config_max_push = config.max_push_queries;
+        let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap_servers)
+            .set("acks", "all")
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(|e| ApiError::internal(format!("cannot create a Kafka producer: {e}")))?;
         let engine = Engine::new(config, topics.clone());
         Ok(Self {
             state: api::AppState {
@@ -67,6 +74,7 @@ impl Server {
                 topics,
                 pull_queries: Arc::new(pull_query::PullQueries::new()),
                 push_queries: Arc::new(push_query::PushQueries::new(config_max_push)),
+                producer,
             },
             bootstrap_servers,
             embedded,

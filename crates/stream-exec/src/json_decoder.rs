@@ -12,6 +12,7 @@ use datafusion::arrow::json::reader::{Decoder, ReaderBuilder};
 use crate::error::{ExecError, Result};
 
 /// Decodes JSON objects into batches of one schema.
+#[derive(Debug, Clone)]
 pub struct JsonDecoder {
     schema: SchemaRef,
 }
