@@ -10,4 +10,5 @@ mod push_queries;
 mod rest_api;
 mod streams;
 mod tables;
+mod third_party_client;
 mod windows;

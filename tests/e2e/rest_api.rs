@@ -98,3 +98,39 @@ async fn bad_requests_get_4xx_with_a_json_body() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_endpoint_and_large_bodies_get_413() {
+    let server = TestServer::start().await;
+    let (status, doc) = server.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/ksql",
+        "/query-stream",
+        "/query",
+        "/close-query",
+        "/inserts-stream",
+        "/info",
+        "/healthcheck",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+        // ... and served: a bad request there is never a 404.
+        let (status, _) = if path == "/info" || path == "/healthcheck" || path == "/openapi.json" {
+            server.get(path).await
+        } else {
+            server.post_raw(path, "{}".to_string()).await
+        };
+        assert_ne!(status, 404, "{path}");
+    }
+    // A body over the limit: 413 with a JSON error, not a dropped connection.
+    let big = format!("{{\"ksql\": \"{}\"}}", "x".repeat(2 << 20));
+    let (status, body) = server.post_raw("/ksql", big).await;
+    assert_eq!(
+        (status, body["error_code"].as_u64()),
+        (413, Some(41300)),
+        "{body}"
+    );
+    server.stop().await;
+}

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,12 +58,18 @@ pub fn app(state: AppState) -> Router {
         .route("/info", get(info))
         .route("/", get(info))
         .route("/healthcheck", get(healthcheck))
+        .route("/openapi.json", get(openapi))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-async fn ksql(State(state): State<AppState>, body: Bytes) -> Result<Json<Vec<Value>>, ApiError> {
+async fn ksql(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let body = request_body(body)?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     let sql = request.get("ksql").and_then(Value::as_str).ok_or_else(|| {
@@ -86,6 +93,28 @@ async fn ksql(State(state): State<AppState>, body: Bytes) -> Result<Json<Vec<Val
 
 /// The delimited format of `/query-stream`: a metadata line, then one JSON array per row.
 const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
+
+/// Largest request body of the JSON endpoints (`/inserts-stream` streams, line by line).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The body, or a JSON error for one too large (413) or unreadable (400).
+fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        ApiError {
+            status,
+            error_code: u32::from(status.as_u16()) * 100,
+            ..ApiError::bad_request(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+            } else {
+                format!(
+                    "the request body could not be read: {}",
+                    rejection.body_text()
+                )
+            })
+        }
+    })
+}
 
 /// The JSON object body of a request, or a 400 naming what is wrong.
 fn request_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -499,8 +528,9 @@ fn streamed(format: Format, stream: PushStream) -> Response {
 async fn query_stream(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     let request = request_object(&body)?;
     let sql = request.get("sql").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request("the request body needs a \"sql\" string with the query to run")
@@ -517,7 +547,11 @@ async fn query_stream(
 /// `POST /query`: `{"ksql", "streamsProperties"}`, answered as ksqlDB's older JSON array:
 /// a header with the schema (key columns marked `KEY`), then `{"row": {"columns": […]}}`
 /// items, and `{"finalMessage": "Limit Reached"}` when a push query's LIMIT ends it.
-async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn query(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = request_body(body)?;
     let request = request_object(&body)?;
     let sql = request.get("ksql").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request("the request body needs a \"ksql\" string with the query to run")
@@ -527,7 +561,11 @@ async fn query(State(state): State<AppState>, body: Bytes) -> Result<Response, A
 }
 
 /// `POST /close-query`: `{"queryId"}` stops a push query.
-async fn close_query(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn close_query(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = request_body(body)?;
     let request = request_object(&body)?;
     let id = request
         .get("queryId")
@@ -542,6 +580,15 @@ async fn close_query(State(state): State<AppState>, body: Bytes) -> Result<Json<
             ..ApiError::bad_request(format!("no push query \"{id}\" is running"))
         })
     }
+}
+
+/// `GET /openapi.json`: an OpenAPI 3.0 description of this API.
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 async fn info(State(state): State<AppState>) -> Json<Value> {
