@@ -263,7 +263,8 @@ async fn pull_queries_refuse_streams_and_files() {
                 "SELECT * FROM {} WHERE card_id = 'x' EMIT CHANGES;",
                 t.per_card
             ),
-            "push queries",
+            // Push queries read streams; a table's changes are its topic.
+            "is a table",
         ),
     ];
     for (sql, message) in refused {
