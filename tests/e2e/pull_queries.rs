@@ -14,10 +14,12 @@ const BASE: i64 = 1_764_000_000_000;
 /// The two tables, as the server creates them and as the oracle computes them.
 const PER_CARD: &str =
     "SELECT card_id, COUNT(*) AS n, SUM(amount) AS total FROM {S} GROUP BY card_id";
-const PER_WINDOW: &str = "SELECT card_id, WINDOWSTART AS ws, COUNT(*) AS n FROM {S} \
+/// Selects no window bound: a windowed table carries WINDOWSTART and WINDOWEND anyway, as in
+/// ksqlDB, so each window is a row.
+const PER_WINDOW: &str = "SELECT card_id, COUNT(*) AS n FROM {S} \
                           WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY card_id";
-const PER_WINDOW_BATCH: &str =
-    "SELECT card_id, ts - ts % 10000 AS ws, COUNT(*) AS n FROM tx GROUP BY card_id, ts - ts % 10000";
+const PER_WINDOW_BATCH: &str = "SELECT card_id, COUNT(*) AS n, ts - ts % 10000 AS windowstart, \
+     ts - ts % 10000 + 10000 AS windowend FROM tx GROUP BY card_id, ts - ts % 10000";
 
 struct Tables {
     server: TestServer,
@@ -141,7 +143,8 @@ async fn pull_queries_agree_with_a_batch_engine() {
     .await;
     assert_eq!(one.len(), 1);
     let range = format!(
-        "SELECT card_id, ws, n FROM {{W}} WHERE card_id = 'card-2' AND ws >= {} AND ws < {} ORDER BY ws",
+        "SELECT card_id, WINDOWSTART, WINDOWEND, n FROM {{W}} WHERE card_id = 'card-2' \
+         AND WINDOWSTART >= {} AND WINDOWEND <= {} ORDER BY WINDOWSTART",
         BASE + 10_000,
         BASE + 40_000
     );

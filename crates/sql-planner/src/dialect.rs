@@ -7,7 +7,9 @@
 //! every syntax error points into the text the user wrote.
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
-use datafusion::sql::sqlparser::ast::{Expr, GroupByExpr, Ident, SetExpr, SqlOption, Value};
+use datafusion::sql::sqlparser::ast::{
+    Expr, GroupByExpr, Ident, SelectItem, SetExpr, SqlOption, Value,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -16,7 +18,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use crate::catalog::SourceKind;
 use crate::error::{PlanError, Position, Result};
 use crate::statement::{ColumnSpec, ContinuousQuery, Emit, ParsedStatement, Properties, Statement};
-use crate::window::{WindowSpec, WINDOW_COLUMNS};
+use crate::window::{WindowSpec, WINDOWEND, WINDOWSTART, WINDOW_COLUMNS, WINDOW_END, WINDOW_START};
 use crate::window_syntax::{parse_window_clause, window_function};
 
 /// Parse `sql` (one or more statements separated by `;`).
@@ -499,6 +501,9 @@ fn parse_continuous_query(p: &mut Parser, ext: &Extensions) -> Result<Continuous
             }
             GroupByExpr::All(_) => true,
         };
+        if window.is_some() && has_group_by {
+            add_window_bounds(&mut select.projection);
+        }
     }
     if window.is_some() && !has_group_by {
         return Err(PlanError::syntax(
@@ -513,6 +518,32 @@ fn parse_continuous_query(p: &mut Parser, ext: &Extensions) -> Result<Continuous
         emit: ext.emit,
         position: position(&start),
     })
+}
+
+/// A windowed result always carries its window, as ksqlDB's windowed tables do: when the
+/// SELECT list names no start (or end) bound, `windowstart` (or `windowend`) is added, so
+/// each window is its own row of the table and its own Kafka key.
+fn add_window_bounds(projection: &mut Vec<SelectItem>) {
+    let names = |item: &SelectItem| -> Option<String> {
+        let expr = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => return None,
+        };
+        match expr {
+            Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()),
+            _ => None,
+        }
+    };
+    let selected: Vec<String> = projection.iter().filter_map(names).collect();
+    for (bound, spellings) in [
+        (WINDOWSTART, [WINDOWSTART, WINDOW_START]),
+        (WINDOWEND, [WINDOWEND, WINDOW_END]),
+    ] {
+        if !selected.iter().any(|s| spellings.contains(&s.as_str())) {
+            projection.push(SelectItem::UnnamedExpr(Expr::Identifier(Ident::new(bound))));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -259,13 +259,18 @@ fn streaming_sql() -> String {
 }
 
 fn batch_sql() -> String {
-    format!("SELECT k, ts - ts % 5000 AS ws, {AGGREGATES} FROM ev GROUP BY k, ts - ts % 5000")
+    // The streaming result adds `windowend`, as the query selects no end bound.
+    format!(
+        "SELECT k, ts - ts % 5000 AS ws, {AGGREGATES}, ts - ts % 5000 + 5000 AS windowend \
+         FROM ev GROUP BY k, ts - ts % 5000"
+    )
 }
 
 const HOPPING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, COUNT(*) AS n, SUM(v) AS s \
     FROM ev WINDOW HOPPING (SIZE 6 SECONDS, ADVANCE BY 2 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k EMIT FINAL;";
 /// Each event belongs to the three windows starting at its 2 s slot and the two before.
-const HOPPING_BATCH: &str = "SELECT k, ws, COUNT(*) AS n, SUM(v) AS s FROM ( \
+const HOPPING_BATCH: &str =
+    "SELECT k, ws, COUNT(*) AS n, SUM(v) AS s, ws + 6000 AS windowend FROM ( \
     SELECT k, v, ts - ts % 2000 AS ws FROM ev UNION ALL \
     SELECT k, v, ts - ts % 2000 - 2000 AS ws FROM ev UNION ALL \
     SELECT k, v, ts - ts % 2000 - 4000 AS ws FROM ev) GROUP BY k, ws";
@@ -283,7 +288,7 @@ const SESSION_HAVING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, WIN
 /// A HAVING that rows pass and fail as they update.
 const TUMBLING_HAVING: &str = "CREATE TABLE t AS SELECT k, WINDOWSTART AS ws, COUNT(*) AS n, SUM(v) AS s \
     FROM ev WINDOW TUMBLING (SIZE 5 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY k HAVING SUM(v) % 3 <> 0 EMIT CHANGES;";
-const TUMBLING_HAVING_BATCH: &str = "SELECT k, ts - ts % 5000 AS ws, COUNT(*) AS n, SUM(v) AS s \
+const TUMBLING_HAVING_BATCH: &str = "SELECT k, ts - ts % 5000 AS ws, COUNT(*) AS n, SUM(v) AS s, ts - ts % 5000 + 5000 AS windowend \
     FROM ev GROUP BY k, ts - ts % 5000 HAVING SUM(v) % 3 <> 0";
 
 fn late_count(ev: &[Event]) -> u64 {

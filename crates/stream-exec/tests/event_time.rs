@@ -50,7 +50,9 @@ fn varchar_times_with_a_format_place_records_in_their_windows() {
     // 10:00 UTC = 1 795 600 800 000 ms; both 10:00:05Z and 11:00:59+01:00 are in that minute.
     assert_eq!(
         rows,
-        vec![json!({"user_id": "u1", "ws": 1_795_600_800_000i64, "n": 2})]
+        vec![
+            json!({"user_id": "u1", "ws": 1_795_600_800_000i64, "n": 2, "windowend": 1_795_600_860_000i64})
+        ]
     );
     let snapshot = stats.snapshot();
     assert_eq!(
@@ -128,8 +130,8 @@ fn idle_partition_stops_holding_the_watermark_back() {
     assert_eq!(
         rows(&out),
         vec![
-            json!({"k": "a", "ws": 1_000, "n": 1}),
-            json!({"k": "a", "ws": 5_000, "n": 1})
+            json!({"k": "a", "ws": 1_000, "n": 1, "windowend": 2_000}),
+            json!({"k": "a", "ws": 5_000, "n": 1, "windowend": 6_000})
         ]
     );
     // Partition 1 wakes up with an old record: its window has closed, so it is late.
