@@ -228,6 +228,10 @@ async fn pull_query_answers_in_each_ksqldb_shape() {
     assert_eq!(body[1]["row"]["columns"][0], "card-1");
     assert_eq!(body.as_array().map(Vec::len), Some(2));
 
+    // now() is the pull query's start time.
+    let (status, body) = query_stream(&t.server, "SELECT now() IS NOT NULL AS ok;").await;
+    assert_eq!((status, &body[1]), (200, &json!([true])), "{body}");
+
     // A SELECT sent to /ksql is refused with ksqlDB's code.
     let (status, body) = t.server.ksql(&sql).await;
     assert_eq!(

@@ -93,6 +93,29 @@ async fn push_query_with_limit_streams_rows_then_ends() {
     assert_eq!(items.len(), 7, "{body}");
     assert_eq!(items[6], json!({"finalMessage": "Limit Reached"}));
     assert!(items[1]["row"]["columns"][0].is_string());
+
+    // A query that fails while running says so inside the stream, then ends.
+    let failing = format!("SELECT card_id, CAST(card_id AS INT) AS n FROM {stream} EMIT CHANGES;");
+    let r = post(
+        &server,
+        "/query-stream",
+        json!({"sql": failing, "properties": {"auto.offset.reset": "earliest"}}),
+    )
+    .send()
+    .await
+    .expect("request");
+    let text = tokio::time::timeout(Duration::from_secs(60), r.text())
+        .await
+        .expect("the stream ends when the query fails")
+        .expect("body");
+    let last: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).expect("JSON");
+    assert_eq!(last["@type"], "generic_error", "{text}");
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("card-")),
+        "{text}"
+    );
     server.stop().await;
 }
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::engine::{sql_type, Engine, RequestProperties};
-use crate::error::{ApiError, NOT_FOUND};
+use crate::error::{ApiError, NOT_FOUND, SERVER_ERROR};
 use crate::pull_query::{PullQueries, PullResult};
 use crate::push_query::{PushQueries, PushStream};
 
@@ -36,6 +36,8 @@ pub struct AppState {
     pub push_queries: Arc<PushQueries>,
     /// Writes `/inserts-stream` rows.
     pub producer: rdkafka::producer::FutureProducer,
+    /// Turns true when the server starts shutting down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -469,7 +471,27 @@ fn streamed(format: Format, stream: PushStream) -> Response {
             } else {
                 st.stream.results.recv().await
             };
-            let Some(batch) = next else {
+            let batch = match next {
+                Some(Ok(batch)) => Some(batch),
+                Some(Err(e)) => {
+                    // The query stopped: say why inside the stream, as ksqlDB does.
+                    let error = json!({"@type": "generic_error", "error_code": SERVER_ERROR, "message": format!("the push query stopped: {e}")});
+                    let item = match st.format {
+                        Format::Legacy => json!({"errorMessage": error}),
+                        _ => error,
+                    };
+                    st.pending.push_back(format!(
+                        "{}{item}{}",
+                        separator(st.format, false),
+                        line_end(st.format)
+                    ));
+                    st.pending.push_back(end(st.format).to_string());
+                    st.done = true;
+                    continue;
+                }
+                None => None,
+            };
+            let Some(batch) = batch else {
                 if limit_reached && st.format == Format::Legacy {
                     st.pending
                         .push_back(format!(",\n{}", json!({"finalMessage": "Limit Reached"})));

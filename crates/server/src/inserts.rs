@@ -21,20 +21,25 @@ use crate::error::{ApiError, BAD_REQUEST};
 
 /// The longest line (target or row) accepted.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// How long the request may send nothing before it is ended.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads a body line by line, as it arrives.
 struct Lines {
     body: BodyDataStream,
     buffer: Vec<u8>,
     ended: bool,
+    /// Turns true when the server shuts down: the request ends.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Lines {
-    fn new(body: Body) -> Self {
+    fn new(body: Body, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         Self {
             body: body.into_data_stream(),
             buffer: vec![],
             ended: false,
+            stopping,
         }
     }
 
@@ -42,19 +47,43 @@ impl Lines {
     async fn next(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                if end > MAX_LINE_BYTES {
+                    return Err(too_long());
+                }
                 let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
                 line.pop();
                 return Ok(Some(line));
             }
             if self.buffer.len() > MAX_LINE_BYTES {
-                return Err(ApiError::bad_request(format!(
-                    "a line of the request is longer than {MAX_LINE_BYTES} bytes"
-                )));
+                return Err(too_long());
             }
             if self.ended {
                 return Ok((!self.buffer.is_empty()).then(|| std::mem::take(&mut self.buffer)));
             }
-            match self.body.next().await {
+            if *self.stopping.borrow() {
+                return Err(ApiError {
+                    status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    error_code: 50303,
+                    ..ApiError::bad_request("the server is shutting down")
+                });
+            }
+            let next = tokio::select! {
+                next = self.body.next() => next,
+                changed = self.stopping.changed() => {
+                    if changed.is_err() {
+                        // The server is gone: nothing will write these rows.
+                        return Err(ApiError::bad_request("the server is shutting down"));
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(IDLE_TIMEOUT) => {
+                    return Err(ApiError::bad_request(format!(
+                        "the request sent nothing for {} s",
+                        IDLE_TIMEOUT.as_secs()
+                    )))
+                }
+            };
+            match next {
                 Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Some(Err(e)) => {
                     return Err(ApiError::bad_request(format!(
@@ -82,7 +111,7 @@ pub async fn inserts_stream(
     axum::extract::State(state): axum::extract::State<AppState>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut lines = Lines::new(body);
+    let mut lines = Lines::new(body, state.stopping.clone());
     let first = lines.next_row().await?.ok_or_else(|| {
         ApiError::bad_request(
             "the request body is empty; start it with {\"target\": \"STREAM\"} on its own line",
@@ -118,6 +147,12 @@ pub async fn inserts_stream(
         Body::from_stream(acks),
     )
         .into_response())
+}
+
+fn too_long() -> ApiError {
+    ApiError::bad_request(format!(
+        "a line of the request is longer than {MAX_LINE_BYTES} bytes"
+    ))
 }
 
 fn ack_line(ack: Value) -> Result<Bytes, std::convert::Infallible> {

@@ -31,6 +31,8 @@ pub use error::ApiError;
 #[derive(Debug)]
 pub struct Server {
     state: api::AppState,
+    /// Tells streaming requests that the server is shutting down.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
     bootstrap_servers: String,
     embedded: Option<Arc<EmbeddedBroker>>,
 }
@@ -66,6 +68,7 @@ impl Server {
             .create()
             .map_err(|e| ApiError::internal(format!("cannot create a Kafka producer: {e}")))?;
         let engine = Engine::new(config, topics.clone());
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         Ok(Self {
             state: api::AppState {
                 engine: Arc::new(Mutex::new(engine)),
@@ -75,7 +78,9 @@ impl Server {
                 pull_queries: Arc::new(pull_query::PullQueries::new()),
                 push_queries: Arc::new(push_query::PushQueries::new(config_max_push)),
                 producer,
+                stopping,
             },
+            stop: Arc::new(stop),
             bootstrap_servers,
             embedded,
         })
@@ -114,10 +119,12 @@ impl Server {
     ) -> std::io::Result<()> {
         let engine = self.state.engine.clone();
         let push_queries = self.state.push_queries.clone();
-        // Push queries never end by themselves: stop them, so their responses end and
-        // the graceful shutdown does not wait for their clients.
+        let stop = self.stop.clone();
+        // Push queries and inserts streams never end by themselves: stop them, so their
+        // responses end and the graceful shutdown does not wait for their clients.
         let shutdown = async move {
             shutdown.await;
+            let _ = stop.send(true);
             push_queries.close_all();
         };
         axum::serve(listener, self.router())

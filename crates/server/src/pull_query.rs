@@ -22,6 +22,7 @@ use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::TableSource;
@@ -35,6 +36,10 @@ use crate::error::ApiError;
 
 /// How long a pull query may run before it is cancelled.
 pub const PULL_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Memory one pull query's operators may reserve (sorts, aggregates, joins).
+pub const PULL_QUERY_MEMORY_BYTES: usize = 512 << 20;
+/// Pull queries running at once; more are refused with 429.
+pub const MAX_PULL_QUERIES: usize = 4;
 
 /// The result of a pull query.
 #[derive(Debug)]
@@ -47,10 +52,22 @@ pub struct PullResult {
     pub key_columns: Vec<String>,
 }
 
-/// Runs pull queries. Holds DataFusion's function registry; make one and share it.
-#[derive(Clone)]
+/// Runs pull queries. Holds DataFusion's function registry and the runtime pull queries
+/// execute on: their own threads, so a heavy query cannot stall the HTTP server or the
+/// persistent queries, and can be dropped when it runs out of time.
 pub struct PullQueries {
     state: SessionState,
+    runtime: Option<tokio::runtime::Runtime>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Drop for PullQueries {
+    fn drop(&mut self) {
+        // Dropping a runtime may happen inside another runtime: do not block there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for PullQueries {
@@ -66,12 +83,30 @@ impl Default for PullQueries {
 }
 
 impl PullQueries {
-    /// DataFusion's built-in functions plus Sluice's.
+    /// DataFusion's built-in functions plus Sluice's, a memory limit, and a runtime with
+    /// one worker thread.
     pub fn new() -> Self {
-        let mut state = SessionStateBuilder::new().with_default_features().build();
+        let memory = RuntimeEnvBuilder::new()
+            .with_memory_limit(PULL_QUERY_MEMORY_BYTES, 1.0)
+            .build_arc()
+            .expect("a memory-limited runtime environment builds");
+        let mut state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_runtime_env(memory)
+            .build();
         sluice_sql_planner::functions::register(&mut state)
             .expect("registering functions with fresh names cannot fail");
-        Self { state }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pull-query")
+            .enable_all()
+            .build()
+            .expect("the pull-query runtime starts");
+        Self {
+            state,
+            runtime: Some(runtime),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_PULL_QUERIES)),
+        }
     }
 
     /// Run `query` over the tables of `sources`; `catalog` only names what is not a table.
@@ -104,15 +139,38 @@ impl PullQueries {
             .map(|f| f.name().clone())
             .filter(|n| key_names.contains(n))
             .collect();
-        let run = async {
-            let optimized = self.state.optimize(&logical)?;
-            let physical = self.state.create_physical_plan(&optimized).await?;
-            let task = Arc::new(TaskContext::from(&self.state));
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError {
+                status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                error_code: 42900,
+                ..ApiError::bad_request(format!(
+                    "{MAX_PULL_QUERIES} pull queries are running; try again when one has finished"
+                ))
+            })?;
+        // now() is this query's start time.
+        let mut state = self.state.clone();
+        state.mark_start_execution();
+        let run = async move {
+            let _permit = permit;
+            let optimized = state.optimize(&logical)?;
+            let physical = state.create_physical_plan(&optimized).await?;
+            let task = Arc::new(TaskContext::from(&state));
             datafusion::physical_plan::collect(physical, task).await
         };
-        let batches = match tokio::time::timeout(PULL_QUERY_TIMEOUT, run).await {
-            Ok(result) => result.map_err(|e| ApiError::from(PlanError::from_datafusion(e)))?,
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("the pull-query runtime is gone"))?;
+        let handle = runtime.spawn(run);
+        let abort = handle.abort_handle();
+        let batches = match tokio::time::timeout(PULL_QUERY_TIMEOUT, handle).await {
+            Ok(Ok(result)) => result.map_err(|e| ApiError::from(PlanError::from_datafusion(e)))?,
+            Ok(Err(e)) => return Err(ApiError::internal(format!("a pull query failed: {e}"))),
             Err(_) => {
+                abort.abort();
                 return Err(ApiError {
                     status: axum::http::StatusCode::REQUEST_TIMEOUT,
                     error_code: 40800,
@@ -120,7 +178,7 @@ impl PullQueries {
                         "the pull query ran longer than {} s and was stopped",
                         PULL_QUERY_TIMEOUT.as_secs()
                     ))
-                })
+                });
             }
         };
         Ok(PullResult {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::datatypes::SchemaRef;
 use sluice_sql_planner::StreamPlan;
 use sluice_stream_exec::operator::ChangeBatch;
-use sluice_stream_exec::{run_push_query, QueryConfig, QueryStats};
+use sluice_stream_exec::{run_push_query, ExecError, QueryConfig, QueryStats};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::ApiError;
@@ -25,6 +25,8 @@ const CHANNEL_BATCHES: usize = 16;
 #[derive(Debug)]
 pub struct PushQueries {
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Set when the server shuts down: no new push query starts.
+    closed: std::sync::atomic::AtomicBool,
     max: usize,
     next: AtomicU64,
 }
@@ -38,8 +40,8 @@ pub struct PushStream {
     pub schema: SchemaRef,
     /// At most this many rows are sent, then the response ends.
     pub limit: Option<u64>,
-    /// Its result batches, as they are produced.
-    pub results: mpsc::Receiver<ChangeBatch>,
+    /// Its result batches, as they are produced; an error ends them.
+    pub results: mpsc::Receiver<Result<ChangeBatch, ExecError>>,
     _registration: Registration,
 }
 
@@ -61,6 +63,7 @@ impl PushQueries {
     pub fn new(max: usize) -> Self {
         Self {
             running: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             max,
             next: AtomicU64::new(1),
         }
@@ -89,6 +92,13 @@ impl PushQueries {
         let (shutdown, stop) = watch::channel(false);
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(ApiError {
+                    status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    error_code: 50303,
+                    ..ApiError::bad_request("the server is shutting down")
+                });
+            }
             if running.len() >= self.max {
                 return Err(ApiError {
                     status: axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -113,9 +123,8 @@ impl PushQueries {
         let id = query_id.clone();
         tokio::spawn(async move {
             let stats = Arc::new(QueryStats::default());
-            if let Err(e) = run_push_query(config, plan, stats, stop, tx).await {
-                tracing::warn!(query_id = %id, error = %e, "push query failed");
-            }
+            run_push_query(config, plan, stats, stop, tx).await;
+            tracing::debug!(query_id = %id, "push query ended");
         });
         Ok(PushStream {
             query_id,
@@ -126,14 +135,14 @@ impl PushQueries {
         })
     }
 
-    /// Stop every push query, so their responses end (the server is shutting down).
+    /// Stop every push query, so their responses end, and start no new one (the server
+    /// is shutting down).
     pub fn close_all(&self) {
-        let running: Vec<_> = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let running: Vec<_> = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, Ordering::SeqCst);
+            running.drain().collect()
+        };
         for (_, shutdown) in running {
             let _ = shutdown.send(true);
         }

@@ -203,8 +203,10 @@ impl QueryPlanner {
             ))
             .at(query.position));
         }
-        let optimized = self
-            .state
+        // now() and friends become the statement's planning time, as in a DataFusion query.
+        let mut state = self.state.clone();
+        state.mark_start_execution();
+        let optimized = state
             .optimize(&logical)
             .map_err(PlanError::from_datafusion)?;
         let emit = query.emit.unwrap_or(Emit::Changes);

@@ -56,7 +56,7 @@ enum Output {
     /// A persistent query: the sink topic, then a commit of the consumer offsets.
     Topic(FutureProducer),
     /// A push query: the client's channel; no offsets are committed.
-    Client(mpsc::Sender<ChangeBatch>),
+    Client(mpsc::Sender<Result<ChangeBatch>>),
 }
 
 /// Run `plan` as a persistent query, writing to `config.sink_topic`, until `shutdown`
@@ -79,14 +79,27 @@ pub async fn run_query(
 
 /// Run `plan` as a push query: its result batches go to `client` until `shutdown` turns
 /// true or the client goes away (the receiver is dropped). Offsets are never committed.
+/// An error that stops the query is sent to the client as the last item.
 pub async fn run_push_query(
     config: QueryConfig,
     plan: StreamPlan,
     stats: Arc<QueryStats>,
     shutdown: watch::Receiver<bool>,
-    client: mpsc::Sender<ChangeBatch>,
-) -> Result<()> {
-    run(config, plan, stats, shutdown, Output::Client(client)).await
+    client: mpsc::Sender<Result<ChangeBatch>>,
+) {
+    let query_id = config.query_id.clone();
+    if let Err(e) = run(
+        config,
+        plan,
+        stats,
+        shutdown,
+        Output::Client(client.clone()),
+    )
+    .await
+    {
+        tracing::warn!(query_id, error = %e, "push query failed");
+        let _ = client.send(Err(e)).await;
+    }
 }
 
 async fn run(
@@ -139,7 +152,7 @@ async fn run(
             }
             None => {
                 let batches = pipeline.tick(std::time::Instant::now(), &stats)?;
-                if !emit(&output, &config, &plan, batches, &stats).await? {
+                if !emit(&output, &config, &plan, batches, &stats, &mut shutdown).await? {
                     break;
                 }
                 continue;
@@ -154,7 +167,7 @@ async fn run(
             }
         }
         let batches = pipeline.process(&records, &stats)?;
-        if !emit(&output, &config, &plan, batches, &stats).await? {
+        if !emit(&output, &config, &plan, batches, &stats, &mut shutdown).await? {
             break;
         }
         if let Output::Topic(_) = output {
@@ -167,13 +180,15 @@ async fn run(
     Ok(())
 }
 
-/// Send `batches` where they go; `false` when the push query's client has gone away.
+/// Send `batches` where they go; `false` when the push query's client has gone away or
+/// the query was stopped while waiting for a slow client.
 async fn emit(
     output: &Output,
     config: &QueryConfig,
     plan: &StreamPlan,
     batches: Vec<ChangeBatch>,
     stats: &QueryStats,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool> {
     match output {
         Output::Topic(producer) => {
@@ -184,8 +199,13 @@ async fn emit(
         Output::Client(client) => {
             for batch in batches {
                 let rows = batch.num_rows() as u64;
-                if client.send(batch).await.is_err() {
-                    return Ok(false);
+                tokio::select! {
+                    sent = client.send(Ok(batch)) => {
+                        if sent.is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    _ = shutdown.changed() => return Ok(false),
                 }
                 stats.add_out(rows);
             }
