@@ -69,6 +69,9 @@ impl TableSource for StreamSource {
     }
 }
 
+/// A windowed table's default retention, as ksqlDB's: one day (or size + grace if longer).
+const DAY_MS: i64 = 86_400_000;
+
 /// Resolves the tables a query names; the only way a query reaches data.
 pub type TableResolver<'a> =
     &'a dyn Fn(&TableReference) -> datafusion::error::Result<Arc<dyn TableSource>>;
@@ -277,6 +280,15 @@ impl QueryPlanner {
                 }))
                 .collect(),
             aggregates: lowering.aggregates,
+            window_retention: window.and_then(|w| {
+                let end = lowering.window_end_keys.first().copied()?;
+                let retention = w
+                    .spec
+                    .retention_ms
+                    .unwrap_or(DAY_MS)
+                    .max(w.spec.size_ms().saturating_add(w.grace_ms));
+                Some((end, retention))
+            }),
         })
     }
 }

@@ -115,6 +115,9 @@ pub struct StreamPlan {
     pub key_columns: Vec<usize>,
     /// Whether the result is a table (an aggregation) or a stream.
     pub aggregates: bool,
+    /// For windowed results: the output column with each row's window end (BIGINT or
+    /// TIMESTAMP), and how long after the newest window end a window stays queryable.
+    pub window_retention: Option<(usize, i64)>,
 }
 
 fn exprs(v: &[Expr]) -> String {

@@ -5,11 +5,14 @@
 //! acknowledged them, and keyed by the same Kafka key: a row replaces the row with its key,
 //! a tombstone deletes it. So its content is what a reader of the compacted topic would
 //! see. Rows are held in arrow's row format, one per key.
+//!
+//! A windowed table forgets windows that ended more than its retention before the newest
+//! window end it has seen, so it stays bounded on an unbounded stream.
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
@@ -22,7 +25,17 @@ pub struct MaterializedTable {
     schema: SchemaRef,
     key_columns: Vec<usize>,
     converter: RowConverter,
-    rows: RwLock<BTreeMap<Vec<u8>, OwnedRow>>,
+    rows: RwLock<Rows>,
+    /// For windowed tables: the window end column and the retention in ms.
+    window: Option<(usize, i64)>,
+}
+
+#[derive(Default)]
+struct Rows {
+    by_key: BTreeMap<Vec<u8>, OwnedRow>,
+    /// Keys by window end, for windowed tables.
+    by_end: BTreeMap<i64, Vec<Vec<u8>>>,
+    newest_end: i64,
 }
 
 impl std::fmt::Debug for MaterializedTable {
@@ -35,8 +48,13 @@ impl std::fmt::Debug for MaterializedTable {
 }
 
 impl MaterializedTable {
-    /// An empty table of result rows with `schema`, keyed by `key_columns`.
-    pub fn new(schema: SchemaRef, key_columns: Vec<usize>) -> Result<Self> {
+    /// An empty table of result rows with `schema`, keyed by `key_columns`; `window` is
+    /// the window end column and retention of a windowed table.
+    pub fn new(
+        schema: SchemaRef,
+        key_columns: Vec<usize>,
+        window: Option<(usize, i64)>,
+    ) -> Result<Self> {
         let converter = RowConverter::new(
             schema
                 .fields()
@@ -49,7 +67,11 @@ impl MaterializedTable {
             schema,
             key_columns,
             converter,
-            rows: RwLock::new(BTreeMap::new()),
+            rows: RwLock::new(Rows {
+                newest_end: i64::MIN,
+                ..Rows::default()
+            }),
+            window,
         })
     }
 
@@ -60,7 +82,11 @@ impl MaterializedTable {
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.rows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_key
+            .len()
     }
 
     /// Whether it has no rows.
@@ -76,13 +102,44 @@ impl MaterializedTable {
                 .converter
                 .convert_columns(batch.rows.columns())
                 .map_err(ExecError::arrow("encoding table rows"))?;
+            let ends = match self.window {
+                Some((column, _)) => Some(
+                    datafusion::arrow::compute::cast(
+                        batch.rows.column(column),
+                        &datafusion::arrow::datatypes::DataType::Int64,
+                    )
+                    .map_err(ExecError::arrow("reading window ends"))?,
+                ),
+                None => None,
+            };
+            let ends = ends
+                .as_ref()
+                .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
             let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
             for (i, key) in keys.into_iter().enumerate() {
                 let key = key.unwrap_or_default();
                 if batch.is_tombstone(i) {
-                    table.remove(&key);
-                } else {
-                    table.insert(key, rows.row(i).owned());
+                    table.by_key.remove(&key);
+                    continue;
+                }
+                if let Some(ends) = ends {
+                    let end = ends.value(i);
+                    table.newest_end = table.newest_end.max(end);
+                    if !table.by_key.contains_key(&key) {
+                        table.by_end.entry(end).or_default().push(key.clone());
+                    }
+                }
+                table.by_key.insert(key, rows.row(i).owned());
+            }
+            if let Some((_, retention)) = self.window {
+                let cutoff = table.newest_end.saturating_sub(retention);
+                while let Some(entry) = table.by_end.first_entry() {
+                    if *entry.key() >= cutoff {
+                        break;
+                    }
+                    for key in entry.remove() {
+                        table.by_key.remove(&key);
+                    }
                 }
             }
         }
@@ -94,7 +151,7 @@ impl MaterializedTable {
         let table = self.rows.read().unwrap_or_else(|p| p.into_inner());
         let columns = self
             .converter
-            .convert_rows(table.values().map(|r| r.row()))
+            .convert_rows(table.by_key.values().map(|r| r.row()))
             .map_err(ExecError::arrow("decoding table rows"))?;
         drop(table);
         RecordBatch::try_new(self.schema.clone(), columns)
@@ -132,7 +189,7 @@ mod tests {
     #[test]
     fn rows_upsert_by_key_and_tombstones_delete() {
         let first = batch(&["a", "b", "a"], &[1, 1, 2], None);
-        let table = MaterializedTable::new(first.rows.schema(), vec![0]).expect("table");
+        let table = MaterializedTable::new(first.rows.schema(), vec![0], None).expect("table");
         table.apply(&[first]).expect("apply");
         table
             .apply(&[batch(&["b", "c"], &[0, 5], Some(vec![true, false]))])
@@ -154,5 +211,27 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![("a".to_string(), 2), ("c".to_string(), 5)]
         );
+    }
+
+    #[test]
+    fn windows_older_than_the_retention_are_forgotten() {
+        // Column 1 holds the window end here; the key is the window (column 0).
+        let first = batch(&["w1", "w2"], &[1_000, 2_000], None);
+        let table =
+            MaterializedTable::new(first.rows.schema(), vec![0], Some((1, 1_500))).expect("table");
+        table.apply(&[first]).expect("apply");
+        assert_eq!(table.len(), 2);
+        table
+            .apply(&[batch(&["w3"], &[3_000], None)])
+            .expect("apply");
+        // Newest end 3000, retention 1500: w1 (ended 1000) is gone, w2 (2000) stays.
+        assert_eq!(table.len(), 2);
+        let snap = table.snapshot().expect("snapshot");
+        let keys = snap
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
+        assert_eq!(keys.value(0), "w2");
     }
 }
