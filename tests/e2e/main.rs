@@ -8,6 +8,7 @@ mod inserts;
 mod pull_queries;
 mod push_queries;
 mod rest_api;
+mod restart;
 mod streams;
 mod tables;
 mod third_party_client;

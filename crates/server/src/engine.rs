@@ -14,6 +14,7 @@ use sluice_sql_planner::{
 use sluice_stream_exec::{run_query, MaterializedTable, QueryConfig, QueryStats};
 use tokio::sync::watch;
 
+use crate::command_log::{Command, CommandLog};
 use crate::config::ServerConfig;
 use crate::error::{ApiError, QUERY_ENDPOINT};
 use crate::query::{PersistentQuery, QueryState};
@@ -28,6 +29,8 @@ pub struct Engine {
     queries: BTreeMap<String, PersistentQuery>,
     /// The current rows of each table a CTAS writes, by table name.
     materialized: BTreeMap<String, Arc<MaterializedTable>>,
+    /// Where statements that change the catalog are recorded; `None` before first use.
+    command_log: Option<CommandLog>,
     sequence: u64,
 }
 
@@ -57,6 +60,19 @@ pub struct RequestProperties {
 }
 
 impl RequestProperties {
+    /// The properties as `streamsProperties`, for the command topic.
+    pub fn to_json(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "auto.offset.reset".into(),
+            Value::String(self.auto_offset_reset.clone()),
+        );
+        if let Some(ms) = self.idle_timeout_ms {
+            m.insert(IDLE_TIMEOUT_PROPERTY.into(), Value::from(ms));
+        }
+        m
+    }
+
     /// Read `streamsProperties`; unknown properties are ignored, as ksqlDB passes them to
     /// Kafka Streams.
     pub fn from_json(props: &serde_json::Map<String, Value>) -> Result<Self, ApiError> {
@@ -104,6 +120,7 @@ impl Engine {
             catalog: Catalog::new(),
             queries: BTreeMap::new(),
             materialized: BTreeMap::new(),
+            command_log: None,
             sequence: 0,
         }
     }
@@ -202,11 +219,84 @@ impl Engine {
                 .execute_one(&parsed.text, parsed.statement, props)
                 .await
             {
-                Ok(entity) => entities.push(entity),
+                Ok(entity) => {
+                    if let Err(e) = self.record(&parsed.text, &entity, props).await {
+                        return Err(e.in_statement(&parsed.text, entities));
+                    }
+                    entities.push(entity);
+                }
                 Err(e) => return Err(e.in_statement(&parsed.text, entities)),
             }
         }
         Ok(entities)
+    }
+
+    /// Record a statement that changed the catalog or the queries in the command topic.
+    async fn record(
+        &mut self,
+        text: &str,
+        entity: &Value,
+        props: &RequestProperties,
+    ) -> Result<(), ApiError> {
+        if entity["@type"] != "currentStatus" {
+            return Ok(());
+        }
+        if self.command_log.is_none() {
+            let log = CommandLog::new(self.topics.bootstrap_servers(), &self.config.service_id)?;
+            self.topics.create(log.topic(), 1).await?;
+            self.command_log = Some(log);
+        }
+        let command = Command {
+            statement: text.to_string(),
+            properties: props.to_json(),
+            sequence: entity["commandSequenceNumber"]
+                .as_u64()
+                .unwrap_or(self.sequence),
+        };
+        match &self.command_log {
+            Some(log) => log.append(&command).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Replay the command topic of this service id: the catalog and the persistent queries
+    /// of an earlier run come back. Returns how many statements were replayed; one that
+    /// fails now is logged and skipped.
+    pub async fn restore(&mut self) -> Result<usize, ApiError> {
+        let log = CommandLog::new(self.topics.bootstrap_servers(), &self.config.service_id)?;
+        if self.topics.partitions(log.topic()).await?.is_none() {
+            return Ok(0);
+        }
+        let commands = log.read_all().await?;
+        self.command_log = Some(log);
+        let mut replayed = 0;
+        for command in commands {
+            let props = RequestProperties::from_json(&command.properties)?;
+            let statements = match parse_statements(&command.statement) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(statement = %command.statement, error = %e, "recorded statement no longer parses; skipped");
+                    continue;
+                }
+            };
+            for parsed in statements {
+                // The same sequence number gives each query the same id, hence the same
+                // consumer group and its committed offsets.
+                self.sequence = command.sequence.saturating_sub(1);
+                match self
+                    .execute_one(&parsed.text, parsed.statement, &props)
+                    .await
+                {
+                    Ok(_) => replayed += 1,
+                    Err(e) => {
+                        tracing::warn!(statement = %parsed.text, error = %e, "replaying a recorded statement failed; skipped")
+                    }
+                }
+                self.sequence = self.sequence.max(command.sequence);
+            }
+        }
+        tracing::info!(replayed, "catalog restored from the command topic");
+        Ok(replayed)
     }
 
     async fn execute_one(

@@ -7,6 +7,7 @@
 //! [`Server::serve`] answers HTTP on a listener until shutdown, so tests run it on port 0.
 
 pub mod api;
+pub mod command_log;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -118,6 +119,12 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let engine = self.state.engine.clone();
+        if !self.is_embedded() {
+            // The embedded broker starts empty: there is nothing to restore.
+            if let Err(e) = engine.lock().await.restore().await {
+                tracing::error!(error = %e, "the catalog could not be restored from the command topic");
+            }
+        }
         let push_queries = self.state.push_queries.clone();
         let stop = self.stop.clone();
         // Push queries and inserts streams never end by themselves: stop them, so their

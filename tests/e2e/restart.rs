@@ -1,0 +1,76 @@
+//! The catalog survives a restart: statements are recorded in the command topic and a
+//! server started with the same service id runs every persistent query again.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_e2e::{consume_until, produce, unique, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_runs_its_persistent_queries_again() {
+    let service_id = format!("{}_", unique("restart"));
+    let (topic, stream, big, dropped) = (
+        unique("rs"),
+        unique("RS").to_uppercase(),
+        unique("RS_BIG").to_uppercase(),
+        unique("RS_GONE").to_uppercase(),
+    );
+    let id = service_id.clone();
+    let first = TestServer::start_with(move |c| c.service_id = id).await;
+    first
+        .ok(&format!(
+            "CREATE STREAM {stream} (id VARCHAR, n BIGINT) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=1);\n\
+             CREATE STREAM {big} AS SELECT id, n FROM {stream} WHERE n > 10;\n\
+             CREATE STREAM {dropped} AS SELECT id FROM {stream};"
+        ))
+        .await;
+    let (_, queries) = first.ksql("SHOW QUERIES;").await;
+    let gone = queries[0]["queries"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["sinks"][0] == dropped.as_str()))
+        .and_then(|q| q["id"].as_str())
+        .expect("the second query")
+        .to_string();
+    first
+        .ok(&format!("TERMINATE {gone};\nDROP STREAM {dropped};"))
+        .await;
+    let record = |id: &str, n: i64| (None, json!({"id": id, "n": n}).to_string());
+    produce(&topic, &[record("a", 5), record("b", 50)]).await;
+    consume_until(&big, Duration::from_secs(60), |r| !r.is_empty()).await;
+    first.stop().await;
+
+    // A new server, same service id: nothing is resubmitted.
+    let id = service_id.clone();
+    let second = TestServer::start_with(move |c| c.service_id = id).await;
+    let (_, streams) = second.ksql("SHOW STREAMS;").await;
+    let names: Vec<&str> = streams[0]["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&stream.as_str()) && names.contains(&big.as_str()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&dropped.as_str()),
+        "DROP is replayed too: {names:?}"
+    );
+    let (_, queries) = second.ksql("SHOW QUERIES;").await;
+    let running: Vec<Value> = queries[0]["queries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(running.len(), 1, "TERMINATE is replayed too: {running:?}");
+    assert_eq!(running[0]["sinks"][0], big.as_str());
+    // It resumes from its committed offsets: new records come out, old ones do not again.
+    produce(&topic, &[record("c", 70)]).await;
+    let out = consume_until(&big, Duration::from_secs(60), |r| r.len() >= 2).await;
+    let ids: Vec<&str> = out.iter().filter_map(|c| c.value["id"].as_str()).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = consume_until(&big, Duration::from_secs(5), |_| false).await;
+    assert_eq!(ids, vec!["b", "c"]);
+    assert_eq!(again.len(), 2, "no record processed twice: {again:?}");
+    second.stop().await;
+}
