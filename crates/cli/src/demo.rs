@@ -77,6 +77,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  running queries:   curl -s -X POST http://{address}/ksql -d '{{\"ksql\":\"SHOW QUERIES;\"}}'");
     println!("  alert table:       curl -s -X POST http://{address}/ksql -d '{{\"ksql\":\"DESCRIBE FRAUD_ALERTS;\"}}'");
     println!("  raw alert records: kcat -b {bootstrap} -t alerts -C");
+    println!("  pull query:        curl -s -X POST http://{address}/query-stream -d '{{\"sql\":\"SELECT * FROM FRAUD_ALERTS ORDER BY total_amount DESC LIMIT 5;\"}}'");
+    println!("  push query:        curl -s -N -X POST http://{address}/query-stream -d '{{\"sql\":\"SELECT card_id, amount FROM transactions WHERE amount > 1000 EMIT CHANGES;\"}}'");
     println!("  (Ctrl-C to stop)");
     println!();
 
