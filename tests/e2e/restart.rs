@@ -74,3 +74,38 @@ async fn a_restarted_server_runs_its_persistent_queries_again() {
     assert_eq!(again.len(), 2, "no record processed twice: {again:?}");
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_statement_may_choose_its_processing_guarantee() {
+    let server = TestServer::start().await;
+    let (topic, stream, out) = (
+        unique("pg"),
+        unique("PG").to_uppercase(),
+        unique("PG_OUT").to_uppercase(),
+    );
+    server
+        .ok(&format!(
+            "CREATE STREAM {stream} (id VARCHAR) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=1);"
+        ))
+        .await;
+    let csas = format!("CREATE STREAM {out} AS SELECT id FROM {stream};");
+    let (status, body) = server
+        .ksql_with(&csas, json!({"processing.guarantee": "sometimes"}))
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_u64()),
+        (400, Some(40000)),
+        "{body}"
+    );
+    let (status, body) = server
+        .ksql_with(
+            &csas,
+            json!({"processing.guarantee": "at_least_once", "auto.offset.reset": "earliest"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    produce(&topic, &[(None, json!({"id": "x"}).to_string())]).await;
+    let got = consume_until(&out, Duration::from_secs(60), |r| !r.is_empty()).await;
+    assert_eq!(got[0].value["id"], "x");
+    server.stop().await;
+}

@@ -195,6 +195,8 @@ pub async fn consume_until(
             .set("group.id", unique("reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
+            // Queries write exactly-once by default: read only committed transactions.
+            .set("isolation.level", "read_committed")
             .create()
             .expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");

@@ -57,6 +57,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let props = RequestProperties {
         auto_offset_reset: "earliest".to_string(),
         idle_timeout_ms: None,
+        processing_guarantee: None,
     };
     engine
         .lock()

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_server::config::ProcessingGuarantee;
 use sluice_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 
@@ -58,6 +59,15 @@ struct ServerArgs {
     /// How many push queries (SELECT … EMIT CHANGES) may run at once; more get HTTP 429.
     #[arg(long, default_value_t = 100)]
     max_push_queries: usize,
+    /// exactly_once_v2 (results and offsets in one Kafka transaction per batch) or
+    /// at_least_once. A statement can choose with the `processing.guarantee` property.
+    #[arg(long, default_value = "exactly_once_v2", value_parser = parse_guarantee)]
+    processing_guarantee: ProcessingGuarantee,
+}
+
+fn parse_guarantee(s: &str) -> Result<ProcessingGuarantee, String> {
+    ProcessingGuarantee::parse(s)
+        .ok_or_else(|| format!("unknown guarantee {s:?}; use exactly_once_v2 or at_least_once"))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -90,6 +100,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         idle_timeout: (args.idle_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(args.idle_timeout_ms)),
         max_push_queries: args.max_push_queries,
+        processing_guarantee: args.processing_guarantee,
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     announce_broker(&server);

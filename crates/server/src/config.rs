@@ -18,6 +18,36 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// How many push queries may run at once (ksqlDB's `ksql.max.push.queries`).
     pub max_push_queries: usize,
+    /// The default processing guarantee of persistent queries.
+    pub processing_guarantee: ProcessingGuarantee,
+}
+
+/// How persistent queries write their results (`processing.guarantee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessingGuarantee {
+    /// Results and consumer offsets in one Kafka transaction per batch.
+    ExactlyOnceV2,
+    /// Results acknowledged, then offsets committed: nothing lost, repeats possible.
+    AtLeastOnce,
+}
+
+impl ProcessingGuarantee {
+    /// From ksqlDB's spelling: `exactly_once_v2` (or `exactly_once`) or `at_least_once`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "exactly_once_v2" | "exactly_once" => Some(Self::ExactlyOnceV2),
+            "at_least_once" => Some(Self::AtLeastOnce),
+            _ => None,
+        }
+    }
+
+    /// ksqlDB's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExactlyOnceV2 => "exactly_once_v2",
+            Self::AtLeastOnce => "at_least_once",
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -28,6 +58,7 @@ impl Default for ServerConfig {
             service_id: "default_".to_string(),
             idle_timeout: Some(Duration::from_secs(10)),
             max_push_queries: 100,
+            processing_guarantee: ProcessingGuarantee::ExactlyOnceV2,
         }
     }
 }

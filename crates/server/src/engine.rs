@@ -89,6 +89,7 @@ impl Engine {
             auto_offset_reset: props.auto_offset_reset.clone(),
             idle_timeout: self.idle_timeout(props),
             materialized: None,
+            exactly_once: false,
         }
     }
 
@@ -586,6 +587,10 @@ impl Engine {
             auto_offset_reset: props.auto_offset_reset.clone(),
             idle_timeout: self.idle_timeout(props),
             materialized,
+            exactly_once: props
+                .processing_guarantee
+                .unwrap_or(self.config.processing_guarantee)
+                == crate::config::ProcessingGuarantee::ExactlyOnceV2,
         };
         let source = plan.source.stream.clone();
         let plan_text = plan.to_string();

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::config::ProcessingGuarantee;
 use crate::error::ApiError;
 
 /// The `streamsProperties` key of the idle-partition timeout.
@@ -16,6 +17,8 @@ pub struct RequestProperties {
     /// `sluice.idle.timeout.ms`: a source partition idle this long stops holding the
     /// watermark back; `Some(0)` never. `None`: the server's default.
     pub idle_timeout_ms: Option<u64>,
+    /// `processing.guarantee`; `None`: the server's default.
+    pub processing_guarantee: Option<ProcessingGuarantee>,
 }
 
 impl RequestProperties {
@@ -29,6 +32,9 @@ impl RequestProperties {
         if let Some(ms) = self.idle_timeout_ms {
             m.insert(IDLE_TIMEOUT_PROPERTY.into(), Value::from(ms));
         }
+        if let Some(g) = self.processing_guarantee {
+            m.insert("processing.guarantee".into(), Value::from(g.as_str()));
+        }
         m
     }
 
@@ -38,6 +44,7 @@ impl RequestProperties {
         let mut out = Self {
             auto_offset_reset: "latest".to_string(),
             idle_timeout_ms: None,
+            processing_guarantee: None,
         };
         for (k, v) in props {
             let key = k.strip_prefix("ksql.streams.").unwrap_or(k);
@@ -53,6 +60,13 @@ impl RequestProperties {
                         )))
                     }
                 }
+            } else if key == "processing.guarantee" {
+                let value = v.as_str().and_then(ProcessingGuarantee::parse).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "invalid value {v} for property processing.guarantee; use 'exactly_once_v2' or 'at_least_once'"
+                    ))
+                })?;
+                out.processing_guarantee = Some(value);
             } else if key == IDLE_TIMEOUT_PROPERTY {
                 let ms = v
                     .as_u64()

@@ -10,7 +10,7 @@ use futures::future::join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
@@ -49,7 +49,13 @@ pub struct QueryConfig {
     /// For a table: where its current rows are kept for pull queries, updated once the
     /// broker has acknowledged them.
     pub materialized: Option<Arc<MaterializedTable>>,
+    /// Exactly-once: each batch's results and consumer offsets are written in one Kafka
+    /// transaction (`transactional.id` = the consumer group). Otherwise at-least-once.
+    pub exactly_once: bool,
 }
+
+/// How long a transaction call may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a running query's results go.
 enum Output {
@@ -68,12 +74,26 @@ pub async fn run_query(
     stats: Arc<QueryStats>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
+    let mut producer_config = ClientConfig::new();
+    producer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("linger.ms", "5")
-        .set("acks", "all")
+        .set("acks", "all");
+    if config.exactly_once {
+        // The same id after a restart fences the producer of the run that died.
+        producer_config
+            .set("transactional.id", &config.group_id)
+            .set("transaction.timeout.ms", "60000");
+    }
+    let producer: FutureProducer = producer_config
         .create()
         .map_err(|e| ExecError::kafka("creating the producer", e))?;
+    if config.exactly_once {
+        transaction(&producer, "starting transactions", |p| {
+            p.init_transactions(TRANSACTION_TIMEOUT)
+        })
+        .await?;
+    }
     run(config, plan, stats, shutdown, Output::Topic(producer)).await
 }
 
@@ -117,6 +137,7 @@ async fn run(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", &config.auto_offset_reset)
         .set("session.timeout.ms", "10000")
+        .set("isolation.level", "read_committed")
         .set("topic.metadata.refresh.interval.ms", "5000")
         .create()
         .map_err(|e| ExecError::kafka("creating the consumer", e))?;
@@ -152,7 +173,16 @@ async fn run(
             }
             None => {
                 let batches = pipeline.tick(std::time::Instant::now(), &stats)?;
-                if !emit(&output, &config, &plan, batches, &stats, &mut shutdown).await? {
+                let go_on = match &output {
+                    Output::Topic(producer) => {
+                        if !batches.is_empty() {
+                            deliver(producer, &consumer, &config, &plan, &batches, &stats).await?;
+                        }
+                        true
+                    }
+                    Output::Client(client) => send(client, batches, &stats, &mut shutdown).await,
+                };
+                if !go_on {
                     break;
                 }
                 continue;
@@ -167,51 +197,98 @@ async fn run(
             }
         }
         let batches = pipeline.process(&records, &stats)?;
-        if !emit(&output, &config, &plan, batches, &stats, &mut shutdown).await? {
-            break;
-        }
-        if let Output::Topic(_) = output {
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-                tracing::warn!(query_id, error = %e, "offset commit failed; records may be processed again");
+        let go_on = match &output {
+            Output::Topic(producer) => {
+                deliver(producer, &consumer, &config, &plan, &batches, &stats).await?;
+                true
             }
+            Output::Client(client) => send(client, batches, &stats, &mut shutdown).await,
+        };
+        if !go_on {
+            break;
         }
     }
     tracing::info!(query_id, "query stopped");
     Ok(())
 }
 
-/// Send `batches` where they go; `false` when the push query's client has gone away or
-/// the query was stopped while waiting for a slow client.
-async fn emit(
-    output: &Output,
+/// Write a persistent query's `batches` and move its consumer offsets past what was read:
+/// in one transaction (exactly-once), or produce, wait for the acks, then commit
+/// (at-least-once). Then the table's materialization sees the rows.
+async fn deliver(
+    producer: &FutureProducer,
+    consumer: &StreamConsumer,
     config: &QueryConfig,
     plan: &StreamPlan,
+    batches: &[ChangeBatch],
+    stats: &QueryStats,
+) -> Result<()> {
+    if config.exactly_once {
+        transaction(producer, "beginning a transaction", |p| {
+            p.begin_transaction()
+        })
+        .await?;
+        if let Err(e) = produce(producer, config, plan, batches, stats).await {
+            let _ = transaction(producer, "aborting a transaction", |p| {
+                p.abort_transaction(TRANSACTION_TIMEOUT)
+            })
+            .await;
+            return Err(e);
+        }
+        let offsets = consumer
+            .position()
+            .map_err(|e| ExecError::kafka("reading the consumer position", e))?;
+        let group = consumer.group_metadata().ok_or_else(|| {
+            ExecError::internal("query loop", "the consumer has no group metadata")
+        })?;
+        transaction(producer, "committing a transaction", move |p| {
+            p.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
+            p.commit_transaction(TRANSACTION_TIMEOUT)
+        })
+        .await?;
+    } else {
+        produce(producer, config, plan, batches, stats).await?;
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
+        }
+    }
+    materialize(config, batches)
+}
+
+/// Run a blocking transaction call of librdkafka off the async threads.
+async fn transaction(
+    producer: &FutureProducer,
+    context: &'static str,
+    call: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+) -> Result<()> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || call(&producer))
+        .await
+        .map_err(|_| ExecError::kafka(context, rdkafka::error::KafkaError::Canceled))?
+        .map_err(|e| ExecError::kafka(context, e))
+}
+
+/// Send a push query's `batches` to its client; `false` when the client has gone away or
+/// the query was stopped while waiting for a slow client.
+async fn send(
+    client: &mpsc::Sender<Result<ChangeBatch>>,
     batches: Vec<ChangeBatch>,
     stats: &QueryStats,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool> {
-    match output {
-        Output::Topic(producer) => {
-            produce(producer, config, plan, &batches, stats).await?;
-            materialize(config, &batches)?;
-            Ok(true)
-        }
-        Output::Client(client) => {
-            for batch in batches {
-                let rows = batch.num_rows() as u64;
-                tokio::select! {
-                    sent = client.send(Ok(batch)) => {
-                        if sent.is_err() {
-                            return Ok(false);
-                        }
-                    }
-                    _ = shutdown.changed() => return Ok(false),
+) -> bool {
+    for batch in batches {
+        let rows = batch.num_rows() as u64;
+        tokio::select! {
+            sent = client.send(Ok(batch)) => {
+                if sent.is_err() {
+                    return false;
                 }
-                stats.add_out(rows);
             }
-            Ok(!client.is_closed())
+            _ = shutdown.changed() => return false,
         }
+        stats.add_out(rows);
     }
+    !client.is_closed()
 }
 
 /// Apply written `batches` to the table's materialization, if it has one.
