@@ -2,6 +2,7 @@
 //! `scripts/kafka-local`. Streaming results are compared with DataFusion running the same
 //! computation as a batch query over the same (good) events.
 
+mod crash;
 mod differential;
 mod examples;
 mod inserts;
