@@ -1,7 +1,8 @@
-//! SIGKILL of a real `sluice server` process under continuous input: with exactly_once_v2
-//! a stateless persistent query's output, read `read_committed`, holds every input record
-//! exactly once across the crashes. The restarted server resubmits nothing: it replays its
-//! command topic.
+//! A real `sluice server` process, killed and stopped. SIGKILL under continuous input: with
+//! exactly_once_v2 a stateless persistent query's output, read `read_committed`, holds every
+//! input record exactly once across the crashes, and the restarted server resubmits
+//! nothing: it replays its command topic. SIGTERM: a clean exit that does not wait for open
+//! push queries.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -139,4 +140,61 @@ async fn sigkill_under_load_loses_and_repeats_nothing() {
     assert_eq!(got.len() as i64, total);
     server.child.kill().expect("stop");
     let _ = server.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_cleanly_even_with_open_push_queries() {
+    let service_id = format!("{}_", unique("term"));
+    let (topic, stream, out) = (
+        unique("term_in"),
+        unique("TERM_IN").to_uppercase(),
+        unique("TERM_OUT").to_uppercase(),
+    );
+    let port = free_port();
+    let mut server = start(&service_id, port).await;
+    let sql = format!(
+        "CREATE STREAM {stream} (id BIGINT) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=1);\n\
+         CREATE STREAM {out} AS SELECT id FROM {stream};"
+    );
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/ksql", server.url))
+        .json(&json!({"ksql": sql}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    // A push query that would never end by itself.
+    let push = client
+        .post(format!("{}/query-stream", server.url))
+        .json(&json!({"sql": format!("SELECT id FROM {stream} EMIT CHANGES;")}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(push.status().as_u16(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    // A hang detector, not a speed target: shutdown must not wait for the client.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "a clean exit: {exit:?}");
+    // The push query's response ended (complete, or cut with the connection) instead of
+    // hanging.
+    let ended = tokio::time::timeout(Duration::from_secs(10), push.text()).await;
+    assert!(
+        ended.is_ok(),
+        "the push response is still open after the server stopped"
+    );
 }
