@@ -54,35 +54,6 @@ pub struct QueryConfig {
     pub exactly_once: bool,
 }
 
-/// Counts the consumer's rebalances. A batch read across a rebalance may hold records the
-/// consumer will deliver again (it restarts from the committed offsets), so under
-/// exactly-once such a batch is thrown away instead of committed.
-#[derive(Default)]
-struct QueryContext {
-    rebalances: std::sync::atomic::AtomicU64,
-}
-
-impl QueryContext {
-    fn rebalances(&self) -> u64 {
-        self.rebalances.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl rdkafka::client::ClientContext for QueryContext {}
-
-impl rdkafka::consumer::ConsumerContext for QueryContext {
-    fn pre_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        _rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
-        self.rebalances
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-type QueryConsumer = StreamConsumer<QueryContext>;
-
 /// How long a transaction call may take.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -160,7 +131,7 @@ async fn run(
 ) -> Result<()> {
     let query_id = config.query_id.as_str();
     let mut pipeline = Pipeline::new(query_id, &plan, config.idle_timeout)?;
-    let consumer: QueryConsumer = ClientConfig::new()
+    let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
@@ -168,7 +139,7 @@ async fn run(
         .set("session.timeout.ms", "10000")
         .set("isolation.level", "read_committed")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create_with_context(QueryContext::default())
+        .create()
         .map_err(|e| ExecError::kafka("creating the consumer", e))?;
     consumer
         .subscribe(&[&plan.source.topic])
@@ -187,7 +158,6 @@ async fn run(
     }
     tracing::info!(query_id, topic = %plan.source.topic, sink = %config.sink_topic, "query started");
     loop {
-        let rebalances = consumer.context().rebalances();
         let first = tokio::select! {
             _ = shutdown.changed() => break,
             m = consumer.recv() => Some(m),
@@ -206,10 +176,7 @@ async fn run(
                 let go_on = match &output {
                     Output::Topic(producer) => {
                         if !batches.is_empty() {
-                            // No records were read: nothing to read again if it fails.
-                            let now = consumer.context().rebalances();
-                            deliver(producer, &consumer, &config, &plan, &batches, &stats, now)
-                                .await?;
+                            deliver(producer, &consumer, &config, &plan, &batches, &stats).await?;
                         }
                         true
                     }
@@ -232,22 +199,7 @@ async fn run(
         let batches = pipeline.process(&records, &stats)?;
         let go_on = match &output {
             Output::Topic(producer) => {
-                let delivered = deliver(
-                    producer, &consumer, &config, &plan, &batches, &stats, rebalances,
-                )
-                .await?;
-                if !delivered {
-                    // The consumer will deliver this batch's records again: start over
-                    // from the committed offsets with fresh state, as after a restart.
-                    tracing::warn!(
-                        query_id,
-                        "partitions were reassigned during a batch; it is read again"
-                    );
-                    pipeline = Pipeline::new(query_id, &plan, config.idle_timeout)?;
-                    if let Some(partitions) = assigned_partitions(&consumer, &plan) {
-                        pipeline.assign(partitions, std::time::Instant::now());
-                    }
-                }
+                deliver(producer, &consumer, &config, &plan, &batches, &stats).await?;
                 true
             }
             Output::Client(client) => send(client, batches, &stats, &mut shutdown).await,
@@ -263,21 +215,15 @@ async fn run(
 /// Write a persistent query's `batches` and move its consumer offsets past what was read:
 /// in one transaction (exactly-once), or produce, wait for the acks, then commit
 /// (at-least-once). Then the table's materialization sees the rows.
-/// Under exactly-once, `false` when the consumer was rebalanced since the batch began
-/// (`rebalances` then): the transaction is aborted and nothing is written.
 async fn deliver(
     producer: &FutureProducer,
-    consumer: &QueryConsumer,
+    consumer: &StreamConsumer,
     config: &QueryConfig,
     plan: &StreamPlan,
     batches: &[ChangeBatch],
     stats: &QueryStats,
-    rebalances: u64,
-) -> Result<bool> {
+) -> Result<()> {
     if config.exactly_once {
-        if consumer.context().rebalances() != rebalances {
-            return Ok(false);
-        }
         transaction(producer, "beginning a transaction", |p| {
             p.begin_transaction()
         })
@@ -288,13 +234,6 @@ async fn deliver(
             })
             .await;
             return Err(e);
-        }
-        if consumer.context().rebalances() != rebalances {
-            transaction(producer, "aborting a transaction", |p| {
-                p.abort_transaction(TRANSACTION_TIMEOUT)
-            })
-            .await?;
-            return Ok(false);
         }
         let offsets = consumer
             .position()
@@ -313,22 +252,7 @@ async fn deliver(
             tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
         }
     }
-    materialize(config, batches)?;
-    Ok(true)
-}
-
-/// The partitions of the source topic, from the broker's metadata.
-fn assigned_partitions(consumer: &QueryConsumer, plan: &StreamPlan) -> Option<Vec<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(&plan.source.topic), Duration::from_secs(10))
-        .ok()?;
-    Some(
-        metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect(),
-    )
+    materialize(config, batches)
 }
 
 /// Run a blocking transaction call of librdkafka off the async threads.
