@@ -71,23 +71,9 @@ async fn ksql(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let body = request_body(body)?;
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    let sql = request.get("ksql").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request("the request body needs a \"ksql\" string with the statements to run")
-    })?;
-    let empty = serde_json::Map::new();
-    let props = match request.get("streamsProperties") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "\"streamsProperties\" must be a JSON object",
-            ))
-        }
-    };
-    let props = RequestProperties::from_json(props)?;
+    let request = request_object(&request_body(body)?)?;
+    let sql = required_str(&request, "ksql", "the statements to run")?;
+    let props = query_properties(&request, "streamsProperties")?;
     let mut engine = state.engine.lock().await;
     let entities = engine.execute(sql, &props).await?;
     Ok(Json(entities))
@@ -210,7 +196,20 @@ async fn push(
         .start(config, &state.service_id, plan, limit)
 }
 
-/// The properties object of a query request (`properties` or `streamsProperties`).
+/// The string field `field` of a request, or a 400 saying it holds `what`.
+fn required_str<'a>(
+    request: &'a serde_json::Map<String, Value>,
+    field: &str,
+    what: &str,
+) -> Result<&'a str, ApiError> {
+    request.get(field).and_then(Value::as_str).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "the request body needs a \"{field}\" string with {what}"
+        ))
+    })
+}
+
+/// The properties object of a request (`properties` or `streamsProperties`).
 fn query_properties(
     request: &serde_json::Map<String, Value>,
     field: &str,
@@ -254,11 +253,6 @@ fn pull_query_id() -> String {
         "PULL_QUERY_{}",
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
-}
-
-/// Each result row as a JSON array of its column values, in column order.
-fn rows_as_arrays(result: &PullResult) -> Result<Vec<Vec<Value>>, ApiError> {
-    batch_rows(&result.schema, &result.batches)
 }
 
 /// Each row of `batches` as a JSON array of its column values, in column order.
@@ -400,7 +394,7 @@ async fn run_query_request(
                 &result.key_columns,
             )];
             items.extend(
-                rows_as_arrays(&result)?
+                batch_rows(&result.schema, &result.batches)?
                     .into_iter()
                     .map(|r| row_item(format, r, false)),
             );
@@ -552,11 +546,8 @@ async fn query_stream(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request_body(body)?;
-    let request = request_object(&body)?;
-    let sql = request.get("sql").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request("the request body needs a \"sql\" string with the query to run")
-    })?;
+    let request = request_object(&request_body(body)?)?;
+    let sql = required_str(&request, "sql", "the query to run")?;
     let props = query_properties(&request, "properties")?;
     let format = if wants_json(&headers) {
         Format::JsonArray
@@ -573,11 +564,8 @@ async fn query(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request_body(body)?;
-    let request = request_object(&body)?;
-    let sql = request.get("ksql").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request("the request body needs a \"ksql\" string with the query to run")
-    })?;
+    let request = request_object(&request_body(body)?)?;
+    let sql = required_str(&request, "ksql", "the query to run")?;
     let props = query_properties(&request, "streamsProperties")?;
     run_query_request(&state, sql, &props, Format::Legacy).await
 }
@@ -587,12 +575,8 @@ async fn close_query(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = request_body(body)?;
-    let request = request_object(&body)?;
-    let id = request
-        .get("queryId")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("the request body needs a \"queryId\" string"))?;
+    let request = request_object(&request_body(body)?)?;
+    let id = required_str(&request, "queryId", "the push query to stop")?;
     if state.push_queries.close(id) {
         Ok(Json(json!({})))
     } else {
