@@ -33,6 +33,9 @@ pub enum ExecError {
         #[source]
         source: datafusion::arrow::error::ArrowError,
     },
+    /// A query's changelog holds state this query cannot read.
+    #[error("operator state: {0}")]
+    State(String),
     /// The embedded broker could not be started or used.
     #[error("embedded broker: {0}")]
     EmbeddedBroker(String),

@@ -10,6 +10,7 @@
 //! - [`watermark`]: stream time per partition and the watermark that closes windows.
 //! - [`json_encoder`]: result rows to Kafka keys and JSON values.
 //! - [`materialized`]: a CTAS table's current rows, for pull queries.
+//! - [`state`]: operator state as changelog records, for restarts.
 //! - [`stats`]: per-query counters and the processing log.
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
 
@@ -23,6 +24,7 @@ pub mod pipeline;
 pub mod query_runner;
 pub mod record;
 pub mod scan;
+pub mod state;
 pub mod stats;
 pub mod watermark;
 

@@ -7,17 +7,20 @@
 //! (EMIT FINAL) and dropped.
 //! The Kafka loop ([`crate::query_runner`]) and tests drive the same code.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use sluice_sql_planner::StreamPlan;
 
-use crate::error::Result;
+use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
 use crate::operator::{self, ChangeBatch, Operator};
 use crate::record::RawRecord;
 use crate::scan::{ScanStage, Skipped};
+use crate::state::StateChange;
 use crate::stats::{ProcessingLogEntry, QueryStats, SkipReason};
+use crate::watermark::StreamTimeCheckpoint;
 
 /// A running plan's operators and state.
 pub struct Pipeline {
@@ -28,7 +31,12 @@ pub struct Pipeline {
     operators: Vec<Box<dyn Operator>>,
     output_schema: SchemaRef,
     last_watermark: Option<i64>,
+    /// The stream time last handed out as a state change.
+    checkpointed_time: Option<StreamTimeCheckpoint>,
 }
+
+/// The changelog key of the stream time (per partition) and the watermark.
+pub const STREAM_TIME_KEY: &[u8] = b"stream-time";
 
 impl Pipeline {
     /// Build the pipeline of `plan` for query `query_id`. Partitions that deliver nothing
@@ -46,6 +54,7 @@ impl Pipeline {
                 .collect::<Result<_>>()?,
             output_schema: plan.output_schema.clone(),
             last_watermark: None,
+            checkpointed_time: None,
         })
     }
 
@@ -63,6 +72,76 @@ impl Pipeline {
     /// How many groups (key × window) the operators hold.
     pub fn state_groups(&self) -> usize {
         self.operators.iter().map(|o| o.state_groups()).sum()
+    }
+
+    /// Whether an operator keeps state that must survive a restart: then the query
+    /// writes [`Pipeline::take_state_changes`] to a changelog.
+    pub fn is_stateful(&self) -> bool {
+        self.operators.iter().any(|o| o.is_stateful())
+    }
+
+    /// The changelog records for what changed since the last call: each stateful
+    /// operator's changed entries, keyed `<operator index>:<entry key>`, and the stream
+    /// time under [`STREAM_TIME_KEY`].
+    pub fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
+        let mut out = vec![];
+        for (i, op) in self.operators.iter_mut().enumerate() {
+            for change in op.take_state_changes()? {
+                let mut key = format!("{i}:").into_bytes();
+                key.extend_from_slice(&change.key);
+                out.push(StateChange {
+                    key,
+                    value: change.value,
+                });
+            }
+        }
+        let stream_time = self.scan.checkpoint();
+        if self.is_stateful() && self.checkpointed_time.as_ref() != Some(&stream_time) {
+            out.push(StateChange {
+                key: STREAM_TIME_KEY.to_vec(),
+                value: Some(
+                    serde_json::to_vec(&stream_time)
+                        .map_err(|e| ExecError::State(format!("encoding stream time: {e}")))?,
+                ),
+            });
+            self.checkpointed_time = Some(stream_time);
+        }
+        Ok(out)
+    }
+
+    /// Rebuild the state of a pipeline that has processed nothing from the latest value
+    /// of each changelog key (as [`Pipeline::take_state_changes`] wrote them), at `now`.
+    pub fn restore(&mut self, latest: &HashMap<Vec<u8>, Vec<u8>>, now: Instant) -> Result<()> {
+        let mut per_operator: Vec<Vec<&[u8]>> = vec![vec![]; self.operators.len()];
+        for (key, value) in latest {
+            if key.as_slice() == STREAM_TIME_KEY {
+                let checkpoint: StreamTimeCheckpoint = serde_json::from_slice(value)
+                    .map_err(|e| ExecError::State(format!("reading stream time: {e}")))?;
+                self.scan.restore(&checkpoint, now);
+                self.last_watermark = checkpoint.watermark;
+                self.checkpointed_time = Some(checkpoint);
+                continue;
+            }
+            let index = key
+                .iter()
+                .position(|b| *b == b':')
+                .and_then(|colon| std::str::from_utf8(&key[..colon]).ok())
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|i| *i < self.operators.len())
+                .ok_or_else(|| {
+                    ExecError::State(format!(
+                        "changelog key {:?} names no operator of this query",
+                        String::from_utf8_lossy(key)
+                    ))
+                })?;
+            per_operator[index].push(value);
+        }
+        for (op, values) in self.operators.iter_mut().zip(per_operator) {
+            if !values.is_empty() {
+                op.restore_state(&values)?;
+            }
+        }
+        Ok(())
     }
 
     /// [`Pipeline::process_at`] now.

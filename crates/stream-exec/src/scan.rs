@@ -22,7 +22,7 @@ use sluice_sql_planner::{EventTime, SourceScan, TimestampFormat, WindowKind};
 use crate::error::{ExecError, Result};
 use crate::record::RawRecord;
 use crate::stats::SkipReason;
-use crate::watermark::StreamTime;
+use crate::watermark::{StreamTime, StreamTimeCheckpoint};
 
 /// A record the scan skipped, by its index in the decoded batch.
 #[derive(Debug)]
@@ -76,6 +76,16 @@ impl ScanStage {
     /// The watermark as of `now`.
     pub fn watermark(&mut self, now: Instant) -> Option<i64> {
         self.stream_time.watermark(now)
+    }
+
+    /// Stream time and watermark, to survive a restart.
+    pub fn checkpoint(&self) -> StreamTimeCheckpoint {
+        self.stream_time.checkpoint()
+    }
+
+    /// Continue from a checkpoint.
+    pub fn restore(&mut self, checkpoint: &StreamTimeCheckpoint, now: Instant) {
+        self.stream_time.restore(checkpoint, now);
     }
 
     /// The query reads `partitions` from `now` on.

@@ -18,6 +18,15 @@ struct Partition {
     active_at: Instant,
 }
 
+/// The stream time of each partition that delivered records, and the watermark.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct StreamTimeCheckpoint {
+    /// (partition, stream time).
+    pub partitions: Vec<(i32, i64)>,
+    /// The watermark.
+    pub watermark: Option<i64>,
+}
+
 /// Stream time per partition and the watermark over them.
 #[derive(Debug, Clone)]
 pub struct StreamTime {
@@ -89,6 +98,34 @@ impl StreamTime {
             self.watermark = Some(self.watermark.map_or(m, |w| w.max(m)));
         }
         self.watermark
+    }
+
+    /// What must survive a restart: each partition's stream time, and the watermark.
+    pub fn checkpoint(&self) -> StreamTimeCheckpoint {
+        let mut partitions: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .filter_map(|(p, s)| s.stream_time.map(|t| (*p, t)))
+            .collect();
+        partitions.sort_unstable();
+        StreamTimeCheckpoint {
+            partitions,
+            watermark: self.watermark,
+        }
+    }
+
+    /// Continue from `checkpoint` at `now`: restored partitions count as active from now.
+    pub fn restore(&mut self, checkpoint: &StreamTimeCheckpoint, now: Instant) {
+        for &(p, t) in &checkpoint.partitions {
+            self.partitions.insert(
+                p,
+                Partition {
+                    stream_time: Some(t),
+                    active_at: now,
+                },
+            );
+        }
+        self.watermark = checkpoint.watermark;
     }
 
     /// The watermark last computed, without looking at the clock.

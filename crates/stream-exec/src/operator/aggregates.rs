@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
     new_empty_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::FieldRef;
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::execution_props::ExecutionProps;
@@ -24,6 +24,7 @@ use crate::error::{ExecError, Result};
 /// Group key expressions and their row encoding.
 pub(crate) struct GroupKeys {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
+    types: Vec<DataType>,
     converter: RowConverter,
     operator: &'static str,
 }
@@ -43,18 +44,19 @@ impl GroupKeys {
         input: &DFSchema,
         operator: &'static str,
     ) -> Result<Self> {
-        let fields = exprs
+        let types = exprs
             .iter()
             .map(|e| {
                 e.data_type(input.as_arrow())
-                    .map(SortField::new)
                     .map_err(ExecError::eval(operator))
             })
             .collect::<Result<Vec<_>>>()?;
+        let fields = types.iter().cloned().map(SortField::new).collect();
         let converter =
             RowConverter::new(fields).map_err(ExecError::arrow("encoding group keys"))?;
         Ok(Self {
             exprs,
+            types,
             converter,
             operator,
         })
@@ -74,6 +76,18 @@ impl GroupKeys {
             .convert_columns(&columns)
             .map_err(ExecError::arrow("encoding group keys"))?;
         Ok(BatchKeys { columns, rows })
+    }
+
+    /// The types of the key columns.
+    pub(crate) fn types(&self) -> &[DataType] {
+        &self.types
+    }
+
+    /// Encode key columns (as [`GroupKeys::decode`] returns them).
+    pub(crate) fn encode(&self, columns: &[ArrayRef]) -> Result<Rows> {
+        self.converter
+            .convert_columns(columns)
+            .map_err(ExecError::arrow("encoding group keys"))
     }
 
     /// The key columns of `keys`, in that order.
@@ -316,6 +330,72 @@ impl Aggregates {
                 .map_err(ExecError::eval(self.operator))?;
         }
         Ok(())
+    }
+
+    /// The intermediate state fields of each aggregate, flattened, nullable: the columns
+    /// a group's state is stored in.
+    pub(crate) fn state_fields(&self) -> Result<Vec<FieldRef>> {
+        let mut fields = vec![];
+        for (a, aggregate) in self.aggregates.iter().enumerate() {
+            for (j, f) in aggregate
+                .function
+                .state_fields()
+                .map_err(ExecError::eval(self.operator))?
+                .into_iter()
+                .enumerate()
+            {
+                let field = f.as_ref().clone().with_name(format!("state{a}_{j}"));
+                fields.push(Arc::new(field.with_nullable(true)));
+            }
+        }
+        Ok(fields)
+    }
+
+    /// `group`'s intermediate state, one value per [`Aggregates::state_fields`] field.
+    /// DataFusion's `state` may consume an accumulator's state, so each accumulator is
+    /// replaced by a fresh one that merged the state back.
+    pub(crate) fn checkpoint(&self, group: &mut Accumulators) -> Result<Vec<ScalarValue>> {
+        let mut out = vec![];
+        for (a, acc) in group.iter_mut().enumerate() {
+            let state = acc.state().map_err(ExecError::eval(self.operator))?;
+            let mut fresh = self.aggregates[a]
+                .function
+                .create_accumulator()
+                .map_err(ExecError::eval(self.operator))?;
+            let arrays = state
+                .iter()
+                .map(|v| v.to_array())
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(ExecError::eval(self.operator))?;
+            fresh
+                .merge_batch(&arrays)
+                .map_err(ExecError::eval(self.operator))?;
+            *acc = fresh;
+            out.extend(state);
+        }
+        Ok(out)
+    }
+
+    /// Accumulators rebuilt from row `row` of state columns laid out as
+    /// [`Aggregates::state_fields`].
+    pub(crate) fn restore(&self, state: &[ArrayRef], row: usize) -> Result<Accumulators> {
+        let mut group = self.create()?;
+        let mut column = 0;
+        for (a, acc) in group.iter_mut().enumerate() {
+            let n = self.aggregates[a]
+                .function
+                .state_fields()
+                .map_err(ExecError::eval(self.operator))?
+                .len();
+            let arrays: Vec<ArrayRef> = state[column..column + n]
+                .iter()
+                .map(|c| c.slice(row, 1))
+                .collect();
+            column += n;
+            acc.merge_batch(&arrays)
+                .map_err(ExecError::eval(self.operator))?;
+        }
+        Ok(group)
     }
 
     /// `group`'s current results, one per aggregate.

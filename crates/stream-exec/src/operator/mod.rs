@@ -27,6 +27,7 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use sluice_sql_planner::{StreamOperator, WindowKind};
 
 use crate::error::{ExecError, Result};
+use crate::state::StateChange;
 
 /// Rows on their way through a query, some of which may be tombstones.
 #[derive(Debug, Clone)]
@@ -76,6 +77,22 @@ pub trait Operator: Send {
     /// How many groups (key × window) the operator holds in state.
     fn state_groups(&self) -> usize {
         0
+    }
+
+    /// Whether it keeps state that must survive a restart (see [`crate::state`]).
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
+    /// The state entries that changed since the last call, as changelog records.
+    fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
+        Ok(vec![])
+    }
+
+    /// Rebuild the state from the latest value of each of its changelog keys, on an
+    /// operator that has processed nothing.
+    fn restore_state(&mut self, _values: &[&[u8]]) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -14,13 +14,13 @@
 //! ever deleted. With `EMIT FINAL`, a session is written once, when the watermark passes
 //! its last record time plus gap plus grace. A closed session's state is dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::OwnedRow;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
@@ -31,6 +31,7 @@ use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
 use super::aggregates::{changes, Accumulators, Aggregates, BatchArgs, GroupKeys, Having, Outcome};
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
+use crate::state::{json_keys, StateChange, StateCodec};
 
 const NAME: &str = "SessionAggregate";
 
@@ -83,6 +84,12 @@ pub struct SessionAggregateOperator {
     /// Every open session as (close time, key, start), in closing order.
     by_close: BTreeSet<(i64, OwnedRow, i64)>,
     having: Option<Having>,
+    /// Keys whose sessions changed since their state was last taken.
+    dirty: HashSet<OwnedRow>,
+    /// State rows, one per open session: the key columns, start, last, the aggregates'
+    /// states, and the bounds and values it was last written with.
+    codec: StateCodec,
+    key_names: Vec<String>,
 }
 
 /// One output row to build: a key's session bounds, live or deleted.
@@ -143,12 +150,42 @@ impl SessionAggregateOperator {
         }
         let time_expr = time_expr
             .ok_or_else(|| ExecError::internal(NAME, "WINDOWSTART is missing from GROUP BY"))?;
+        let keys = GroupKeys::new(key_exprs, input, NAME)?;
+        let aggregates = Aggregates::new(aggr_exprs, input, NAME)?;
+        let aggregate_fields = output.fields()[group_exprs.len()..].to_vec();
+        let key_names: Vec<String> = (0..keys.types().len()).map(|i| format!("key{i}")).collect();
+        let mut state_fields: Vec<Field> = keys
+            .types()
+            .iter()
+            .zip(&key_names)
+            .map(|(t, n)| Field::new(n, t.clone(), true))
+            .collect();
+        state_fields.push(Field::new("start", DataType::Int64, false));
+        state_fields.push(Field::new("last", DataType::Int64, false));
+        state_fields.extend(
+            aggregates
+                .state_fields()?
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
+        state_fields.push(Field::new("written_start", DataType::Int64, true));
+        state_fields.push(Field::new("written_last", DataType::Int64, true));
+        for (i, f) in aggregate_fields.iter().enumerate() {
+            state_fields.push(Field::new(
+                format!("written{i}"),
+                f.data_type().clone(),
+                true,
+            ));
+        }
         Ok(Self {
-            keys: GroupKeys::new(key_exprs, input, NAME)?,
+            keys,
             time_expr,
             columns,
-            aggregates: Aggregates::new(aggr_exprs, input, NAME)?,
-            aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
+            aggregates,
+            aggregate_fields,
+            dirty: HashSet::new(),
+            codec: StateCodec::new(Arc::new(Schema::new(state_fields)))?,
+            key_names,
             schema: Arc::new(output.as_arrow().clone()),
             gap_ms,
             grace_ms: window.grace_ms,
@@ -179,6 +216,7 @@ impl SessionAggregateOperator {
         tombstones: &mut Vec<Pending>,
     ) -> Result<()> {
         let gap = self.gap_ms;
+        self.dirty.insert(key.clone());
         let list = self.sessions.entry(key.clone()).or_default();
         // Sessions within a gap of [first, last]: a contiguous range of the sorted list.
         let lo = list.partition_point(|s| s.last.saturating_add(gap) < first);
@@ -453,11 +491,151 @@ impl Operator for SessionAggregateOperator {
                     self.sessions.remove(&key);
                 }
             }
+            self.dirty.insert(key);
         }
         Ok(out)
     }
 
     fn state_groups(&self) -> usize {
         self.session_count
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
+        if self.dirty.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<OwnedRow> = self.dirty.drain().collect();
+        let key_columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
+        let changelog_keys = json_keys(&key_columns, &self.key_names, keys.len())?;
+        // One record per key holding all its open sessions; no sessions: deleted.
+        let n_states = self.codec.schema().fields().len()
+            - key_columns.len()
+            - 4
+            - self.aggregate_fields.len();
+        let mut take_keys = vec![];
+        let (mut starts, mut lasts) = (vec![], vec![]);
+        let mut states = vec![vec![]; n_states];
+        let (mut written_starts, mut written_lasts) = (vec![], vec![]);
+        let mut written = vec![vec![]; self.aggregate_fields.len()];
+        let mut ranges: Vec<Option<(usize, usize)>> = vec![None; keys.len()];
+        for (k, key) in keys.iter().enumerate() {
+            let Some(list) = self.sessions.get_mut(key).filter(|l| !l.is_empty()) else {
+                continue;
+            };
+            ranges[k] = Some((starts.len(), list.len()));
+            for session in list.iter_mut() {
+                take_keys.push(k as u32);
+                starts.push(session.start);
+                lasts.push(session.last);
+                for (column, v) in states
+                    .iter_mut()
+                    .zip(self.aggregates.checkpoint(&mut session.accumulators)?)
+                {
+                    column.push(v);
+                }
+                written_starts.push(session.emitted.as_ref().map(|w| w.bounds.0));
+                written_lasts.push(session.emitted.as_ref().map(|w| w.bounds.1));
+                for (i, column) in written.iter_mut().enumerate() {
+                    column.push(
+                        session
+                            .emitted
+                            .as_ref()
+                            .map_or(ScalarValue::Null, |w| w.values[i].clone()),
+                    );
+                }
+            }
+        }
+        let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        if !starts.is_empty() {
+            let indices = UInt32Array::from(take_keys);
+            let mut columns: Vec<ArrayRef> = key_columns
+                .iter()
+                .map(|c| datafusion::arrow::compute::take(c, &indices, None))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(ExecError::arrow("selecting state keys"))?;
+            columns.push(Arc::new(Int64Array::from(starts)));
+            columns.push(Arc::new(Int64Array::from(lasts)));
+            let fields = self.codec.schema().fields().clone();
+            let first_state = key_columns.len() + 2;
+            columns.extend(
+                self.aggregates
+                    .columns(states, &fields[first_state..first_state + n_states])?,
+            );
+            columns.push(Arc::new(Int64Array::from(written_starts)));
+            columns.push(Arc::new(Int64Array::from(written_lasts)));
+            columns.extend(
+                self.aggregates
+                    .columns(written, &fields[first_state + n_states + 2..])?,
+            );
+            let batch = RecordBatch::try_new(self.codec.schema().clone(), columns)
+                .map_err(ExecError::arrow("building state rows"))?;
+            let live: Vec<(usize, (usize, usize))> = ranges
+                .iter()
+                .enumerate()
+                .filter_map(|(k, r)| r.map(|r| (k, r)))
+                .collect();
+            let encoded = self
+                .codec
+                .encode(&batch, &live.iter().map(|(_, r)| *r).collect::<Vec<_>>())?;
+            for ((k, _), message) in live.into_iter().zip(encoded) {
+                values[k] = Some(message);
+            }
+        }
+        Ok(changelog_keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| StateChange { key, value })
+            .collect())
+    }
+
+    fn restore_state(&mut self, values: &[&[u8]]) -> Result<()> {
+        let batch = self.codec.decode(values.iter().copied())?;
+        let n_keys = self.key_names.len();
+        let rows = self.keys.encode(&batch.columns()[..n_keys])?;
+        let starts = batch.column(n_keys).as_primitive::<Int64Type>();
+        let lasts = batch.column(n_keys + 1).as_primitive::<Int64Type>();
+        let n_states = batch.num_columns() - n_keys - 4 - self.aggregate_fields.len();
+        let state = &batch.columns()[n_keys + 2..n_keys + 2 + n_states];
+        let written_starts = batch
+            .column(n_keys + 2 + n_states)
+            .as_primitive::<Int64Type>();
+        let written_lasts = batch
+            .column(n_keys + 3 + n_states)
+            .as_primitive::<Int64Type>();
+        let written = &batch.columns()[n_keys + 4 + n_states..];
+        for (i, row) in rows.iter().enumerate() {
+            let key = row.owned();
+            let emitted = if written_starts.is_valid(i) {
+                Some(Written {
+                    bounds: (written_starts.value(i), written_lasts.value(i)),
+                    values: written
+                        .iter()
+                        .map(|c| ScalarValue::try_from_array(c, i))
+                        .collect::<datafusion::error::Result<_>>()
+                        .map_err(ExecError::eval(NAME))?,
+                })
+            } else {
+                None
+            };
+            let session = Session {
+                start: starts.value(i),
+                last: lasts.value(i),
+                accumulators: self.aggregates.restore(state, i)?,
+                emitted,
+                dirty: false,
+                batch_rows: vec![],
+            };
+            let close = self.close_time(session.last);
+            self.by_close.insert((close, key.clone(), session.start));
+            let list = self.sessions.entry(key).or_default();
+            let at = list.partition_point(|s| s.start < session.start);
+            list.insert(at, session);
+            self.session_count += 1;
+        }
+        Ok(())
     }
 }

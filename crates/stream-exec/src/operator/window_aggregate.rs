@@ -8,17 +8,18 @@
 //! watermark passes its window's end plus grace. Either way a closed window's groups are
 //! dropped, so state stays bounded on an unbounded stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::{FieldRef, Int64Type, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::OwnedRow;
 use sluice_sql_planner::{Emit, StreamOperator};
 
 use super::aggregates::{changes, Accumulators, Aggregates, GroupKeys, Having, Outcome};
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
+use crate::state::{json_keys, StateChange, StateCodec};
 
 const NAME: &str = "WindowAggregate";
 
@@ -41,6 +42,11 @@ pub struct WindowAggregateOperator {
     window_end: Option<usize>,
     grace_ms: i64,
     emit: Emit,
+    /// Groups changed (or removed) since their state was last taken.
+    dirty: HashSet<OwnedRow>,
+    /// State rows: the group columns, the aggregates' states, `written`.
+    codec: StateCodec,
+    group_names: Vec<String>,
 }
 
 impl WindowAggregateOperator {
@@ -63,9 +69,17 @@ impl WindowAggregateOperator {
             .iter()
             .map(|e| physical(e, input, NAME))
             .collect::<Result<Vec<_>>>()?;
+        let aggregates = Aggregates::new(aggr_exprs, input, NAME)?;
+        let group_fields = &output.fields()[..group_exprs.len()];
+        let mut state_fields: Vec<FieldRef> = group_fields.to_vec();
+        state_fields.extend(aggregates.state_fields()?);
+        state_fields.push(Arc::new(Field::new("written", DataType::Boolean, false)));
         Ok(Self {
             keys: GroupKeys::new(group, input, NAME)?,
-            aggregates: Aggregates::new(aggr_exprs, input, NAME)?,
+            aggregates,
+            dirty: HashSet::new(),
+            codec: StateCodec::new(Arc::new(Schema::new(state_fields)))?,
+            group_names: group_fields.iter().map(|f| f.name().clone()).collect(),
             schema: Arc::new(output.as_arrow().clone()),
             aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
             groups: HashMap::new(),
@@ -157,6 +171,7 @@ impl Operator for WindowAggregateOperator {
                 .ok_or_else(|| ExecError::internal(NAME, "group vanished"))?;
             self.aggregates
                 .update(&mut group.accumulators, &args, &UInt32Array::from(indices))?;
+            self.dirty.insert(owned.clone());
             touched.push(owned);
         }
         match self.emit {
@@ -171,7 +186,10 @@ impl Operator for WindowAggregateOperator {
             if entry.key().saturating_add(self.grace_ms) > watermark_ms {
                 break;
             }
-            closed.extend(entry.remove());
+            // In key order, so the output does not depend on arrival (or restore) order.
+            let mut keys = entry.remove();
+            keys.sort_unstable();
+            closed.extend(keys);
         }
         let out = match self.emit {
             Emit::Final => self.emit_rows(&closed)?,
@@ -179,11 +197,89 @@ impl Operator for WindowAggregateOperator {
         };
         for key in closed {
             self.groups.remove(&key);
+            self.dirty.insert(key);
         }
         Ok(out)
     }
 
     fn state_groups(&self) -> usize {
         self.groups.len()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
+        if self.dirty.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<OwnedRow> = self.dirty.drain().collect();
+        let key_columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
+        let changelog_keys = json_keys(&key_columns, &self.group_names, keys.len())?;
+        // Live groups become state rows; the others are deleted.
+        let mut live = vec![];
+        let mut states = vec![vec![]; self.codec.schema().fields().len() - key_columns.len() - 1];
+        let mut written = vec![];
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(group) = self.groups.get_mut(key) {
+                for (column, v) in states
+                    .iter_mut()
+                    .zip(self.aggregates.checkpoint(&mut group.accumulators)?)
+                {
+                    column.push(v);
+                }
+                written.push(group.written);
+                live.push(i as u32);
+            }
+        }
+        let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        if !live.is_empty() {
+            let indices = UInt32Array::from(live.clone());
+            let mut columns: Vec<ArrayRef> = key_columns
+                .iter()
+                .map(|c| datafusion::arrow::compute::take(c, &indices, None))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(ExecError::arrow("selecting state keys"))?;
+            let fields = self.codec.schema().fields();
+            let state_fields = &fields[key_columns.len()..fields.len() - 1];
+            columns.extend(self.aggregates.columns(states, state_fields)?);
+            columns.push(Arc::new(BooleanArray::from(written)));
+            let batch = RecordBatch::try_new(self.codec.schema().clone(), columns)
+                .map_err(ExecError::arrow("building state rows"))?;
+            let ranges: Vec<(usize, usize)> = (0..live.len()).map(|i| (i, 1)).collect();
+            for (i, message) in live.iter().zip(self.codec.encode(&batch, &ranges)?) {
+                values[*i as usize] = Some(message);
+            }
+        }
+        Ok(changelog_keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| StateChange { key, value })
+            .collect())
+    }
+
+    fn restore_state(&mut self, values: &[&[u8]]) -> Result<()> {
+        let batch = self.codec.decode(values.iter().copied())?;
+        let n_keys = self.group_names.len();
+        let rows = self.keys.encode(&batch.columns()[..n_keys])?;
+        let state = &batch.columns()[n_keys..batch.num_columns() - 1];
+        let written = batch.column(batch.num_columns() - 1).as_boolean();
+        let window_ends = self
+            .window_end
+            .map(|i| batch.column(i).as_primitive::<Int64Type>().clone());
+        for (i, row) in rows.iter().enumerate() {
+            let owned = row.owned();
+            let group = Group {
+                accumulators: self.aggregates.restore(state, i)?,
+                written: written.value(i),
+            };
+            if self.groups.insert(owned.clone(), group).is_none() {
+                if let Some(ends) = &window_ends {
+                    self.by_end.entry(ends.value(i)).or_default().push(owned);
+                }
+            }
+        }
+        Ok(())
     }
 }
