@@ -10,10 +10,12 @@
 //! - [`watermark`]: stream time per partition and the watermark that closes windows.
 //! - [`json_encoder`]: result rows to Kafka keys and JSON values.
 //! - [`materialized`]: a CTAS table's current rows, for pull queries.
+//! - [`changelog`]: reading a query's changelog and result topic back at start.
 //! - [`state`]: operator state as changelog records, for restarts.
 //! - [`stats`]: per-query counters and the processing log.
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
 
+pub mod changelog;
 pub mod embedded_broker;
 pub mod error;
 pub mod json_decoder;

@@ -17,6 +17,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
 use crate::error::{ExecError, Result};
+use crate::json_decoder::JsonDecoder;
 use crate::json_encoder::encode_keys;
 use crate::operator::ChangeBatch;
 
@@ -36,6 +37,19 @@ struct Rows {
     /// Keys by window end, for windowed tables.
     by_end: BTreeMap<i64, Vec<Vec<u8>>>,
     newest_end: i64,
+}
+
+impl Rows {
+    /// Insert or replace the row of `key`, whose window ends at `end` (windowed tables).
+    fn upsert(&mut self, key: Vec<u8>, row: OwnedRow, end: Option<i64>) {
+        if let Some(end) = end {
+            self.newest_end = self.newest_end.max(end);
+            if !self.by_key.contains_key(&key) {
+                self.by_end.entry(end).or_default().push(key.clone());
+            }
+        }
+        self.by_key.insert(key, row);
+    }
 }
 
 impl std::fmt::Debug for MaterializedTable {
@@ -122,28 +136,66 @@ impl MaterializedTable {
                     table.by_key.remove(&key);
                     continue;
                 }
-                if let Some(ends) = ends {
-                    let end = ends.value(i);
-                    table.newest_end = table.newest_end.max(end);
-                    if !table.by_key.contains_key(&key) {
-                        table.by_end.entry(end).or_default().push(key.clone());
-                    }
-                }
-                table.by_key.insert(key, rows.row(i).owned());
+                table.upsert(key, rows.row(i).owned(), ends.map(|e| e.value(i)));
             }
-            if let Some((_, retention)) = self.window {
-                let cutoff = table.newest_end.saturating_sub(retention);
-                while let Some(entry) = table.by_end.first_entry() {
-                    if *entry.key() >= cutoff {
-                        break;
-                    }
-                    for key in entry.remove() {
-                        table.by_key.remove(&key);
-                    }
+            self.evict(&mut table);
+        }
+        Ok(())
+    }
+
+    /// Fill the table from its topic read back: `latest` holds the latest value (a JSON
+    /// result row) of each Kafka key. Values that cannot be decoded are skipped and
+    /// logged. Returns how many rows it holds.
+    pub fn restore(&self, latest: &std::collections::HashMap<Vec<u8>, Vec<u8>>) -> Result<usize> {
+        let (keys, values): (Vec<&Vec<u8>>, Vec<&[u8]>) =
+            latest.iter().map(|(k, v)| (k, v.as_slice())).unzip();
+        let decoded = JsonDecoder::new(self.schema.clone()).decode(&values)?;
+        for (i, reason) in &decoded.errors {
+            tracing::warn!(key = %String::from_utf8_lossy(keys[*i]), reason, "a table row read back could not be decoded; skipped");
+        }
+        let rows = self
+            .converter
+            .convert_columns(decoded.batch.columns())
+            .map_err(ExecError::arrow("encoding table rows"))?;
+        let ends = match self.window {
+            Some((column, _)) => Some(
+                datafusion::arrow::compute::cast(
+                    decoded.batch.column(column),
+                    &datafusion::arrow::datatypes::DataType::Int64,
+                )
+                .map_err(ExecError::arrow("reading window ends"))?,
+            ),
+            None => None,
+        };
+        let ends = ends
+            .as_ref()
+            .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
+        let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
+        for (row, &input) in decoded.rows.iter().enumerate() {
+            table.upsert(
+                keys[input].clone(),
+                rows.row(row).owned(),
+                ends.map(|e| e.value(row)),
+            );
+        }
+        self.evict(&mut table);
+        Ok(table.by_key.len())
+    }
+
+    /// A windowed table forgets windows that ended more than its retention before the
+    /// newest window end.
+    fn evict(&self, table: &mut Rows) {
+        if let Some((_, retention)) = self.window {
+            let cutoff = table.newest_end.saturating_sub(retention);
+            while let Some(entry) = table.by_end.first_entry() {
+                if *entry.key() >= cutoff {
+                    break;
+                }
+                for key in entry.remove() {
+                    table.by_key.remove(&key);
                 }
             }
         }
-        Ok(())
     }
 
     /// The current rows, in key order.

@@ -3,24 +3,33 @@
 //! topic, waits for the broker to acknowledge them, then commits the consumer offsets
 //! (at-least-once). A push query sends them to its client and commits nothing.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
+use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
 use crate::error::{ExecError, Result};
 use crate::json_encoder::encode_rows;
 use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
 use crate::record::RawRecord;
+use crate::state::StateChange;
 use crate::stats::QueryStats;
 
 /// Most records processed as one batch.
@@ -130,34 +139,57 @@ async fn run(
     output: Output,
 ) -> Result<()> {
     let query_id = config.query_id.as_str();
-    let mut pipeline = Pipeline::new(query_id, &plan, config.idle_timeout)?;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let topic = plan.source.topic.as_str();
+    let persistent = matches!(output, Output::Topic(_));
+    let revocations = Arc::new(AtomicU64::new(0));
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", &config.auto_offset_reset)
         .set("session.timeout.ms", "10000")
         .set("isolation.level", "read_committed")
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    if persistent {
+        // Static membership: a restarted server takes its partitions back at once,
+        // instead of waiting for the dead member's session to expire and rebalancing.
+        consumer_config.set("group.instance.id", &config.group_id);
+    }
+    let consumer: QueryConsumer = consumer_config
+        .create_with_context(RebalanceWatch {
+            revocations: revocations.clone(),
+        })
         .map_err(|e| ExecError::kafka("creating the consumer", e))?;
     consumer
-        .subscribe(&[&plan.source.topic])
-        .map_err(|e| ExecError::kafka(format!("subscribing to {}", plan.source.topic), e))?;
-    match consumer.fetch_metadata(Some(&plan.source.topic), Duration::from_secs(10)) {
-        Ok(metadata) => {
-            let partitions = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()));
-            pipeline.assign(partitions, std::time::Instant::now());
-        }
+        .subscribe(&[topic])
+        .map_err(|e| ExecError::kafka(format!("subscribing to {topic}"), e))?;
+    let partitions: Vec<i32> = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect(),
         Err(e) => {
-            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver")
+            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver");
+            vec![]
         }
+    };
+    let stateful = Pipeline::new(query_id, &plan, config.idle_timeout)?.is_stateful();
+    let changelog = (persistent && stateful).then(|| changelog_topic(&config.group_id));
+    if let Some(changelog) = &changelog {
+        ensure_changelog(&config.bootstrap_servers, changelog).await?;
     }
-    tracing::info!(query_id, topic = %plan.source.topic, sink = %config.sink_topic, "query started");
+    let mut pipeline = start_pipeline(&config, &plan, &partitions, changelog.as_deref()).await?;
+    if let (true, Some(table)) = (persistent, &config.materialized) {
+        let rows = table.restore(&latest(
+            read_topic(&config.bootstrap_servers, &config.sink_topic).await?,
+        ))?;
+        tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
+    }
+    tracing::info!(query_id, topic, sink = %config.sink_topic, "query started");
     loop {
+        let generation = revocations.load(Ordering::SeqCst);
         let first = tokio::select! {
             _ = shutdown.changed() => break,
             m = consumer.recv() => Some(m),
@@ -171,35 +203,64 @@ async fn run(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            None => {
-                let batches = pipeline.tick(std::time::Instant::now(), &stats)?;
-                let go_on = match &output {
-                    Output::Topic(producer) => {
-                        if !batches.is_empty() {
-                            deliver(producer, &consumer, &config, &plan, &batches, &stats).await?;
-                        }
-                        true
-                    }
-                    Output::Client(client) => send(client, batches, &stats, &mut shutdown).await,
-                };
-                if !go_on {
-                    break;
+            None => {}
+        }
+        if !records.is_empty() {
+            let deadline = Instant::now() + BATCH_WAIT;
+            while records.len() < MAX_BATCH {
+                match timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(m)) => records.push(raw(&m)),
+                    Ok(Err(e)) => tracing::warn!(query_id, error = %e, "consumer error"),
+                    Err(_) => break,
                 }
+            }
+            if persistent && revocations.load(Ordering::SeqCst) != generation {
+                // The partitions were taken away and given back while this batch was
+                // read: they restart from the committed offsets, so it is read again.
+                tracing::info!(
+                    query_id,
+                    "partitions were reassigned while a batch was read; reading it again"
+                );
+                rewind(&consumer, topic, &records);
                 continue;
             }
         }
-        let deadline = Instant::now() + BATCH_WAIT;
-        while records.len() < MAX_BATCH {
-            match timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(m)) => records.push(raw(&m)),
-                Ok(Err(e)) => tracing::warn!(query_id, error = %e, "consumer error"),
-                Err(_) => break,
-            }
-        }
-        let batches = pipeline.process(&records, &stats)?;
+        let batches = if records.is_empty() {
+            pipeline.tick(std::time::Instant::now(), &stats)?
+        } else {
+            pipeline.process(&records, &stats)?
+        };
         let go_on = match &output {
             Output::Topic(producer) => {
-                deliver(producer, &consumer, &config, &plan, &batches, &stats).await?;
+                let changes = match changelog {
+                    Some(_) => pipeline.take_state_changes()?,
+                    None => vec![],
+                };
+                if batches.is_empty() && changes.is_empty() && records.is_empty() {
+                    continue;
+                }
+                let delivery = Delivery {
+                    config: &config,
+                    plan: &plan,
+                    changelog: changelog.as_deref(),
+                    stats: &stats,
+                };
+                let committed = delivery
+                    .deliver(producer, &consumer, &records, &batches, &changes)
+                    .await?;
+                if revocations.load(Ordering::SeqCst) != generation || !committed {
+                    // Partitions were reassigned during the batch: their positions went
+                    // back to the committed offsets. Put them where this batch leaves
+                    // them: after it when it was committed, at its start when not.
+                    if committed {
+                        forward(&consumer, topic, &records);
+                    } else {
+                        rewind(&consumer, topic, &records);
+                        pipeline =
+                            start_pipeline(&config, &plan, &partitions, changelog.as_deref())
+                                .await?;
+                    }
+                }
                 true
             }
             Output::Client(client) => send(client, batches, &stats, &mut shutdown).await,
@@ -212,47 +273,222 @@ async fn run(
     Ok(())
 }
 
-/// Write a persistent query's `batches` and move its consumer offsets past what was read:
-/// in one transaction (exactly-once), or produce, wait for the acks, then commit
-/// (at-least-once). Then the table's materialization sees the rows.
-async fn deliver(
-    producer: &FutureProducer,
-    consumer: &StreamConsumer,
-    config: &QueryConfig,
-    plan: &StreamPlan,
-    batches: &[ChangeBatch],
-    stats: &QueryStats,
-) -> Result<()> {
-    if config.exactly_once {
-        transaction(producer, "beginning a transaction", |p| {
-            p.begin_transaction()
-        })
-        .await?;
-        if let Err(e) = produce(producer, config, plan, batches, stats).await {
-            let _ = transaction(producer, "aborting a transaction", |p| {
-                p.abort_transaction(TRANSACTION_TIMEOUT)
-            })
-            .await;
-            return Err(e);
-        }
-        let offsets = consumer
-            .position()
-            .map_err(|e| ExecError::kafka("reading the consumer position", e))?;
-        let group = consumer.group_metadata().ok_or_else(|| {
-            ExecError::internal("query loop", "the consumer has no group metadata")
-        })?;
-        transaction(producer, "committing a transaction", move |p| {
-            p.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
-            p.commit_transaction(TRANSACTION_TIMEOUT)
-        })
-        .await?;
-    } else {
-        produce(producer, config, plan, batches, stats).await?;
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
-            tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
+/// Counts partition revocations, so a batch read or committed across a rebalance is
+/// noticed.
+struct RebalanceWatch {
+    revocations: Arc<AtomicU64>,
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            self.revocations.fetch_add(1, Ordering::SeqCst);
         }
     }
-    materialize(config, batches)
+}
+
+type QueryConsumer = StreamConsumer<RebalanceWatch>;
+
+/// A fresh pipeline over `partitions`, its state read back from `changelog`.
+async fn start_pipeline(
+    config: &QueryConfig,
+    plan: &StreamPlan,
+    partitions: &[i32],
+    changelog: Option<&str>,
+) -> Result<Pipeline> {
+    let mut pipeline = Pipeline::new(&config.query_id, plan, config.idle_timeout)?;
+    let now = std::time::Instant::now();
+    pipeline.assign(partitions.iter().copied(), now);
+    if let Some(changelog) = changelog {
+        let state = latest(read_topic(&config.bootstrap_servers, changelog).await?);
+        pipeline.restore(&state, now)?;
+        tracing::info!(query_id = %config.query_id, entries = state.len(), changelog, "state read back");
+    }
+    Ok(pipeline)
+}
+
+/// Per partition of `records`, the offset after its last record.
+fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPartitionList> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in records {
+        let o = next.entry(r.partition).or_insert(r.offset + 1);
+        *o = (*o).max(r.offset + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for (p, o) in next {
+        list.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(|e| ExecError::kafka("listing offsets", e))?;
+    }
+    Ok(list)
+}
+
+/// Move each partition of `records` back to its first record in them, to read them
+/// again. A partition no longer assigned is skipped: its next owner starts from the
+/// committed offset.
+fn rewind(consumer: &QueryConsumer, topic: &str, records: &[RawRecord]) {
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in records {
+        let o = first.entry(r.partition).or_insert(r.offset);
+        *o = (*o).min(r.offset);
+    }
+    for (p, o) in first {
+        if let Err(e) = consumer.seek(topic, p, Offset::Offset(o), Duration::from_secs(5)) {
+            tracing::debug!(topic, partition = p, error = %e, "not rewound");
+        }
+    }
+}
+
+/// Move each partition of `records` to just after its last record in them.
+fn forward(consumer: &QueryConsumer, topic: &str, records: &[RawRecord]) {
+    let Ok(next) = next_offsets(topic, records) else {
+        return;
+    };
+    for e in next.elements() {
+        if let Err(err) = consumer.seek(topic, e.partition(), e.offset(), Duration::from_secs(5)) {
+            tracing::debug!(topic, partition = e.partition(), error = %err, "not moved");
+        }
+    }
+}
+
+/// What writing a persistent query's batch needs.
+struct Delivery<'a> {
+    config: &'a QueryConfig,
+    plan: &'a StreamPlan,
+    changelog: Option<&'a str>,
+    stats: &'a QueryStats,
+}
+
+impl Delivery<'_> {
+    /// Write the results of `records` and the state `changes`, and move the consumer
+    /// offsets past `records`: in one transaction (exactly-once), or produce, wait for the
+    /// acks, then commit (at-least-once). Then the table's materialization sees the rows.
+    /// `false` when the transaction was aborted and the batch must be processed again.
+    async fn deliver(
+        &self,
+        producer: &FutureProducer,
+        consumer: &QueryConsumer,
+        records: &[RawRecord],
+        batches: &[ChangeBatch],
+        changes: &[StateChange],
+    ) -> Result<bool> {
+        let config = self.config;
+        let offsets = next_offsets(&self.plan.source.topic, records)?;
+        if config.exactly_once {
+            transaction(producer, "beginning a transaction", |p| {
+                p.begin_transaction()
+            })
+            .await?;
+            if let Err(e) = self.produce(producer, batches, changes).await {
+                let _ = transaction(producer, "aborting a transaction", |p| {
+                    p.abort_transaction(TRANSACTION_TIMEOUT)
+                })
+                .await;
+                return Err(e);
+            }
+            let group = consumer.group_metadata().ok_or_else(|| {
+                ExecError::internal("query loop", "the consumer has no group metadata")
+            })?;
+            let committed = transaction(producer, "committing a transaction", move |p| {
+                if offsets.count() > 0 {
+                    p.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
+                }
+                p.commit_transaction(TRANSACTION_TIMEOUT)
+            })
+            .await;
+            match committed {
+                Ok(()) => {}
+                Err(ExecError::Kafka {
+                    source: KafkaError::Transaction(e),
+                    ..
+                }) if e.txn_requires_abort() => {
+                    tracing::warn!(query_id = %config.query_id, error = %e, "transaction aborted; the batch is processed again");
+                    transaction(producer, "aborting a transaction", |p| {
+                        p.abort_transaction(TRANSACTION_TIMEOUT)
+                    })
+                    .await?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.produce(producer, batches, changes).await?;
+            if offsets.count() > 0 {
+                if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+                    tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
+                }
+            }
+        }
+        materialize(config, batches)?;
+        Ok(true)
+    }
+
+    /// Write `batches` to the sink and `changes` to the changelog, and wait until the
+    /// broker has them all.
+    async fn produce(
+        &self,
+        producer: &FutureProducer,
+        batches: &[ChangeBatch],
+        changes: &[StateChange],
+    ) -> Result<()> {
+        let sink = self.config.sink_topic.as_str();
+        let mut deliveries = vec![];
+        for batch in batches {
+            for row in encode_rows(batch, &self.plan.key_columns)? {
+                deliveries.push(send_record(
+                    producer,
+                    sink,
+                    row.key.as_deref(),
+                    row.value.as_deref(),
+                )?);
+            }
+        }
+        let produced = deliveries.len() as u64;
+        if let Some(changelog) = self.changelog {
+            for change in changes {
+                deliveries.push(send_record(
+                    producer,
+                    changelog,
+                    Some(&change.key),
+                    change.value.as_deref(),
+                )?);
+            }
+        }
+        for delivery in join_all(deliveries).await {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(ExecError::kafka(format!("producing to {sink}"), e)),
+                Err(_) => {
+                    return Err(ExecError::kafka(
+                        format!("producing to {sink}"),
+                        KafkaError::Canceled,
+                    ))
+                }
+            }
+        }
+        self.stats.add_out(produced);
+        Ok(())
+    }
+}
+
+/// Queue one record for `topic`.
+fn send_record(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<rdkafka::producer::DeliveryFuture> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| ExecError::kafka(format!("producing to {topic}"), e))
 }
 
 /// Run a blocking transaction call of librdkafka off the async threads.
@@ -297,52 +533,6 @@ fn materialize(config: &QueryConfig, batches: &[ChangeBatch]) -> Result<()> {
         Some(table) if !batches.is_empty() => table.apply(batches),
         _ => Ok(()),
     }
-}
-
-/// Write `batches` to the sink and wait until the broker has them all.
-async fn produce(
-    producer: &FutureProducer,
-    config: &QueryConfig,
-    plan: &StreamPlan,
-    batches: &[ChangeBatch],
-    stats: &QueryStats,
-) -> Result<()> {
-    let mut deliveries = vec![];
-    for batch in batches {
-        for row in encode_rows(batch, &plan.key_columns)? {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&config.sink_topic);
-            if let Some(v) = &row.value {
-                record = record.payload(v);
-            }
-            if let Some(k) = &row.key {
-                record = record.key(k);
-            }
-            let send = producer.send_result(record).map_err(|(e, _)| {
-                ExecError::kafka(format!("producing to {}", config.sink_topic), e)
-            })?;
-            deliveries.push(send);
-        }
-    }
-    let produced = deliveries.len() as u64;
-    for delivery in join_all(deliveries).await {
-        match delivery {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(ExecError::kafka(
-                    format!("producing to {}", config.sink_topic),
-                    e,
-                ))
-            }
-            Err(_) => {
-                return Err(ExecError::kafka(
-                    format!("producing to {}", config.sink_topic),
-                    rdkafka::error::KafkaError::Canceled,
-                ))
-            }
-        }
-    }
-    stats.add_out(produced);
-    Ok(())
 }
 
 fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
