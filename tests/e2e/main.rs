@@ -6,6 +6,8 @@ mod crash;
 mod differential;
 mod examples;
 mod inserts;
+mod outage;
+mod process;
 mod pull_queries;
 mod push_queries;
 mod rest_api;

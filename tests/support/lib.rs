@@ -187,8 +187,18 @@ pub async fn consume_until(
     timeout: Duration,
     done: impl Fn(&[Consumed]) -> bool + Send + 'static,
 ) -> Vec<Consumed> {
+    consume_until_on(&bootstrap(), topic, timeout, done).await
+}
+
+/// [`consume_until`] on the broker at `bootstrap_servers`.
+pub async fn consume_until_on(
+    bootstrap_servers: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Consumed]) -> bool + Send + 'static,
+) -> Vec<Consumed> {
     let topic = topic.to_string();
-    let bootstrap = bootstrap();
+    let bootstrap = bootstrap_servers.to_string();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)

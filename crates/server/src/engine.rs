@@ -683,7 +683,26 @@ impl Engine {
                 }
             }
         }
-        let partitions = self.topics.partitions(&source.topic).await.ok().flatten();
+        // Kafka may be down: DESCRIBE still answers, and says so.
+        let mut warnings = vec![];
+        let partitions = match tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.topics.partitions(&source.topic),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                warnings.push(json!({"message": format!("partitions unknown: {}", e.message)}));
+                None
+            }
+            Err(_) => {
+                warnings.push(
+                    json!({"message": "partitions unknown: Kafka did not answer within 3 s"}),
+                );
+                None
+            }
+        };
         Ok(json!({
             "@type": "sourceDescription",
             "statementText": text,
@@ -712,7 +731,7 @@ impl Engine {
                 "replication": 1,
                 "statement": source.statement,
             },
-            "warnings": [],
+            "warnings": warnings,
         }))
     }
 

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
@@ -16,8 +16,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
 
-/// How long reading a topic back may take before the query gives up.
-const READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long reading a topic back may take before it counts as failed (and is retried).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The changelog topic of the query whose consumer group is `group_id`.
 pub fn changelog_topic(group_id: &str) -> String {
@@ -65,14 +65,14 @@ pub async fn read_topic(bootstrap_servers: &str, topic: &str) -> Result<Vec<Keye
 
 fn read_blocking(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord>> {
     let context = || format!("reading {topic} back");
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap_servers)
         .set("group.id", "sluice-restore")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(Quiet)
         .map_err(|e| ExecError::kafka(context(), e))?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
@@ -109,7 +109,8 @@ fn read_blocking(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
             }
-            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading back; retrying"),
+            // The caller retries (a broker outage, say) and reports it.
+            Some(Err(e)) => return Err(ExecError::kafka(context(), e)),
             None => {}
         }
         if Instant::now() > deadline {
@@ -121,6 +122,20 @@ fn read_blocking(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord
     }
     Ok(records)
 }
+
+/// A client context that does not log the end of a partition as an error: reaching it
+/// is the point.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!(error = %error, reason, "reading back");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 /// The latest value of each key of `records`; a tombstone removes its key.
 pub fn latest(records: Vec<KeyedRecord>) -> HashMap<Vec<u8>, Vec<u8>> {

@@ -81,15 +81,35 @@ pub async fn run_query(
     config: QueryConfig,
     plan: StreamPlan,
     stats: Arc<QueryStats>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    let producer = retry(
+        &config.query_id,
+        "creating a producer",
+        &stats,
+        &mut shutdown,
+        || new_producer(&config),
+    )
+    .await?;
+    match producer {
+        Some(producer) => run(config, plan, stats, shutdown, Output::Topic(producer)).await,
+        None => Ok(()),
+    }
+}
+
+/// The producer of a persistent query. Exactly-once: transactional, with the query's
+/// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
+/// run that died, or of this run before a Kafka failure) and aborts its open transaction.
+async fn new_producer(config: &QueryConfig) -> Result<FutureProducer> {
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("linger.ms", "5")
-        .set("acks", "all");
+        .set("acks", "all")
+        // A broker outage fails a batch within this time (then it is retried), well
+        // inside the transaction timeout.
+        .set("message.timeout.ms", "30000");
     if config.exactly_once {
-        // The same id after a restart fences the producer of the run that died.
         producer_config
             .set("transactional.id", &config.group_id)
             .set("transaction.timeout.ms", "60000");
@@ -103,8 +123,18 @@ pub async fn run_query(
         })
         .await?;
     }
-    run(config, plan, stats, shutdown, Output::Topic(producer)).await
+    Ok(producer)
 }
+
+/// The first wait before retrying after a Kafka failure; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Waiting longer than this for the broker to acknowledge a batch is reported as a
+/// Kafka failure in the query's statistics (it keeps waiting).
+const SLOW_ACKS: Duration = Duration::from_secs(5);
+/// While Kafka is failing a query that has nothing to commit, how often it asks Kafka
+/// whether it is back.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Run `plan` as a push query: its result batches go to `client` until `shutdown` turns
 /// true or the client goes away (the receiver is dropped). Offsets are never committed.
@@ -136,7 +166,7 @@ async fn run(
     plan: StreamPlan,
     stats: Arc<QueryStats>,
     mut shutdown: watch::Receiver<bool>,
-    output: Output,
+    mut output: Output,
 ) -> Result<()> {
     let query_id = config.query_id.as_str();
     let topic = plan.source.topic.as_str();
@@ -151,15 +181,12 @@ async fn run(
         .set("session.timeout.ms", "10000")
         .set("isolation.level", "read_committed")
         .set("topic.metadata.refresh.interval.ms", "5000");
-    if persistent {
-        // Static membership: a restarted server takes its partitions back at once,
-        // instead of waiting for the dead member's session to expire and rebalancing.
-        consumer_config.set("group.instance.id", &config.group_id);
-    }
-    let consumer: QueryConsumer = consumer_config
+    let consumer: Arc<QueryConsumer> = consumer_config
         .create_with_context(RebalanceWatch {
             revocations: revocations.clone(),
+            stats: stats.clone(),
         })
+        .map(Arc::new)
         .map_err(|e| ExecError::kafka("creating the consumer", e))?;
     consumer
         .subscribe(&[topic])
@@ -177,17 +204,50 @@ async fn run(
     };
     let stateful = Pipeline::new(query_id, &plan, config.idle_timeout)?.is_stateful();
     let changelog = (persistent && stateful).then(|| changelog_topic(&config.group_id));
+    // Kafka may be down as the query starts (or restarts after a crash): wait for it.
     if let Some(changelog) = &changelog {
-        ensure_changelog(&config.bootstrap_servers, changelog).await?;
+        let created = retry(
+            query_id,
+            "creating the changelog",
+            &stats,
+            &mut shutdown,
+            || ensure_changelog(&config.bootstrap_servers, changelog),
+        )
+        .await?;
+        if created.is_none() {
+            return Ok(());
+        }
     }
-    let mut pipeline = start_pipeline(&config, &plan, &partitions, changelog.as_deref()).await?;
+    let Some(mut pipeline) = retry(
+        query_id,
+        "reading state back",
+        &stats,
+        &mut shutdown,
+        || start_pipeline(&config, &plan, &partitions, changelog.as_deref()),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     if let (true, Some(table)) = (persistent, &config.materialized) {
-        let rows = table.restore(&latest(
-            read_topic(&config.bootstrap_servers, &config.sink_topic).await?,
-        ))?;
+        let Some(rows) = retry(
+            query_id,
+            "reading table rows back",
+            &stats,
+            &mut shutdown,
+            || read_topic(&config.bootstrap_servers, &config.sink_topic),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        let rows = table.restore(&latest(rows))?;
         tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
     }
     tracing::info!(query_id, topic, sink = %config.sink_topic, "query started");
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_probe = Instant::now();
+    let mut consumer_errors = 0u32;
     loop {
         let generation = revocations.load(Ordering::SeqCst);
         let first = tokio::select! {
@@ -197,10 +257,20 @@ async fn run(
         };
         let mut records = Vec::with_capacity(256);
         match first {
-            Some(Ok(m)) => records.push(raw(&m)),
+            Some(Ok(m)) => {
+                consumer_errors = 0;
+                records.push(raw(&m));
+            }
             Some(Err(e)) => {
-                tracing::warn!(query_id, error = %e, "consumer error; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // While the broker is away this repeats: log the first and every 50th.
+                if consumer_errors % 50 == 0 {
+                    tracing::warn!(query_id, error = %e, repeated = consumer_errors, "consumer error; retrying");
+                }
+                consumer_errors += 1;
+                stats.kafka_failed(e.to_string());
+                if !pause(&mut shutdown, Duration::from_millis(200)).await {
+                    break;
+                }
                 continue;
             }
             None => {}
@@ -225,12 +295,27 @@ async fn run(
                 continue;
             }
         }
+        if records.is_empty() && stats.kafka_failing() && last_probe.elapsed() > PROBE_EVERY {
+            // Nothing to commit tells us Kafka is back: ask it.
+            last_probe = Instant::now();
+            let (probe, source) = (consumer.clone(), topic.to_string());
+            let answered = tokio::task::spawn_blocking(move || {
+                probe
+                    .fetch_metadata(Some(&source), Duration::from_secs(2))
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if answered {
+                stats.kafka_ok();
+            }
+        }
         let batches = if records.is_empty() {
             pipeline.tick(std::time::Instant::now(), &stats)?
         } else {
             pipeline.process(&records, &stats)?
         };
-        let go_on = match &output {
+        let go_on = match &mut output {
             Output::Topic(producer) => {
                 let changes = match changelog {
                     Some(_) => pipeline.take_state_changes()?,
@@ -245,9 +330,43 @@ async fn run(
                     changelog: changelog.as_deref(),
                     stats: &stats,
                 };
-                let committed = delivery
+                let committed = match delivery
                     .deliver(producer, &consumer, &records, &batches, &changes)
-                    .await?;
+                    .await
+                {
+                    Ok(committed) => committed,
+                    Err(e @ ExecError::Kafka { .. }) => {
+                        // A broker outage, say: wait, then start again from the last
+                        // commit with a new producer.
+                        stats.kafka_failed(e.to_string());
+                        tracing::warn!(query_id, error = %e, "writing a batch failed; retrying from the last commit in {backoff:?}");
+                        if !pause(&mut shutdown, backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        match retry(
+                            query_id,
+                            "creating a producer",
+                            &stats,
+                            &mut shutdown,
+                            || new_producer(&config),
+                        )
+                        .await?
+                        {
+                            Some(fresh) => {
+                                let old = std::mem::replace(producer, fresh);
+                                tokio::task::spawn_blocking(move || drop(old));
+                            }
+                            None => break,
+                        }
+                        false
+                    }
+                    Err(e) => return Err(e),
+                };
+                if committed {
+                    backoff = FIRST_BACKOFF;
+                    stats.kafka_ok();
+                }
                 if revocations.load(Ordering::SeqCst) != generation || !committed {
                     // Partitions were reassigned during the batch: their positions went
                     // back to the committed offsets. Put them where this batch leaves
@@ -256,9 +375,18 @@ async fn run(
                         forward(&consumer, topic, &records);
                     } else {
                         rewind(&consumer, topic, &records);
-                        pipeline =
-                            start_pipeline(&config, &plan, &partitions, changelog.as_deref())
-                                .await?;
+                        match retry(
+                            query_id,
+                            "reading state back",
+                            &stats,
+                            &mut shutdown,
+                            || start_pipeline(&config, &plan, &partitions, changelog.as_deref()),
+                        )
+                        .await?
+                        {
+                            Some(fresh) => pipeline = fresh,
+                            None => break,
+                        }
                     }
                 }
                 true
@@ -273,13 +401,59 @@ async fn run(
     Ok(())
 }
 
-/// Counts partition revocations, so a batch read or committed across a rebalance is
-/// noticed.
-struct RebalanceWatch {
-    revocations: Arc<AtomicU64>,
+/// Wait `pause`; `false` when the query was stopped meanwhile.
+async fn pause(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.changed() => false,
+        _ = tokio::time::sleep(pause) => true,
+    }
 }
 
-impl ClientContext for RebalanceWatch {}
+/// Run `attempt` until it does not fail with a Kafka error (a broker outage, say),
+/// waiting between attempts with backoff and reporting the failures in `stats`; `None`
+/// when the query was stopped meanwhile. Other errors are returned.
+async fn retry<T, F, Fut>(
+    query_id: &str,
+    what: &str,
+    stats: &QueryStats,
+    shutdown: &mut watch::Receiver<bool>,
+    mut attempt: F,
+) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(Some(value)),
+            Err(e @ ExecError::Kafka { .. }) => {
+                stats.kafka_failed(e.to_string());
+                tracing::warn!(query_id, error = %e, "{what} failed; retrying in {backoff:?}");
+            }
+            Err(e) => return Err(e),
+        }
+        if !pause(shutdown, backoff).await {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Counts partition revocations, so a batch read or committed across a rebalance is
+/// noticed, and reports the consumer's Kafka errors (all brokers down, say) to the
+/// query's statistics.
+struct RebalanceWatch {
+    revocations: Arc<AtomicU64>,
+    stats: Arc<QueryStats>,
+}
+
+impl ClientContext for RebalanceWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "consumer error");
+        self.stats.kafka_failed(format!("{error}: {reason}"));
+    }
+}
 
 impl ConsumerContext for RebalanceWatch {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -455,7 +629,20 @@ impl Delivery<'_> {
                 )?);
             }
         }
-        for delivery in join_all(deliveries).await {
+        let all = join_all(deliveries);
+        tokio::pin!(all);
+        let delivered = tokio::select! {
+            done = &mut all => done,
+            _ = tokio::time::sleep(SLOW_ACKS) => {
+                // Still waiting: the broker may be gone. Say so while waiting on.
+                self.stats.kafka_failed(format!(
+                    "no acknowledgement from Kafka for {} s while producing to {sink}",
+                    SLOW_ACKS.as_secs()
+                ));
+                all.await
+            }
+        };
+        for delivery in delivered {
             match delivery {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => return Err(ExecError::kafka(format!("producing to {sink}"), e)),

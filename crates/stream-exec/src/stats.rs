@@ -44,6 +44,13 @@ pub struct QueryStats {
     late: AtomicU64,
     state_groups: AtomicU64,
     recent: Mutex<VecDeque<ProcessingLogEntry>>,
+    kafka_error: Mutex<Option<KafkaTrouble>>,
+}
+
+#[derive(Debug, Clone)]
+struct KafkaTrouble {
+    message: String,
+    since: chrono::DateTime<chrono::Utc>,
 }
 
 /// A copy of a query's counters at one moment.
@@ -61,6 +68,9 @@ pub struct StatsSnapshot {
     pub state_groups: u64,
     /// The last processing-log entries, oldest first.
     pub recent_errors: Vec<ProcessingLogEntry>,
+    /// While Kafka fails the query (a broker outage, say), the last error and since
+    /// when; `null` once the query has committed a batch again, or Kafka answers it.
+    pub kafka_error: Option<String>,
 }
 
 impl QueryStats {
@@ -77,6 +87,27 @@ impl QueryStats {
     /// Set how many groups the query holds in state.
     pub fn set_state_groups(&self, n: u64) {
         self.state_groups.store(n, Ordering::Relaxed);
+    }
+
+    /// Kafka failed the query; it retries. Kept (with the time of the first failure)
+    /// until [`QueryStats::kafka_ok`].
+    pub fn kafka_failed(&self, message: String) {
+        let mut trouble = self.kafka_error.lock().unwrap_or_else(|p| p.into_inner());
+        let since = trouble.as_ref().map_or_else(chrono::Utc::now, |t| t.since);
+        *trouble = Some(KafkaTrouble { message, since });
+    }
+
+    /// Whether Kafka is failing the query now.
+    pub fn kafka_failing(&self) -> bool {
+        self.kafka_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Kafka works for the query again.
+    pub fn kafka_ok(&self) {
+        *self.kafka_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Record a skipped record: count it, log it, keep it for DESCRIBE.
@@ -117,6 +148,18 @@ impl QueryStats {
                 .iter()
                 .cloned()
                 .collect(),
+            kafka_error: self
+                .kafka_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|t| {
+                    format!(
+                        "{} (failing since {})",
+                        t.message,
+                        t.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )
+                }),
         }
     }
 }

@@ -1,0 +1,241 @@
+//! A broker outage in the middle of a stream. The test runs a broker of its own
+//! (`scripts/kafka-local` with its own port and directory), so stopping it does not
+//! disturb the other tests: input keeps coming, the broker is stopped for several
+//! seconds and started again. The server stays up and says Kafka is down
+//! (`/healthcheck`, DESCRIBE); its queries wait, retry and resume, and their output,
+//! read `read_committed`, holds every input record exactly once and window values equal
+//! to the input's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use sluice_e2e::{consume_until_on, unique};
+
+use crate::process::{free_port, start_on};
+
+/// A broker of this test's own, stopped when dropped.
+struct Broker {
+    dir: PathBuf,
+    port: u16,
+    controller_port: u16,
+}
+
+impl Broker {
+    fn new() -> Self {
+        Self {
+            dir: std::env::temp_dir().join(unique("outage-broker")),
+            port: free_port(),
+            controller_port: free_port(),
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn run(&self, command: &str) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-local");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(command)
+            .env("KAFKA_LOCAL_PORT", self.port.to_string())
+            .env(
+                "KAFKA_LOCAL_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .env("KAFKA_LOCAL_DIR", &self.dir)
+            .status()
+            .expect("scripts/kafka-local");
+        assert!(status.success(), "kafka-local {command} failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.run("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ksql(url: &str, sql: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/ksql"))
+        .json(&json!({"ksql": sql, "streamsProperties": {"auto.offset.reset": "earliest"}}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_pauses_queries_and_loses_nothing() {
+    let broker = Broker::new();
+    broker.run("start");
+    let bootstrap = broker.bootstrap();
+    let service_id = format!("{}_", unique("outage"));
+    let server = start_on(&bootstrap, &service_id, free_port()).await;
+    let (topic, stream, copy, counts) = (
+        unique("outage_in"),
+        unique("OUTAGE_IN").to_uppercase(),
+        unique("OUTAGE_COPY").to_uppercase(),
+        unique("OUTAGE_COUNTS").to_uppercase(),
+    );
+    let (status, body) = ksql(
+        &server.url,
+        &format!(
+            "CREATE STREAM {stream} (id BIGINT, k VARCHAR, ts BIGINT) \
+               WITH (KAFKA_TOPIC='{topic}', PARTITIONS=2, TIMESTAMP='ts');\n\
+             CREATE STREAM {copy} AS SELECT id, k FROM {stream};\n\
+             CREATE TABLE {counts} AS SELECT k, WINDOWSTART AS ws, COUNT(*) AS c \
+               FROM {stream} WINDOW TUMBLING (SIZE 5 SECONDS) GROUP BY k EMIT CHANGES;"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Input keeps coming: the producer buffers while the broker is away and sends on
+    // when it is back (idempotent, so its retries add no duplicates).
+    let total = 4_000i64;
+    let base = 1_700_000_000_000i64;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "120000")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let feed_topic = topic.clone();
+    let feeder = tokio::spawn(async move {
+        let mut pending = vec![];
+        for i in 0..total {
+            let k = format!("k{}", i % 5);
+            let value = json!({"id": i, "k": k, "ts": base + i * 10}).to_string();
+            let record = FutureRecord::to(&feed_topic).key(&k).payload(&value);
+            pending.push(producer.send_result(record).expect("queued"));
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }
+        for p in pending {
+            p.await.expect("delivery").expect("delivered");
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    broker.run("stop");
+    // The server notices: the health check and DESCRIBE say Kafka fails.
+    let client = reqwest::Client::new();
+    let mut health = Value::Null;
+    let mut kafka_errors = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = client
+            .get(format!("{}/healthcheck", server.url))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the server answers during the outage");
+        health = r.json().await.expect("JSON");
+        let (_, describe) = ksql(&server.url, &format!("DESCRIBE {stream};")).await;
+        kafka_errors = describe[0]["sourceDescription"]["readQueries"]
+            .as_array()
+            .map(|qs| {
+                qs.iter()
+                    .filter_map(|q| q["statistics"]["kafka_error"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if health["isHealthy"] == false && kafka_errors.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(health["details"]["kafka"]["isHealthy"], false, "{health}");
+    assert_eq!(
+        kafka_errors.len(),
+        2,
+        "both queries report the outage: {kafka_errors:?}"
+    );
+    broker.run("start");
+    feeder.await.expect("all input delivered");
+
+    let got = consume_until_on(&bootstrap, &copy, Duration::from_secs(120), move |r| {
+        r.len() as i64 >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = if got.len() as i64 == total {
+        consume_until_on(&bootstrap, &copy, Duration::from_secs(10), move |r| {
+            r.len() as i64 > total
+        })
+        .await
+    } else {
+        got
+    };
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    for r in &got {
+        *seen.entry(r.value["id"].as_i64().expect("id")).or_default() += 1;
+    }
+    let missing: Vec<i64> = (0..total)
+        .filter(|i| !seen.contains_key(i))
+        .take(10)
+        .collect();
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(missing.is_empty(), "lost records, e.g. {missing:?}");
+    assert!(repeated.is_empty(), "repeated records, e.g. {repeated:?}");
+
+    let mut expected: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for i in 0..total {
+        let ts = base + i * 10;
+        *expected
+            .entry((format!("k{}", i % 5), ts - ts % 5_000))
+            .or_default() += 1;
+    }
+    let key_of = |v: &Value| {
+        (
+            v["k"].as_str().expect("k").to_string(),
+            v["ws"].as_i64().expect("ws"),
+        )
+    };
+    let want = expected.clone();
+    let got = consume_until_on(&bootstrap, &counts, Duration::from_secs(60), move |rows| {
+        let mut last = BTreeMap::new();
+        for r in rows {
+            last.insert(key_of(&r.value), r.value["c"].as_i64().expect("c"));
+        }
+        last == want
+    })
+    .await;
+    let mut last: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for r in &got {
+        let (key, c) = (key_of(&r.value), r.value["c"].as_i64().expect("c"));
+        if let Some(before) = last.get(&key) {
+            assert!(c > *before, "{key:?} went from {before} to {c}");
+        }
+        last.insert(key, c);
+    }
+    assert_eq!(last, expected, "window counts differ from the input's");
+
+    // Back to normal: healthy, and the queries' Kafka errors are cleared.
+    let r = client
+        .get(format!("{}/healthcheck", server.url))
+        .send()
+        .await
+        .expect("healthcheck");
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, describe) = ksql(&server.url, &format!("DESCRIBE {stream};")).await;
+    for q in describe[0]["sourceDescription"]["readQueries"]
+        .as_array()
+        .expect("queries")
+    {
+        assert_eq!(q["state"], "RUNNING", "{q}");
+        assert_eq!(q["statistics"]["kafka_error"], Value::Null, "{q}");
+    }
+}

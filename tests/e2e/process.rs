@@ -1,0 +1,86 @@
+//! A real `sluice server` process for the tests that kill, stop or cut it off.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_e2e::{bootstrap, unique};
+
+/// The `sluice` binary built beside this test binary (`target/debug/sluice`).
+fn sluice_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/debug");
+    dir.join("sluice")
+}
+
+/// A `sluice server` child process and its URL.
+pub struct Process {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Process {
+    /// A failing test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `sluice server` on the test broker; see [`start_on`].
+pub async fn start(service_id: &str, port: u16) -> Process {
+    start_on(&bootstrap(), service_id, port).await
+}
+
+/// Start `sluice server` with `service_id` on `port` against `bootstrap_servers`, with a new,
+/// empty state directory, and wait until it answers. Its log is appended to
+/// `$TMPDIR/<service id>server.log`.
+pub async fn start_on(bootstrap_servers: &str, service_id: &str, port: u16) -> Process {
+    let state = std::env::temp_dir().join(unique("crash-state"));
+    let child = Command::new(sluice_binary())
+        .args([
+            "server",
+            "--bootstrap-servers",
+            bootstrap_servers,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--service-id",
+            service_id,
+            "--state-dir",
+        ])
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::env::temp_dir().join(format!("{service_id}server.log")))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", sluice_binary().display()));
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{url}/info")).await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Process { child, url }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
