@@ -263,7 +263,7 @@ async fn run(
             }
             Some(Err(e)) => {
                 // While the broker is away this repeats: log the first and every 50th.
-                if consumer_errors % 50 == 0 {
+                if consumer_errors.is_multiple_of(50) {
                     tracing::warn!(query_id, error = %e, repeated = consumer_errors, "consumer error; retrying");
                 }
                 consumer_errors += 1;
