@@ -14,7 +14,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use sluice_e2e::{consume_until_on, unique};
+use sluice_e2e::{consume_until_on, test_file, unique};
 
 use crate::process::{free_port, start_on};
 
@@ -39,7 +39,7 @@ impl Broker {
     }
 
     fn run(&self, command: &str) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-local");
+        let script = test_file("../scripts/kafka-local");
         let status = Command::new("bash")
             .arg(&script)
             .arg(command)

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use serde_json::{json, Value};
-use sluice_e2e::{unique, TestServer};
+use sluice_e2e::{test_file, unique, TestServer};
 
 fn python() -> String {
     std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| {
@@ -24,11 +24,12 @@ async fn ksqldb_python_client_works_unchanged() {
         unique("pytx"),
         unique("PY_PER_CARD").to_uppercase(),
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ksqldb_python.py");
+    let script = test_file("clients/ksqldb_python.py");
     let url = server.url.clone();
     let run = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .args([script, &url, &stream, &topic, &table])
+            .arg(&script)
+            .args([&url, &stream, &topic, &table])
             .output()
     });
     let output = tokio::time::timeout(std::time::Duration::from_secs(180), run)

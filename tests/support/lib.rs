@@ -181,6 +181,16 @@ pub struct Consumed {
     pub value: Value,
 }
 
+/// A file of the test crate (`tests/…`). The directory is read when the test runs (cargo
+/// sets it), as the compile-time value can name another checkout sharing the target
+/// directory.
+pub fn test_file(relative: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join(relative)
+}
+
 /// Read `topic` from the beginning until `done` holds for what was read, or `timeout`.
 pub async fn consume_until(
     topic: &str,

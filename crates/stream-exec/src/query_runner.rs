@@ -180,7 +180,10 @@ async fn run(
         .set("auto.offset.reset", &config.auto_offset_reset)
         .set("session.timeout.ms", "10000")
         .set("isolation.level", "read_committed")
-        .set("topic.metadata.refresh.interval.ms", "5000");
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        // Prefetched input is capped: while a batch is written (a slow sink, a broker
+        // outage), input waits in Kafka, not in memory.
+        .set("queued.max.messages.kbytes", "32768");
     let consumer: Arc<QueryConsumer> = consumer_config
         .create_with_context(RebalanceWatch {
             revocations: revocations.clone(),
