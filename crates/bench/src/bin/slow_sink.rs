@@ -1,7 +1,7 @@
 //! `slow-sink`: how much memory a persistent query holds while its sink is slow.
 //!
 //! Against the broker from `scripts/kafka-local` (or `SLUICE_BENCH_BOOTSTRAP`), it loads
-//! 300,000 JSON events (about 36 MB) into a topic, starts a real `sluice server` (the binary
+//! 1,500,000 JSON events (about 140 MB) into a topic, starts a real `sluice server` (the binary
 //! built beside this one), throttles every client's produce rate to 100 KB/s with a Kafka
 //! client quota, and starts a stateless copy query (CSAS) from the beginning of the topic.
 //! Every two seconds it prints the server's resident memory and the query's counters; after
@@ -25,7 +25,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{json, Value};
 
-const RECORDS: i64 = 300_000;
+const RECORDS: i64 = 1_500_000;
 const THROTTLED: Duration = Duration::from_secs(30);
 const SINK_BYTES_PER_S: u64 = 100_000;
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
