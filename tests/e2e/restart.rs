@@ -76,7 +76,7 @@ async fn a_restarted_server_runs_its_persistent_queries_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_statement_may_choose_its_processing_guarantee() {
+async fn each_statement_may_choose_its_processing_guarantee_and_commit_interval() {
     let server = TestServer::start().await;
     let (topic, stream, out) = (
         unique("pg"),
@@ -97,10 +97,26 @@ async fn each_statement_may_choose_its_processing_guarantee() {
         (400, Some(40000)),
         "{body}"
     );
+    for bad in [json!(0), json!("soon"), json!(600_000)] {
+        let (status, body) = server
+            .ksql_with(&csas, json!({"commit.interval.ms": bad}))
+            .await;
+        assert_eq!(
+            (status, body["error_code"].as_u64()),
+            (400, Some(40000)),
+            "{body}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("commit.interval.ms")),
+            "{body}"
+        );
+    }
     let (status, body) = server
         .ksql_with(
             &csas,
-            json!({"processing.guarantee": "at_least_once", "auto.offset.reset": "earliest"}),
+            json!({"processing.guarantee": "at_least_once", "auto.offset.reset": "earliest", "commit.interval.ms": 250}),
         )
         .await;
     assert_eq!(status, 200, "{body}");

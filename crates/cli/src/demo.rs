@@ -58,6 +58,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         auto_offset_reset: "earliest".to_string(),
         idle_timeout_ms: None,
         processing_guarantee: None,
+        commit_interval_ms: None,
     };
     engine
         .lock()

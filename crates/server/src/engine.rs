@@ -90,6 +90,7 @@ impl Engine {
             idle_timeout: self.idle_timeout(props),
             materialized: None,
             exactly_once: false,
+            commit_interval: sluice_stream_exec::query_runner::PUSH_BATCH_WAIT,
         }
     }
 
@@ -579,6 +580,10 @@ impl Engine {
         } else {
             None
         };
+        let exactly_once = props
+            .processing_guarantee
+            .unwrap_or(self.config.processing_guarantee)
+            == crate::config::ProcessingGuarantee::ExactlyOnceV2;
         let config = QueryConfig {
             query_id: id.to_string(),
             bootstrap_servers: self.topics.bootstrap_servers().to_string(),
@@ -587,10 +592,14 @@ impl Engine {
             auto_offset_reset: props.auto_offset_reset.clone(),
             idle_timeout: self.idle_timeout(props),
             materialized,
-            exactly_once: props
-                .processing_guarantee
-                .unwrap_or(self.config.processing_guarantee)
-                == crate::config::ProcessingGuarantee::ExactlyOnceV2,
+            exactly_once,
+            commit_interval: match props.commit_interval_ms {
+                Some(ms) => std::time::Duration::from_millis(ms),
+                None if exactly_once => {
+                    sluice_stream_exec::query_runner::EXACTLY_ONCE_COMMIT_INTERVAL
+                }
+                None => sluice_stream_exec::query_runner::AT_LEAST_ONCE_COMMIT_INTERVAL,
+            },
         };
         let source = plan.source.stream.clone();
         let plan_text = plan.to_string();

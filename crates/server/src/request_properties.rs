@@ -1,5 +1,6 @@
 //! `RequestProperties`: the `streamsProperties` (or `properties`) of a request that Sluice
-//! reads: `auto.offset.reset` and `sluice.idle.timeout.ms`.
+//! reads: `auto.offset.reset`, `processing.guarantee`, `commit.interval.ms` and
+//! `sluice.idle.timeout.ms`.
 
 use serde_json::Value;
 
@@ -19,6 +20,8 @@ pub struct RequestProperties {
     pub idle_timeout_ms: Option<u64>,
     /// `processing.guarantee`; `None`: the server's default.
     pub processing_guarantee: Option<ProcessingGuarantee>,
+    /// `commit.interval.ms`; `None`: the default of the processing guarantee.
+    pub commit_interval_ms: Option<u64>,
 }
 
 impl RequestProperties {
@@ -35,6 +38,9 @@ impl RequestProperties {
         if let Some(g) = self.processing_guarantee {
             m.insert("processing.guarantee".into(), Value::from(g.as_str()));
         }
+        if let Some(ms) = self.commit_interval_ms {
+            m.insert("commit.interval.ms".into(), Value::from(ms));
+        }
         m
     }
 
@@ -45,6 +51,7 @@ impl RequestProperties {
             auto_offset_reset: "latest".to_string(),
             idle_timeout_ms: None,
             processing_guarantee: None,
+            commit_interval_ms: None,
         };
         for (k, v) in props {
             let key = k.strip_prefix("ksql.streams.").unwrap_or(k);
@@ -67,6 +74,17 @@ impl RequestProperties {
                     ))
                 })?;
                 out.processing_guarantee = Some(value);
+            } else if key == "commit.interval.ms" {
+                let ms = v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .filter(|ms| (1..=60_000).contains(ms))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "invalid value {v} for property commit.interval.ms; use a whole number of milliseconds from 1 to 60000"
+                        ))
+                    })?;
+                out.commit_interval_ms = Some(ms);
             } else if key == IDLE_TIMEOUT_PROPERTY {
                 let ms = v
                     .as_u64()

@@ -32,10 +32,15 @@ use crate::record::RawRecord;
 use crate::state::StateChange;
 use crate::stats::QueryStats;
 
-/// Most records processed as one batch.
+/// Most records processed as one batch: a batch ends when it has this many, or when
+/// the commit interval has passed since its first record.
 const MAX_BATCH: usize = 4096;
-/// How long a batch waits for more records after its first one.
-const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How long a push query's batch waits for more records after its first one.
+pub const PUSH_BATCH_WAIT: Duration = Duration::from_millis(20);
+/// The default commit interval under exactly-once (Kafka Streams' default for it).
+pub const EXACTLY_ONCE_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// The default commit interval under at-least-once: results go out with little delay.
+pub const AT_LEAST_ONCE_COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 /// How often a query with no new records checks the clock for idle partitions.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -61,6 +66,9 @@ pub struct QueryConfig {
     /// Exactly-once: each batch's results and consumer offsets are written in one Kafka
     /// transaction (`transactional.id` = the consumer group). Otherwise at-least-once.
     pub exactly_once: bool,
+    /// `commit.interval.ms`: how long a batch collects records after its first one before
+    /// its results, state changes and offsets are written and committed.
+    pub commit_interval: Duration,
 }
 
 /// How long a transaction call may take.
@@ -279,7 +287,7 @@ async fn run(
             None => {}
         }
         if !records.is_empty() {
-            let deadline = Instant::now() + BATCH_WAIT;
+            let deadline = Instant::now() + config.commit_interval;
             while records.len() < MAX_BATCH {
                 match timeout_at(deadline, consumer.recv()).await {
                     Ok(Ok(m)) => records.push(raw(&m)),
