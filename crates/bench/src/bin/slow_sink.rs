@@ -215,6 +215,8 @@ async fn main() -> Result<()> {
         .local_addr()?
         .port();
     let url = format!("http://127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("slow-sink-{run}.log"));
+    println!("server log: {}", log.display());
     let server = Server(
         Command::new(&sluice)
             .args(["server", "--bootstrap-servers", &bootstrap])
@@ -223,7 +225,9 @@ async fn main() -> Result<()> {
             .arg("--state-dir")
             .arg(std::env::temp_dir().join(format!("slow-sink-{run}")))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(&log).context("the server log")?,
+            ))
             .spawn()
             .context("starting sluice server")?,
     );
