@@ -69,6 +69,12 @@ impl Pipeline {
         self.scan.assign(partitions, now);
     }
 
+    /// The consumer holds exactly `assigned` of the source's partitions from `now` on;
+    /// the others cannot deliver, so they hold the watermark back instead of going idle.
+    pub fn set_assigned(&mut self, assigned: &std::collections::HashSet<i32>, now: Instant) {
+        self.scan.set_assigned(assigned, now);
+    }
+
     /// How many groups (key × window) the operators hold.
     pub fn state_groups(&self) -> usize {
         self.operators.iter().map(|o| o.state_groups()).sum()

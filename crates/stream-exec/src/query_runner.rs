@@ -180,6 +180,7 @@ async fn run(
     let topic = plan.source.topic.as_str();
     let persistent = matches!(output, Output::Topic(_));
     let revocations = Arc::new(AtomicU64::new(0));
+    let assignment = Arc::new(std::sync::Mutex::new(Assignment::default()));
     let mut consumer_config = ClientConfig::new();
     consumer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
@@ -196,6 +197,8 @@ async fn run(
         .create_with_context(RebalanceWatch {
             revocations: revocations.clone(),
             stats: stats.clone(),
+            topic: topic.to_string(),
+            assignment: assignment.clone(),
         })
         .map(Arc::new)
         .map_err(|e| ExecError::kafka("creating the consumer", e))?;
@@ -259,7 +262,9 @@ async fn run(
     let mut backoff = FIRST_BACKOFF;
     let mut last_probe = Instant::now();
     let mut consumer_errors = 0u32;
+    let mut seen_assignment = None;
     loop {
+        sync_assignment(&mut pipeline, &assignment, &mut seen_assignment);
         let generation = revocations.load(Ordering::SeqCst);
         let first = tokio::select! {
             _ = shutdown.changed() => break,
@@ -395,7 +400,10 @@ async fn run(
                         )
                         .await?
                         {
-                            Some(fresh) => pipeline = fresh,
+                            Some(fresh) => {
+                                pipeline = fresh;
+                                seen_assignment = None;
+                            }
                             None => break,
                         }
                     }
@@ -451,12 +459,47 @@ where
     }
 }
 
+/// The source partitions the consumer holds, and a version that changes with them.
+#[derive(Debug, Default)]
+struct Assignment {
+    version: u64,
+    partitions: std::collections::HashSet<i32>,
+}
+
+/// Tell `pipeline` which partitions the consumer holds, when that changed since `seen`.
+fn sync_assignment(
+    pipeline: &mut Pipeline,
+    assignment: &std::sync::Mutex<Assignment>,
+    seen: &mut Option<u64>,
+) {
+    let a = assignment.lock().unwrap_or_else(|p| p.into_inner());
+    if *seen != Some(a.version) {
+        pipeline.set_assigned(&a.partitions, std::time::Instant::now());
+        *seen = Some(a.version);
+    }
+}
+
 /// Counts partition revocations, so a batch read or committed across a rebalance is
-/// noticed, and reports the consumer's Kafka errors (all brokers down, say) to the
-/// query's statistics.
+/// noticed; keeps the current assignment, so partitions held by another group member (a
+/// dead one whose session has not expired yet, say) are not taken for idle; and reports
+/// the consumer's Kafka errors (all brokers down, say) to the query's statistics.
 struct RebalanceWatch {
     revocations: Arc<AtomicU64>,
     stats: Arc<QueryStats>,
+    topic: String,
+    assignment: Arc<std::sync::Mutex<Assignment>>,
+}
+
+impl RebalanceWatch {
+    fn partitions<'a>(
+        &'a self,
+        list: &'a TopicPartitionList,
+    ) -> impl Iterator<Item = i32> + 'a {
+        list.elements()
+            .into_iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+    }
 }
 
 impl ClientContext for RebalanceWatch {
@@ -468,8 +511,21 @@ impl ClientContext for RebalanceWatch {
 
 impl ConsumerContext for RebalanceWatch {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
+        if let Rebalance::Revoke(list) = rebalance {
             self.revocations.fetch_add(1, Ordering::SeqCst);
+            let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+            for p in self.partitions(list).collect::<Vec<_>>() {
+                a.partitions.remove(&p);
+            }
+            a.version += 1;
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+            a.partitions.extend(self.partitions(list));
+            a.version += 1;
         }
     }
 }

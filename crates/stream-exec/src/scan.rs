@@ -88,6 +88,11 @@ impl ScanStage {
         self.stream_time.restore(checkpoint, now);
     }
 
+    /// The consumer holds exactly `assigned` from `now` on.
+    pub fn set_assigned(&mut self, assigned: &std::collections::HashSet<i32>, now: Instant) {
+        self.stream_time.set_assigned(assigned, now);
+    }
+
     /// The query reads `partitions` from `now` on.
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
         self.stream_time.assign(partitions, now);

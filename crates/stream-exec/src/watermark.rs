@@ -16,6 +16,20 @@ struct Partition {
     stream_time: Option<i64>,
     /// When the partition last delivered a record (or was assigned).
     active_at: Instant,
+    /// Whether the consumer holds it now. A partition the consumer group has not given
+    /// this query (yet, or again) cannot deliver, so it never counts as idle: its records
+    /// are waiting, not missing.
+    assigned: bool,
+}
+
+impl Partition {
+    fn new(now: Instant) -> Self {
+        Self {
+            stream_time: None,
+            active_at: now,
+            assigned: true,
+        }
+    }
 }
 
 /// The stream time of each partition that delivered records, and the watermark.
@@ -55,19 +69,31 @@ impl StreamTime {
     /// watermark back until they deliver or go idle.
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = i32>, now: Instant) {
         for p in partitions {
-            self.partitions.entry(p).or_insert(Partition {
-                stream_time: None,
-                active_at: now,
-            });
+            self.partitions.entry(p).or_insert(Partition::new(now));
+        }
+    }
+
+    /// The consumer holds exactly `assigned` from `now` on. A partition given (back) to it
+    /// starts its idle time afresh; the others hold the watermark until they come back.
+    pub fn set_assigned(&mut self, assigned: &std::collections::HashSet<i32>, now: Instant) {
+        for p in assigned {
+            self.partitions.entry(*p).or_insert(Partition::new(now));
+        }
+        for (id, p) in self.partitions.iter_mut() {
+            let now_assigned = assigned.contains(id);
+            if now_assigned && !p.assigned {
+                p.active_at = now;
+            }
+            p.assigned = now_assigned;
         }
     }
 
     /// Observe a record at `ts` on `partition`; returns the partition's stream time after it.
     pub fn observe(&mut self, partition: i32, ts: i64, now: Instant) -> i64 {
-        let p = self.partitions.entry(partition).or_insert(Partition {
-            stream_time: None,
-            active_at: now,
-        });
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert(Partition::new(now));
         p.active_at = now;
         let t = p.stream_time.map_or(ts, |t| t.max(ts));
         p.stream_time = Some(t);
@@ -79,8 +105,10 @@ impl StreamTime {
     /// before. `None` until that minimum exists.
     pub fn watermark(&mut self, now: Instant) -> Option<i64> {
         let is_idle = |p: &Partition| {
-            self.idle_timeout
-                .is_some_and(|t| now.saturating_duration_since(p.active_at) > t)
+            p.assigned
+                && self
+                    .idle_timeout
+                    .is_some_and(|t| now.saturating_duration_since(p.active_at) > t)
         };
         let all_idle = self.partitions.values().all(is_idle);
         let mut min: Option<i64> = None;
@@ -117,13 +145,9 @@ impl StreamTime {
     /// Continue from `checkpoint` at `now`: restored partitions count as active from now.
     pub fn restore(&mut self, checkpoint: &StreamTimeCheckpoint, now: Instant) {
         for &(p, t) in &checkpoint.partitions {
-            self.partitions.insert(
-                p,
-                Partition {
-                    stream_time: Some(t),
-                    active_at: now,
-                },
-            );
+            let partition = self.partitions.entry(p).or_insert(Partition::new(now));
+            partition.stream_time = Some(t);
+            partition.active_at = now;
         }
         self.watermark = checkpoint.watermark;
     }
@@ -165,6 +189,29 @@ mod tests {
         );
         st.observe(0, 2_000, start + Duration::from_secs(12));
         assert_eq!(st.watermark(start + Duration::from_secs(12)), Some(2_000));
+    }
+
+    #[test]
+    fn a_partition_not_assigned_never_goes_idle() {
+        let start = Instant::now();
+        let mut st = StreamTime::new(Some(Duration::from_secs(10)));
+        st.assign([0, 1], start);
+        st.set_assigned(&[0].into_iter().collect(), start);
+        st.observe(0, 1_000, start);
+        let later = start + Duration::from_secs(30);
+        st.observe(0, 50_000, later);
+        assert_eq!(
+            st.watermark(later),
+            None,
+            "partition 1 belongs to another group member for now: it holds the watermark"
+        );
+        st.set_assigned(&[0, 1].into_iter().collect(), later);
+        assert_eq!(st.watermark(later + Duration::from_secs(5)), None);
+        assert_eq!(
+            st.watermark(later + Duration::from_secs(11)),
+            Some(50_000),
+            "assigned and silent past the timeout: idle"
+        );
     }
 
     #[test]
