@@ -12,6 +12,7 @@ mod pull_queries;
 mod push_queries;
 mod rest_api;
 mod restart;
+mod shell;
 mod streams;
 mod tables;
 mod third_party_client;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use sluice_e2e::{bootstrap, unique};
 
 /// The `sluice` binary built beside this test binary (`target/debug/sluice`).
-fn sluice_binary() -> PathBuf {
+/// The `sluice` binary built beside this test binary.
+pub fn sluice_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()

@@ -1,8 +1,10 @@
 //! The `sluice` binary: `sluice server` runs the REST server; `sluice demo` runs the
 //! server on the embedded broker with a card-transaction generator and the fraud
-//! detection queries, and prints the alerts as they appear.
+//! detection queries, and prints the alerts as they appear; `sluice shell` is the SQL
+//! shell over a server's REST API.
 
 mod demo;
+mod shell;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +37,9 @@ enum Command {
     Server(ServerArgs),
     /// Run the fraud-detection demo on the embedded broker (or on --bootstrap-servers).
     Demo(demo::DemoArgs),
+    /// An interactive SQL shell on a running server; statements from a pipe or -f FILE
+    /// run without one.
+    Shell(shell::ShellArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Shell(args) => shell::run(args).await,
     }
 }
 

@@ -288,8 +288,15 @@ fn parse_statement(mut tokens: Vec<TokenWithSpan>) -> Result<Statement> {
         }
         "DESCRIBE" => {
             p.next_token();
+            // Both `DESCRIBE EXTENDED name` and `DESCRIBE name EXTENDED` (ksqlDB's older and
+            // newer forms); `DESCRIBE extended` alone names a source called EXTENDED.
+            let leading = is_word(&p.peek_token(), "EXTENDED")
+                && matches!(p.peek_nth_token(1).token, Token::Word(_));
+            if leading {
+                p.next_token();
+            }
             let name = object_name(p.parse_identifier().map_err(parser_error)?);
-            let extended = p.parse_keyword(Keyword::EXTENDED);
+            let extended = p.parse_keyword(Keyword::EXTENDED) || leading;
             Statement::Describe { name, extended }
         }
         "TERMINATE" => {
@@ -616,6 +623,24 @@ mod tests {
         let p = err.position.expect("position");
         assert_eq!(p.line, 2);
         assert!(err.message.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn describe_extended_before_or_after_the_name() {
+        for sql in ["DESCRIBE EXTENDED pay;", "DESCRIBE pay EXTENDED;"] {
+            let v = parse_statements(sql).expect("parses");
+            assert!(
+                matches!(&v[0].statement, Statement::Describe { name, extended: true } if name == "PAY"),
+                "{sql}: {:?}",
+                v[0].statement
+            );
+        }
+        let v = parse_statements("DESCRIBE extended;").expect("parses");
+        assert!(
+            matches!(&v[0].statement, Statement::Describe { name, extended: false } if name == "EXTENDED"),
+            "{:?}",
+            v[0].statement
+        );
     }
 
     #[test]

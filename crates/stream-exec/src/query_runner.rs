@@ -491,10 +491,7 @@ struct RebalanceWatch {
 }
 
 impl RebalanceWatch {
-    fn partitions<'a>(
-        &'a self,
-        list: &'a TopicPartitionList,
-    ) -> impl Iterator<Item = i32> + 'a {
+    fn partitions<'a>(&'a self, list: &'a TopicPartitionList) -> impl Iterator<Item = i32> + 'a {
         list.elements()
             .into_iter()
             .filter(|e| e.topic() == self.topic)
