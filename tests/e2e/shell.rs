@@ -158,8 +158,9 @@ async fn piped_statements_print_tables_and_fail_with_a_caret() {
 }
 
 /// The interactive shell in a real pseudo-terminal: the prompt, a statement typed over
-/// two lines, a push query that prints rows as they come and ends with Ctrl-C (the shell
-/// stays), an error with its caret, history kept in a file, `exit`.
+/// two lines, tab completion of a stream's name, a push query that prints rows as they
+/// come and ends with Ctrl-C (the shell stays), an error with its caret, history kept in a
+/// file, `exit`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_shell_in_a_terminal() {
     let server = TestServer::start().await;
@@ -182,7 +183,7 @@ async fn interactive_shell_in_a_terminal() {
         command
             .args(["shell", "--server", &url])
             .env("SLUICE_HISTORY", &history_file)
-            .env("TERM", "dumb")
+            .env("TERM", "xterm")
             .env("COLUMNS", "100");
         let mut tty = rexpect::session::spawn_command(command, Some(30_000))?;
         let mut screen = tty.exp_string("sluice> ")?;
@@ -190,6 +191,12 @@ async fn interactive_shell_in_a_terminal() {
         screen += &tty.exp_string("      > ")?;
         tty.send_line("STREAMS;")?;
         screen += &tty.exp_string(&stream)?;
+        screen += &tty.exp_string("sluice> ")?;
+        // Tab completes the stream's name (unique: the rest of it after "SH_TTY").
+        tty.send("DESCRIBE SH_TT")?;
+        tty.send("\t")?;
+        tty.send_line(";")?;
+        screen += &tty.exp_string("Kafka topic")?;
         screen += &tty.exp_string("sluice> ")?;
         tty.send_line("SET 'auto.offset.reset'='earliest';")?;
         screen += &tty.exp_string("sluice> ")?;
@@ -199,6 +206,9 @@ async fn interactive_shell_in_a_terminal() {
         tty.send_control('c')?;
         screen += &tty.exp_string("sluice> ")?;
         tty.send_line(&format!("SELECT card FROM {stream} WHERE amount > 'x'"))?;
+        // Type the rest at the next prompt, as a person does: the terminal discards what
+        // is typed ahead while the line editor switches modes.
+        screen += &tty.exp_string("      > ")?;
         tty.send_line(";")?;
         screen += &tty.exp_string("^")?;
         screen += &tty.exp_string("sluice> ")?;

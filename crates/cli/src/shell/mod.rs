@@ -8,6 +8,7 @@
 //! plainly, and the exit status is 1 if a statement failed.
 
 mod client;
+mod complete;
 mod render;
 mod split;
 
@@ -120,13 +121,19 @@ impl Shell {
             |_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".sluice_history"),
             PathBuf::from,
         );
-        let mut editor = rustyline::DefaultEditor::new()?;
+        let mut editor: rustyline::Editor<complete::SqlHelper, rustyline::history::DefaultHistory> =
+            rustyline::Editor::new()?;
+        let names = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        editor.set_helper(Some(complete::SqlHelper {
+            names: names.clone(),
+        }));
         let _ = editor.load_history(&history);
         println!("Sluice shell. Statements end with ';'. Type 'help;' for help, 'exit' to leave.");
         match self.client.info().await {
             Ok(version) => println!("Connected to {} (Sluice {version}).", self.client.server),
             Err(e) => println!("{e}\nStatements are sent when it is back."),
         }
+        self.refresh_names(&names).await;
         let mut splitter = Splitter::default();
         loop {
             let prompt = if splitter.is_pending() {
@@ -161,10 +168,44 @@ impl Shell {
                     let _ = editor.save_history(&history);
                     return Ok(());
                 }
+                self.refresh_names(&names).await;
             }
         }
         let _ = editor.save_history(&history);
         Ok(())
+    }
+
+    /// Fetch the stream, table and column names tab completion offers.
+    async fn refresh_names(&self, names: &std::sync::Mutex<Vec<String>>) {
+        let mut found: Vec<String> = vec![];
+        for (statement, list) in [("SHOW STREAMS;", "streams"), ("SHOW TABLES;", "tables")] {
+            let Ok(entities) = self.client.ksql(statement).await else {
+                return;
+            };
+            for e in &entities {
+                for s in e[list].as_array().into_iter().flatten() {
+                    if let Some(n) = s["name"].as_str() {
+                        found.push(n.to_string());
+                    }
+                }
+            }
+        }
+        let sources = found.clone();
+        for source in sources.iter().take(50) {
+            if let Ok(entities) = self.client.ksql(&format!("DESCRIBE {source};")).await {
+                for e in &entities {
+                    let fields = e["sourceDescription"]["fields"].as_array();
+                    for f in fields.into_iter().flatten() {
+                        if let Some(n) = f["name"].as_str() {
+                            found.push(n.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        *names.lock().unwrap_or_else(|p| p.into_inner()) = found;
     }
 
     /// Run one statement and print what it gives.
