@@ -125,6 +125,45 @@ async fn piped_statements_print_tables_and_fail_with_a_caret() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("(2 rows)"), "{stdout}");
 
+    // PRINT, JSON output, UNSET and RUN SCRIPT.
+    let script = std::env::temp_dir()
+        .join(unique("script"))
+        .with_extension("sql");
+    std::fs::write(&script, "SHOW STREAMS;\n").expect("write the script");
+    let out = shell(
+        &server.url,
+        &[],
+        &format!(
+            "PRINT '{topic}' FROM BEGINNING LIMIT 2;\n\
+             OUTPUT FORMAT JSON;\n\
+             SELECT card, total FROM {table} WHERE card = 'c1';\n\
+             SET 'auto.offset.reset'='earliest'; UNSET 'auto.offset.reset';\n\
+             RUN SCRIPT '{}';\n",
+            script.display()
+        ),
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let printed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("rowtime: "))
+        .collect();
+    assert_eq!(printed.len(), 2, "{stdout}");
+    assert!(
+        printed[0].ends_with(r#"key: <null>, value: {"amount":5,"card":"c1"}, partition: 0"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#"{"card":"c1","total":12}"#), "{stdout}");
+    assert!(
+        stdout.contains("Successfully unset local property 'auto.offset.reset'."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""@type": "streams""#),
+        "RUN SCRIPT ran SHOW STREAMS: {stdout}"
+    );
+
     // A failing statement: the server's message, a caret under its position, exit 1,
     // and the statements after it are not run.
     let out = shell(

@@ -124,6 +124,11 @@ enum QueryRequest {
         query: sluice_sql_planner::ContinuousQuery,
         limit: Option<u64>,
     },
+    Print {
+        topic: String,
+        from_beginning: bool,
+        limit: Option<u64>,
+    },
 }
 
 /// The one SELECT in `sql`, as a query to run.
@@ -152,8 +157,17 @@ fn one_query(sql: &str) -> Result<QueryRequest, ApiError> {
             }
             Ok(QueryRequest::Pull(q))
         }
+        sluice_sql_planner::Statement::Print {
+            topic,
+            from_beginning,
+            limit,
+        } => Ok(QueryRequest::Print {
+            topic,
+            from_beginning,
+            limit,
+        }),
         _ => Err(in_statement(ApiError::bad_request(
-            "the query endpoints run SELECT statements; send other statements to /ksql",
+            "the query endpoints run SELECT and PRINT statements; send other statements to /ksql",
         ))),
     }
 }
@@ -404,7 +418,45 @@ async fn run_query_request(
             let stream = push(state, sql, &query, limit, props).await?;
             Ok(streamed(format, stream))
         }
+        QueryRequest::Print {
+            topic,
+            from_beginning,
+            limit,
+        } => {
+            let partitions = state.topics.partitions(&topic).await?.ok_or_else(|| {
+                ApiError::statement(format!("topic \"{topic}\" does not exist"))
+                    .in_statement(sql.trim(), vec![])
+            })?;
+            let stream = state.push_queries.print(
+                state.topics.bootstrap_servers(),
+                &state.service_id,
+                &topic,
+                partitions,
+                from_beginning,
+                limit,
+            )?;
+            Ok(printed(stream))
+        }
     }
+}
+
+/// A PRINT's answer: plain text, a line per record as it arrives (ksqlDB's PRINT shape).
+fn printed(stream: crate::push_query::PrintStream) -> Response {
+    let body = futures::stream::unfold(stream, |mut st| async move {
+        let line = st.lines.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(format!("{line}\n"))),
+            st,
+        ))
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// A push query's answer, written as its rows arrive; it ends after LIMIT rows or when

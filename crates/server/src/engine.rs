@@ -278,6 +278,10 @@ impl Engine {
                     "SELECT statements are not run by /ksql; send push and pull queries to /query",
                 )
             }),
+            Statement::Print { .. } => Err(ApiError {
+                error_code: QUERY_ENDPOINT,
+                ..ApiError::statement("PRINT streams records: send it to /query or /query-stream")
+            }),
             Statement::Explain(query) => {
                 let plan = self.planner.plan(&self.catalog, &query)?;
                 Ok(json!({

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
 use sluice_stream_exec::operator::ChangeBatch;
 use sluice_stream_exec::{run_push_query, ExecError, QueryConfig, QueryStats};
@@ -43,6 +47,41 @@ pub struct PushStream {
     /// Its result batches, as they are produced; an error ends them.
     pub results: mpsc::Receiver<Result<ChangeBatch, ExecError>>,
     _registration: Registration,
+}
+
+/// A started PRINT: its id, and the topic's records as text lines. Dropping it stops it.
+#[derive(Debug)]
+pub struct PrintStream {
+    /// Its id, for `/close-query`.
+    pub query_id: String,
+    /// One line per record, as ksqlDB's PRINT writes them.
+    pub lines: mpsc::Receiver<String>,
+    _registration: Registration,
+}
+
+/// `rowtime: 2024/01/02 03:04:05.678 Z, key: …, value: …, partition: 0`, as ksqlDB prints
+/// a record (`<null>` for a missing key or value).
+fn print_line(m: &BorrowedMessage<'_>) -> String {
+    let text = |b: Option<&[u8]>| {
+        b.map_or_else(
+            || "<null>".to_string(),
+            |b| String::from_utf8_lossy(b).into_owned(),
+        )
+    };
+    let rowtime = m
+        .timestamp()
+        .to_millis()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "<none>".to_string(),
+            |t| t.format("%Y/%m/%d %H:%M:%S%.3f Z").to_string(),
+        );
+    format!(
+        "rowtime: {rowtime}, key: {}, value: {}, partition: {}",
+        text(m.key()),
+        text(m.payload()),
+        m.partition()
+    )
 }
 
 /// Removes a push query from the running set, and stops it, when dropped.
@@ -79,16 +118,13 @@ impl PushQueries {
         self.len() == 0
     }
 
-    /// Start `plan` for one client. `config` needs no query id or group: they are made
-    /// here.
-    pub fn start(
+    /// A slot for a new push query (or PRINT) named `prefix_<n>`, unless the server is
+    /// shutting down or runs its maximum.
+    fn reserve(
         self: &Arc<Self>,
-        mut config: QueryConfig,
-        service_id: &str,
-        plan: StreamPlan,
-        limit: Option<u64>,
-    ) -> Result<PushStream, ApiError> {
-        let query_id = format!("PUSH_QUERY_{}", self.next.fetch_add(1, Ordering::Relaxed));
+        prefix: &str,
+    ) -> Result<(String, watch::Receiver<bool>, Registration), ApiError> {
+        let query_id = format!("{prefix}_{}", self.next.fetch_add(1, Ordering::Relaxed));
         let (shutdown, stop) = watch::channel(false);
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,6 +152,19 @@ impl PushQueries {
             query_id: query_id.clone(),
             registry: self.clone(),
         };
+        Ok((query_id, stop, registration))
+    }
+
+    /// Start `plan` for one client. `config` needs no query id or group: they are made
+    /// here.
+    pub fn start(
+        self: &Arc<Self>,
+        mut config: QueryConfig,
+        service_id: &str,
+        plan: StreamPlan,
+        limit: Option<u64>,
+    ) -> Result<PushStream, ApiError> {
+        let (query_id, stop, registration) = self.reserve("PUSH_QUERY")?;
         config.query_id = query_id.clone();
         config.group_id = format!("{service_id}transient_{query_id}");
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
@@ -131,6 +180,62 @@ impl PushQueries {
             schema,
             limit,
             results: rx,
+            _registration: registration,
+        })
+    }
+
+    /// Start `PRINT topic` for one client: the records of its `partitions` partitions (new
+    /// ones, or all `from_beginning`) as text lines, up to `limit`. It counts as a push
+    /// query (the cap, `/close-query`, shutdown).
+    pub fn print(
+        self: &Arc<Self>,
+        bootstrap_servers: &str,
+        service_id: &str,
+        topic: &str,
+        partitions: i32,
+        from_beginning: bool,
+        limit: Option<u64>,
+    ) -> Result<PrintStream, ApiError> {
+        let (query_id, stop, registration) = self.reserve("PRINT")?;
+        let (tx, rx) = mpsc::channel(256);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .set("group.id", format!("{service_id}transient_{query_id}"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| ApiError::internal(format!("cannot read topic \"{topic}\": {e}")))?;
+        let mut assignment = TopicPartitionList::new();
+        let start = if from_beginning {
+            Offset::Beginning
+        } else {
+            Offset::End
+        };
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, start)
+                .map_err(|e| ApiError::internal(format!("cannot read topic \"{topic}\": {e}")))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| ApiError::internal(format!("cannot read topic \"{topic}\": {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0u64;
+            while !*stop.borrow() && !tx.is_closed() && limit.is_none_or(|n| sent < n) {
+                match consumer.poll(std::time::Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        if tx.blocking_send(print_line(&m)).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "PRINT: consumer error"),
+                    None => {}
+                }
+            }
+        });
+        Ok(PrintStream {
+            query_id,
+            lines: rx,
             _registration: registration,
         })
     }

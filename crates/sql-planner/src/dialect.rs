@@ -286,6 +286,63 @@ fn parse_statement(mut tokens: Vec<TokenWithSpan>) -> Result<Statement> {
             let _extended = p.parse_keyword(Keyword::EXTENDED);
             statement
         }
+        "PRINT" => {
+            p.next_token();
+            let t = p.next_token();
+            let topic = match &t.token {
+                Token::Word(w) => w.value.clone(),
+                Token::SingleQuotedString(s) => s.clone(),
+                other => {
+                    return Err(PlanError::syntax(
+                        format!("expected a topic name after PRINT, found {other}"),
+                        position(&t),
+                    ))
+                }
+            };
+            let mut from_beginning = false;
+            if is_word(&p.peek_token(), "FROM") {
+                p.next_token();
+                let b = p.next_token();
+                if !is_word(&b, "BEGINNING") {
+                    return Err(PlanError::syntax(
+                        format!("expected BEGINNING after FROM, found {}", b.token),
+                        position(&b),
+                    ));
+                }
+                from_beginning = true;
+            }
+            let mut limit = None;
+            loop {
+                let kw = p.peek_token();
+                if is_word(&kw, "INTERVAL") || is_word(&kw, "LIMIT") {
+                    p.next_token();
+                    let n = p.next_token();
+                    let value = match &n.token {
+                        Token::Number(v, _) => v.parse::<u64>().ok(),
+                        _ => None,
+                    }
+                    .ok_or_else(|| {
+                        PlanError::syntax(
+                            format!(
+                                "expected a whole number after {}, found {}",
+                                kw.token, n.token
+                            ),
+                            position(&n),
+                        )
+                    })?;
+                    if is_word(&kw, "LIMIT") {
+                        limit = Some(value);
+                    }
+                } else {
+                    break;
+                }
+            }
+            Statement::Print {
+                topic,
+                from_beginning,
+                limit,
+            }
+        }
         "DESCRIBE" => {
             p.next_token();
             // Both `DESCRIBE EXTENDED name` and `DESCRIBE name EXTENDED` (ksqlDB's older and
@@ -623,6 +680,24 @@ mod tests {
         let p = err.position.expect("position");
         assert_eq!(p.line, 2);
         assert!(err.message.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn print_takes_a_topic_as_written_and_its_options() {
+        let v =
+            parse_statements("PRINT my_Topic FROM BEGINNING INTERVAL 2 LIMIT 3;").expect("parses");
+        assert!(
+            matches!(&v[0].statement, Statement::Print { topic, from_beginning: true, limit: Some(3) } if topic == "my_Topic"),
+            "{:?}",
+            v[0].statement
+        );
+        let v = parse_statements("PRINT 'a.b-c';").expect("parses");
+        assert!(
+            matches!(&v[0].statement, Statement::Print { topic, from_beginning: false, limit: None } if topic == "a.b-c"),
+            "{:?}",
+            v[0].statement
+        );
+        assert!(parse_statements("PRINT t FROM START;").is_err());
     }
 
     #[test]

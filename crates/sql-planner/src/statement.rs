@@ -103,6 +103,15 @@ pub enum Statement {
     ShowTables,
     /// `SHOW|LIST QUERIES`.
     ShowQueries,
+    /// `PRINT topic [FROM BEGINNING] [INTERVAL n] [LIMIT n]`: a topic's raw records.
+    Print {
+        /// The topic, exactly as written (topic names are case-sensitive).
+        topic: String,
+        /// Start at the oldest records instead of new ones.
+        from_beginning: bool,
+        /// Stop after this many records.
+        limit: Option<u64>,
+    },
     /// `DESCRIBE name [EXTENDED]`.
     Describe {
         /// Upper-case name.

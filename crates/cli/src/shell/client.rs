@@ -107,7 +107,47 @@ impl Client {
         sql: &str,
         mut on_event: impl FnMut(QueryEvent),
     ) -> Result<(), RequestError> {
-        let r = self
+        let mut first = true;
+        let mut failed = None;
+        self.lines(sql, |text| {
+            if failed.is_some() {
+                return;
+            }
+            let item: Value = match serde_json::from_str(text) {
+                Ok(item) => item,
+                Err(e) => {
+                    failed = Some(format!("unreadable answer from the server: {e}"));
+                    return;
+                }
+            };
+            if item.get("@type").is_some() || item.get("error_code").is_some() {
+                failed = Some(error_message(&item, 0));
+            } else if first {
+                first = false;
+                let columns = item["columnNames"]
+                    .as_array()
+                    .map(|a| a.iter().map(cell_str).collect())
+                    .unwrap_or_default();
+                on_event(QueryEvent::Header(columns));
+            } else if let Value::Array(row) = item {
+                on_event(QueryEvent::Row(row));
+            }
+        })
+        .await?;
+        match failed {
+            Some(m) => Err(RequestError::Server(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// Send `sql` to `/query-stream` and hand each non-empty line of the answer to
+    /// `on_line` as it arrives (a query's JSON items, or PRINT's records).
+    pub async fn lines(
+        &self,
+        sql: &str,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<(), RequestError> {
+        let mut r = self
             .http
             .post(format!("{}/query-stream", self.server))
             .header("accept", "application/vnd.ksqlapi.delimited.v1")
@@ -120,32 +160,14 @@ impl Client {
             let body: Value = r.json().await.map_err(|e| self.unreachable(e))?;
             return Err(RequestError::Server(error_message(&body, status.as_u16())));
         }
-        let mut r = r;
         let mut pending: Vec<u8> = vec![];
-        let mut first = true;
         while let Some(chunk) = r.chunk().await.map_err(|e| self.unreachable(e))? {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 let text = String::from_utf8_lossy(&line);
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let item: Value = serde_json::from_str(text.trim()).map_err(|e| {
-                    RequestError::Server(format!("unreadable answer from the server: {e}"))
-                })?;
-                if item.get("@type").is_some() || item.get("error_code").is_some() {
-                    return Err(RequestError::Server(error_message(&item, 0)));
-                }
-                if first {
-                    first = false;
-                    let columns = item["columnNames"]
-                        .as_array()
-                        .map(|a| a.iter().map(cell_str).collect())
-                        .unwrap_or_default();
-                    on_event(QueryEvent::Header(columns));
-                } else if let Value::Array(row) = item {
-                    on_event(QueryEvent::Row(row));
+                if !text.trim().is_empty() {
+                    on_line(text.trim_end());
                 }
             }
         }

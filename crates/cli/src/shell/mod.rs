@@ -238,10 +238,7 @@ impl Shell {
                 return Outcome::Done;
             }
             ["RUN", "SCRIPT", ..] => return Box::pin(self.run_script(statement)).await,
-            ["PRINT", ..] => return self.fail(
-                "PRINT is not supported yet; read the topic with a push query on a stream over it",
-                statement,
-            ),
+            ["PRINT", ..] => return self.print(statement).await,
             ["SELECT", ..] => return self.query(statement).await,
             _ => {}
         }
@@ -335,6 +332,30 @@ impl Shell {
                 Outcome::Done
             }
             Err(e) => self.request_failed(e, sql),
+        }
+    }
+
+    /// `PRINT topic …`: the topic's records as the server writes them, until LIMIT or
+    /// Ctrl-C.
+    async fn print(&mut self, statement: &str) -> Outcome {
+        let on_line = |line: &str| {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        };
+        let result = if self.interactive {
+            tokio::select! {
+                r = self.client.lines(statement, on_line) => r,
+                _ = tokio::signal::ctrl_c() => {
+                    println!("^C");
+                    Ok(())
+                }
+            }
+        } else {
+            self.client.lines(statement, on_line).await
+        };
+        match result {
+            Ok(()) => Outcome::Done,
+            Err(e) => self.request_failed(e, statement),
         }
     }
 
