@@ -269,3 +269,32 @@ async fn interactive_shell_in_a_terminal() {
     assert!(saved.contains("EMIT CHANGES;"), "{saved}");
     server.stop().await;
 }
+
+/// With no server at the address, the interactive shell says so plainly and stays: each
+/// statement tries again (the same happens when the server goes away mid-session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_shell_without_a_server_stays() {
+    let screen = tokio::task::spawn_blocking(|| -> Result<String, rexpect::error::Error> {
+        let mut command = Command::new(sluice_binary());
+        command
+            .args(["shell", "--server", "http://127.0.0.1:9"])
+            .env(
+                "SLUICE_HISTORY",
+                std::env::temp_dir().join(unique("history")),
+            )
+            .env("TERM", "xterm");
+        let mut tty = rexpect::session::spawn_command(command, Some(30_000))?;
+        let mut screen = tty.exp_string("cannot reach the server at http://127.0.0.1:9")?;
+        screen += &tty.exp_string("sluice> ")?;
+        tty.send_line("SHOW STREAMS;")?;
+        screen += &tty.exp_string("cannot reach the server")?;
+        screen += &tty.exp_string("sluice> ")?;
+        tty.send_line("exit")?;
+        screen += &tty.exp_eof()?;
+        Ok(screen)
+    })
+    .await
+    .expect("terminal task");
+    let screen = screen.unwrap_or_else(|e| panic!("the shell did not behave: {e}"));
+    assert!(screen.contains("once the server is back"), "{screen}");
+}
