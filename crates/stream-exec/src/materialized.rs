@@ -112,20 +112,7 @@ impl MaterializedTable {
     pub fn apply(&self, batches: &[ChangeBatch]) -> Result<()> {
         for batch in batches {
             let keys = encode_keys(&batch.rows, &self.key_columns)?;
-            let rows = self
-                .converter
-                .convert_columns(batch.rows.columns())
-                .map_err(ExecError::arrow("encoding table rows"))?;
-            let ends = match self.window {
-                Some((column, _)) => Some(
-                    datafusion::arrow::compute::cast(
-                        batch.rows.column(column),
-                        &datafusion::arrow::datatypes::DataType::Int64,
-                    )
-                    .map_err(ExecError::arrow("reading window ends"))?,
-                ),
-                None => None,
-            };
+            let (rows, ends) = self.encode(&batch.rows)?;
             let ends = ends
                 .as_ref()
                 .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
@@ -153,20 +140,7 @@ impl MaterializedTable {
         for (i, reason) in &decoded.errors {
             tracing::warn!(key = %String::from_utf8_lossy(keys[*i]), reason, "a table row read back could not be decoded; skipped");
         }
-        let rows = self
-            .converter
-            .convert_columns(decoded.batch.columns())
-            .map_err(ExecError::arrow("encoding table rows"))?;
-        let ends = match self.window {
-            Some((column, _)) => Some(
-                datafusion::arrow::compute::cast(
-                    decoded.batch.column(column),
-                    &datafusion::arrow::datatypes::DataType::Int64,
-                )
-                .map_err(ExecError::arrow("reading window ends"))?,
-            ),
-            None => None,
-        };
+        let (rows, ends) = self.encode(&decoded.batch)?;
         let ends = ends
             .as_ref()
             .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
@@ -180,6 +154,31 @@ impl MaterializedTable {
         }
         self.evict(&mut table);
         Ok(table.by_key.len())
+    }
+
+    /// `batch` in the row format, and for a windowed table its window ends as BIGINT.
+    fn encode(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(
+        datafusion::arrow::row::Rows,
+        Option<datafusion::arrow::array::ArrayRef>,
+    )> {
+        let rows = self
+            .converter
+            .convert_columns(batch.columns())
+            .map_err(ExecError::arrow("encoding table rows"))?;
+        let ends = match self.window {
+            Some((column, _)) => Some(
+                datafusion::arrow::compute::cast(
+                    batch.column(column),
+                    &datafusion::arrow::datatypes::DataType::Int64,
+                )
+                .map_err(ExecError::arrow("reading window ends"))?,
+            ),
+            None => None,
+        };
+        Ok((rows, ends))
     }
 
     /// A windowed table forgets windows that ended more than its retention before the
