@@ -1,8 +1,12 @@
-//! A real `sluice server` process, killed and stopped. SIGKILL under continuous input: with
-//! exactly_once_v2 a stateless persistent query's output, read `read_committed`, holds every
-//! input record exactly once across the crashes, and the restarted server resubmits
-//! nothing: it replays its command topic. SIGTERM: a clean exit that does not wait for open
-//! push queries.
+//! A real `sluice server` process, killed and stopped. SIGKILL under continuous input, with
+//! exactly_once_v2 and a new, empty state directory on every restart:
+//! - a stateless query's output, read `read_committed`, holds every input record exactly
+//!   once, and the restarted server resubmits nothing: it replays its command topic;
+//! - windowed aggregations keep their state (changelog topics): the EMIT CHANGES table ends
+//!   at the input's values without ever going backwards, EMIT FINAL writes each closed
+//!   window once, and pull queries see the whole table after a restart.
+//!
+//! SIGTERM: a clean exit that does not wait for open push queries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
