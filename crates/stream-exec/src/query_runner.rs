@@ -307,7 +307,7 @@ async fn run(
                     query_id,
                     "partitions were reassigned while a batch was read; reading it again"
                 );
-                rewind(&consumer, topic, &records);
+                reposition(&consumer, topic, &records, true);
                 continue;
             }
         }
@@ -388,9 +388,9 @@ async fn run(
                     // back to the committed offsets. Put them where this batch leaves
                     // them: after it when it was committed, at its start when not.
                     if committed {
-                        forward(&consumer, topic, &records);
+                        reposition(&consumer, topic, &records, false);
                     } else {
-                        rewind(&consumer, topic, &records);
+                        reposition(&consumer, topic, &records, true);
                         match retry(
                             query_id,
                             "reading state back",
@@ -547,45 +547,35 @@ async fn start_pipeline(
     Ok(pipeline)
 }
 
-/// Per partition of `records`, the offset after its last record.
-fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPartitionList> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+/// Per partition of `records`, the offsets of its first and last record in them.
+fn offset_ranges(records: &[RawRecord]) -> BTreeMap<i32, (i64, i64)> {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     for r in records {
-        let o = next.entry(r.partition).or_insert(r.offset + 1);
-        *o = (*o).max(r.offset + 1);
+        let range = ranges.entry(r.partition).or_insert((r.offset, r.offset));
+        range.0 = range.0.min(r.offset);
+        range.1 = range.1.max(r.offset);
     }
+    ranges
+}
+
+/// Per partition of `records`, the offset after its last record: what a commit records.
+fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
-    for (p, o) in next {
-        list.add_partition_offset(topic, p, Offset::Offset(o))
+    for (p, (_, last)) in offset_ranges(records) {
+        list.add_partition_offset(topic, p, Offset::Offset(last + 1))
             .map_err(|e| ExecError::kafka("listing offsets", e))?;
     }
     Ok(list)
 }
 
 /// Move each partition of `records` back to its first record in them, to read them
-/// again. A partition no longer assigned is skipped: its next owner starts from the
-/// committed offset.
-fn rewind(consumer: &QueryConsumer, topic: &str, records: &[RawRecord]) {
-    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in records {
-        let o = first.entry(r.partition).or_insert(r.offset);
-        *o = (*o).min(r.offset);
-    }
-    for (p, o) in first {
-        if let Err(e) = consumer.seek(topic, p, Offset::Offset(o), Duration::from_secs(5)) {
-            tracing::debug!(topic, partition = p, error = %e, "not rewound");
-        }
-    }
-}
-
-/// Move each partition of `records` to just after its last record in them.
-fn forward(consumer: &QueryConsumer, topic: &str, records: &[RawRecord]) {
-    let Ok(next) = next_offsets(topic, records) else {
-        return;
-    };
-    for e in next.elements() {
-        if let Err(err) = consumer.seek(topic, e.partition(), e.offset(), Duration::from_secs(5)) {
-            tracing::debug!(topic, partition = e.partition(), error = %err, "not moved");
+/// again (`rewind`), or to just after its last one (not `rewind`). A partition no longer
+/// assigned is skipped: its next owner starts from the committed offset.
+fn reposition(consumer: &QueryConsumer, topic: &str, records: &[RawRecord], rewind: bool) {
+    for (p, (first, last)) in offset_ranges(records) {
+        let to = if rewind { first } else { last + 1 };
+        if let Err(e) = consumer.seek(topic, p, Offset::Offset(to), Duration::from_secs(5)) {
+            tracing::debug!(topic, partition = p, error = %e, "not repositioned");
         }
     }
 }

@@ -263,7 +263,14 @@ impl Shell {
     }
 
     async fn query(&mut self, sql: &str) -> Outcome {
-        let push = sql.to_ascii_uppercase().contains("EMIT CHANGES");
+        // `EMIT` and `CHANGES` may be split over lines.
+        let words: Vec<String> = sql
+            .split_whitespace()
+            .map(str::to_ascii_uppercase)
+            .collect();
+        let push = words
+            .windows(2)
+            .any(|w| w[0] == "EMIT" && w[1].starts_with("CHANGES"));
         let width = terminal_width();
         let format = self.format;
         let mut columns: Vec<String> = vec![];
