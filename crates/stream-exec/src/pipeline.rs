@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use sluice_sql_planner::StreamPlan;
 
@@ -186,10 +187,43 @@ impl Pipeline {
             );
         }
         let rows: Vec<usize> = decoded.rows.iter().map(|&i| with_value[i]).collect();
+        self.run_values(&decoded.batch, &rows, records, stats, now)
+    }
+
+    /// Process `values`, already decoded: row `i` came from `records[i]` (whose `value`
+    /// is not read). This is [`Pipeline::process_at`] without the JSON decoding, for an
+    /// in-process source (the engine-only benchmark, say); `stats` counts the rows as read.
+    pub fn process_decoded(
+        &mut self,
+        values: &RecordBatch,
+        records: &[RawRecord],
+        stats: &QueryStats,
+        now: Instant,
+    ) -> Result<Vec<ChangeBatch>> {
+        if values.num_rows() != records.len() {
+            return Err(ExecError::internal(
+                "pipeline",
+                "a decoded batch needs one record per row",
+            ));
+        }
+        stats.add_in(records.len() as u64);
+        let rows: Vec<usize> = (0..records.len()).collect();
+        self.run_values(values, &rows, records, stats, now)
+    }
+
+    /// Scan and run `values`, whose row `i` came from `records[rows[i]]`.
+    fn run_values(
+        &mut self,
+        values: &RecordBatch,
+        rows: &[usize],
+        records: &[RawRecord],
+        stats: &QueryStats,
+        now: Instant,
+    ) -> Result<Vec<ChangeBatch>> {
         let mut skipped: Vec<Skipped> = vec![];
         let scanned = self
             .scan
-            .process(&decoded.batch, &rows, records, &mut skipped, now)?;
+            .process(values, rows, records, &mut skipped, now)?;
         for s in skipped {
             self.log_skip(stats, &records[rows[s.row]], s.reason, s.message);
         }
