@@ -32,9 +32,19 @@ use crate::record::RawRecord;
 use crate::state::StateChange;
 use crate::stats::QueryStats;
 
-/// Most records processed as one batch: a batch ends when it has this many, or when
-/// the commit interval has passed since its first record.
-const MAX_BATCH: usize = 4096;
+/// A batch ends when the commit interval has passed since its first record, when it
+/// holds [`MAX_BATCH_BYTES`] of input, or at the record limit, which adapts between
+/// [`MIN_BATCH`] and [`MAX_BATCH`]: it starts at [`FIRST_BATCH`], doubles after a full
+/// batch delivered within [`FAST_DELIVERY`], and halves after a delivery slower than
+/// [`SLOW_DELIVERY`] or a failed one. Large batches spread the cost of a transaction over
+/// many records; a slow sink (a throttled or struggling broker) gets small ones, which
+/// stay well inside the producer's delivery timeout.
+const MIN_BATCH: usize = 1024;
+const FIRST_BATCH: usize = 8192;
+const MAX_BATCH: usize = 65_536;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+const FAST_DELIVERY: Duration = Duration::from_millis(500);
+const SLOW_DELIVERY: Duration = Duration::from_secs(3);
 /// How long a push query's batch waits for more records after its first one.
 pub const PUSH_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// The default commit interval under exactly-once (Kafka Streams' default for it).
@@ -263,6 +273,7 @@ async fn run(
     let mut last_probe = Instant::now();
     let mut consumer_errors = 0u32;
     let mut seen_assignment = None;
+    let mut batch_limit = FIRST_BATCH;
     loop {
         sync_assignment(&mut pipeline, &assignment, &mut seen_assignment);
         let generation = revocations.load(Ordering::SeqCst);
@@ -272,10 +283,13 @@ async fn run(
             _ = tokio::time::sleep(TICK) => None,
         };
         let mut records = Vec::with_capacity(256);
+        let mut bytes = 0;
         match first {
             Some(Ok(m)) => {
                 consumer_errors = 0;
-                records.push(raw(&m));
+                let r = raw(&m);
+                bytes += r.size();
+                records.push(r);
             }
             Some(Err(e)) => {
                 // While the broker is away this repeats: log the first and every 50th.
@@ -293,9 +307,13 @@ async fn run(
         }
         if !records.is_empty() {
             let deadline = Instant::now() + config.commit_interval;
-            while records.len() < MAX_BATCH {
+            while records.len() < batch_limit && bytes < MAX_BATCH_BYTES {
                 match timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => records.push(raw(&m)),
+                    Ok(Ok(m)) => {
+                        let r = raw(&m);
+                        bytes += r.size();
+                        records.push(r);
+                    }
                     Ok(Err(e)) => tracing::warn!(query_id, error = %e, "consumer error"),
                     Err(_) => break,
                 }
@@ -346,10 +364,19 @@ async fn run(
                     changelog: changelog.as_deref(),
                     stats: &stats,
                 };
-                let committed = match delivery
+                let started = Instant::now();
+                let delivered = delivery
                     .deliver(producer, &consumer, &records, &batches, &changes)
-                    .await
-                {
+                    .await;
+                let took = started.elapsed();
+                batch_limit = if delivered.is_err() || took > SLOW_DELIVERY {
+                    (batch_limit / 2).max(MIN_BATCH)
+                } else if took < FAST_DELIVERY && records.len() >= batch_limit {
+                    (batch_limit * 2).min(MAX_BATCH)
+                } else {
+                    batch_limit
+                };
+                let committed = match delivered {
                     Ok(committed) => committed,
                     Err(e @ ExecError::Kafka { .. }) => {
                         // A broker outage, say: wait, then start again from the last

@@ -12,3 +12,10 @@ pub struct RawRecord {
     /// The value bytes; `None` for a tombstone.
     pub value: Option<Vec<u8>>,
 }
+
+impl RawRecord {
+    /// About how many bytes it holds.
+    pub fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.value.as_ref().map_or(0, Vec::len)
+    }
+}

@@ -1,0 +1,242 @@
+//! `throughput`: how fast Sluice runs its benchmark queries, against the raw consume rate
+//! of the Kafka client on the same topic. Prints markdown tables.
+//!
+//! Kafka mode (the default), against the broker from `scripts/kafka-local` (or
+//! `SLUICE_BENCH_BOOTSTRAP`):
+//! 1. preloads two single-partition topics, once (later runs reuse them): fraud-style
+//!    card transactions, ~120 bytes of JSON each, 100,000 cards, and Nexmark bids from the
+//!    `nexmark` crate (its default configuration), as JSON;
+//! 2. measures librdkafka's own consume rate on each topic;
+//! 3. runs each query in a fresh `sluice server` (the release binary beside this one),
+//!    from the beginning of its topic, and reports events/s from its first record read to
+//!    its last preloaded one (the query's `records_in` counter, sampled every 20 ms), the
+//!    ratio to the raw rate, and the server's peak resident memory (`VmHWM`);
+//! 4. then produces new events at a fixed rate, with the current time as event time, and
+//!    reports p50/p99 latency from event time to the result read by a read_committed
+//!    consumer (the query is caught up by then: this is latency, not backlog);
+//! 5. restarts a server with a persistent query and reports how long until it runs.
+//!
+//! Engine-only mode (`--engine-only`): the same plans fed by an in-process generator with
+//! Arrow batches of 4096 rows, no Kafka and no JSON, results counted and dropped, on one
+//! thread; and the resident bytes per (key, window) of a COUNT+SUM TUMBLE at 100,000 keys.
+//!
+//! ```sh
+//! scripts/bench                    # builds in release, starts Kafka, runs both modes
+//! throughput [--engine-only] [--events N] [--only q1,q2] [--latency-rate N] [--latency-seconds S]
+//! ```
+
+mod engine;
+mod kafka;
+mod workload;
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+
+use workload::{queries, Source};
+
+/// Resident memory of process `pid` in MB.
+pub fn rss_mb(pid: u32) -> f64 {
+    kafka::proc_mb(pid, "VmRSS:")
+}
+
+struct Args {
+    engine_only: bool,
+    /// Internal: measure state size in this fresh process and print "groups bytes".
+    state_size: bool,
+    events: Option<usize>,
+    only: Option<Vec<String>>,
+    latency_rate: u64,
+    latency_seconds: u64,
+}
+
+fn args() -> Result<Args> {
+    let mut args = Args {
+        engine_only: false,
+        state_size: false,
+        events: None,
+        only: None,
+        latency_rate: 10_000,
+        latency_seconds: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--engine-only" => args.engine_only = true,
+            "--state-size" => args.state_size = true,
+            "--events" => args.events = Some(value()?.replace('_', "").parse()?),
+            "--only" => {
+                args.only = Some(value()?.split(',').map(str::to_string).collect());
+            }
+            "--latency-rate" => args.latency_rate = value()?.parse()?,
+            "--latency-seconds" => args.latency_seconds = value()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "throughput [--engine-only] [--events N] [--only q1,q2] \
+                     [--latency-rate N] [--latency-seconds S]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}; see --help"),
+        }
+    }
+    Ok(args)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} cores ({cpu}), {:.0} GiB",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kafka::proc_meminfo_gib()
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = args()?;
+    let selected: Vec<_> = queries()
+        .into_iter()
+        .filter(|q| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == q.name))
+        })
+        .collect();
+    if args.state_size {
+        let (groups, bytes) = engine::state_bytes_per_group(1_764_000_000_000)?;
+        println!("{groups} {bytes:.1}");
+        return Ok(());
+    }
+    println!("machine: {}", machine());
+    if args.engine_only {
+        return engine_only(&args, &selected);
+    }
+    let bootstrap =
+        std::env::var("SLUICE_BENCH_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if std::net::TcpStream::connect(&bootstrap).is_err() {
+        bail!("no broker at {bootstrap}: start one with scripts/kafka-local start");
+    }
+    let sluice = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .join("sluice");
+    if !sluice.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p sluice-cli first",
+            sluice.display()
+        );
+    }
+    let events = args.events.unwrap_or(2_000_000);
+    let run = kafka::now_ms().to_string();
+    let log = std::env::temp_dir().join(format!("sluice-bench-{run}.log"));
+    println!("server logs: {}", log.display());
+    let bench = kafka::KafkaBench {
+        bootstrap: bootstrap.clone(),
+        sluice,
+        run,
+        events,
+        latency_seconds: args.latency_seconds,
+        latency_rate: args.latency_rate,
+        log,
+    };
+    let mut topics = HashMap::new();
+    let mut raw = HashMap::new();
+    for source in [Source::Fraud, Source::Nexmark] {
+        if !selected
+            .iter()
+            .any(|q| q.source == source && !q.engine_only)
+        {
+            continue;
+        }
+        let topic = kafka::preload(&bootstrap, source, events).await?;
+        let (b, t) = (bootstrap.clone(), topic.clone());
+        let rate = tokio::task::spawn_blocking(move || kafka::raw_rate(&b, &t, events)).await??;
+        println!("{topic}: librdkafka consumes {rate:.0} messages/s");
+        topics.insert(source, topic);
+        raw.insert(source, rate);
+    }
+    println!(
+        "\n{events} events per query; latency: {} events/s for {} s\n",
+        args.latency_rate, args.latency_seconds
+    );
+    println!("| query | events/s | ratio to raw | p50 latency (ms) | p99 latency (ms) | latency rows | peak RSS (MB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (source, rate) in &raw {
+        println!(
+            "| raw librdkafka consume ({}) | {rate:.0} | 1.00 | | | | |",
+            source.name()
+        );
+    }
+    for q in selected.iter().filter(|q| !q.engine_only) {
+        let r = bench.run_query(q, &topics[&q.source]).await?;
+        let (p50, p99, n) = r
+            .latency
+            .map_or(("–".to_string(), "–".to_string(), 0), |(a, b, n)| {
+                (format!("{a:.0}"), format!("{b:.0}"), n)
+            });
+        println!(
+            "| {} | {:.0} | {:.2} | {p50} | {p99} | {n} | {:.0} |",
+            q.name,
+            r.events_per_s,
+            r.events_per_s / raw[&q.source],
+            r.peak_rss_mb
+        );
+    }
+    if let Some(topic) = topics.get(&Source::Fraud) {
+        let (answering, running) = bench.startup(topic).await?;
+        println!(
+            "\nrestart: the REST API answered {answering:.0} ms after the server was started, \
+             and its persistent query wrote a new event's result {running:.0} ms after it"
+        );
+    }
+    Ok(())
+}
+
+fn engine_only(args: &Args, selected: &[workload::BenchQuery]) -> Result<()> {
+    let events = args.events.unwrap_or(5_000_000);
+    let first_ts = 1_764_000_000_000;
+    println!("\nengine only: {events} events per query, batches of 4096 rows, one thread\n");
+    println!("| query | events/s | result rows | peak groups held |");
+    println!("|---|---:|---:|---:|");
+    let mut inputs: HashMap<Source, engine::Input> = HashMap::new();
+    for q in selected {
+        let input = match inputs.entry(q.source) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(engine::input(q, events, 4096, first_ts)?)
+            }
+        };
+        let r = engine::run(q, input)?;
+        println!(
+            "| {} | {:.0} | {} | {} |",
+            q.name,
+            r.events as f64 / r.seconds,
+            r.rows_out,
+            r.peak_groups
+        );
+    }
+    // In a fresh process: memory this one freed would be reused and hide the growth.
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--state-size")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace();
+    let (Some(groups), Some(bytes)) = (fields.next(), fields.next()) else {
+        bail!(
+            "the state-size run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    println!("\nstate: {bytes:.0} resident bytes per (key, window) for COUNT+SUM TUMBLE, {groups} groups held");
+    Ok(())
+}
