@@ -274,16 +274,27 @@ async fn run(
     let mut consumer_errors = 0u32;
     let mut seen_assignment = None;
     let mut batch_limit = FIRST_BATCH;
+    // Records read while the batch before was written: the start of the next batch.
+    let mut read_ahead: Option<ReadAhead> = None;
     loop {
         sync_assignment(&mut pipeline, &assignment, &mut seen_assignment);
-        let generation = revocations.load(Ordering::SeqCst);
-        let first = tokio::select! {
-            _ = shutdown.changed() => break,
-            m = consumer.recv() => Some(m),
-            _ = tokio::time::sleep(TICK) => None,
+        let (generation, mut records, mut bytes) = match read_ahead.take() {
+            Some(ahead) => (ahead.generation, ahead.records, ahead.bytes),
+            None => (
+                revocations.load(Ordering::SeqCst),
+                Vec::with_capacity(256),
+                0,
+            ),
         };
-        let mut records = Vec::with_capacity(256);
-        let mut bytes = 0;
+        let first = if records.is_empty() {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                m = consumer.recv() => Some(m),
+                _ = tokio::time::sleep(TICK) => None,
+            }
+        } else {
+            None
+        };
         match first {
             Some(Ok(m)) => {
                 consumer_errors = 0;
@@ -365,9 +376,35 @@ async fn run(
                     stats: &stats,
                 };
                 let started = Instant::now();
-                let delivered = delivery
-                    .deliver(producer, &consumer, &records, &batches, &changes)
-                    .await;
+                let mut ahead = ReadAhead {
+                    generation: revocations.load(Ordering::SeqCst),
+                    records: vec![],
+                    bytes: 0,
+                };
+                let delivered = {
+                    // While the batch is written, read the next one (at most one batch:
+                    // a slow sink keeps input waiting in Kafka, not here).
+                    let deliver =
+                        delivery.deliver(producer, &consumer, &records, &batches, &changes);
+                    tokio::pin!(deliver);
+                    loop {
+                        if ahead.records.len() >= batch_limit || ahead.bytes >= MAX_BATCH_BYTES {
+                            break deliver.await;
+                        }
+                        tokio::select! {
+                            biased;
+                            d = &mut deliver => break d,
+                            m = consumer.recv() => match m {
+                                Ok(m) => {
+                                    let r = raw(&m);
+                                    ahead.bytes += r.size();
+                                    ahead.records.push(r);
+                                }
+                                Err(e) => tracing::warn!(query_id, error = %e, "consumer error"),
+                            },
+                        }
+                    }
+                };
                 let took = started.elapsed();
                 batch_limit = if delivered.is_err() || took > SLOW_DELIVERY {
                     (batch_limit / 2).max(MIN_BATCH)
@@ -413,7 +450,9 @@ async fn run(
                 if revocations.load(Ordering::SeqCst) != generation || !committed {
                     // Partitions were reassigned during the batch: their positions went
                     // back to the committed offsets. Put them where this batch leaves
-                    // them: after it when it was committed, at its start when not.
+                    // them: after it when it was committed, at its start when not. What
+                    // was read ahead is read again.
+                    reposition(&consumer, topic, &ahead.records, true);
                     if committed {
                         reposition(&consumer, topic, &records, false);
                     } else {
@@ -434,6 +473,8 @@ async fn run(
                             None => break,
                         }
                     }
+                } else if !ahead.records.is_empty() {
+                    read_ahead = Some(ahead);
                 }
                 true
             }
@@ -445,6 +486,14 @@ async fn run(
     }
     tracing::info!(query_id, "query stopped");
     Ok(())
+}
+
+/// Records read while a batch was written: the start of the next batch, read since
+/// revocation `generation`.
+struct ReadAhead {
+    generation: u64,
+    records: Vec<RawRecord>,
+    bytes: usize,
 }
 
 /// Wait `pause`; `false` when the query was stopped meanwhile.
