@@ -246,14 +246,24 @@ impl Server {
     }
 
     pub async fn ksql(&self, sql: &str) -> Result<Value> {
-        self.ksql_from(sql, "earliest").await
+        self.ksql_with(sql, "earliest", &[]).await
     }
 
-    /// Run `sql`; its queries start at `reset` (`earliest`, `latest`).
-    pub async fn ksql_from(&self, sql: &str, reset: &str) -> Result<Value> {
+    /// Run `sql`; its queries start at `reset` (`earliest`, `latest`), with `properties`.
+    pub async fn ksql_with(
+        &self,
+        sql: &str,
+        reset: &str,
+        properties: &[(String, String)],
+    ) -> Result<Value> {
+        let mut props = serde_json::Map::new();
+        props.insert("auto.offset.reset".into(), reset.into());
+        for (k, v) in properties {
+            props.insert(k.clone(), v.clone().into());
+        }
         let r = reqwest::Client::new()
             .post(format!("{}/ksql", self.url))
-            .json(&json!({"ksql": sql, "streamsProperties": {"auto.offset.reset": reset}}))
+            .json(&json!({"ksql": sql, "streamsProperties": props}))
             .send()
             .await?;
         let status = r.status();
@@ -304,6 +314,8 @@ pub struct KafkaBench {
     pub latency_seconds: u64,
     pub latency_rate: u64,
     pub log: PathBuf,
+    /// Request properties of every benchmark query (`--set key=value`).
+    pub properties: Vec<(String, String)>,
 }
 
 impl KafkaBench {
@@ -316,7 +328,9 @@ impl KafkaBench {
         server.ksql(&query.source.ddl(topic)).await?;
         let total = topic_size(&self.bootstrap, topic)?.unwrap_or(0) as u64;
         let submitted = Instant::now();
-        server.ksql(&query.statement(&sink)).await?;
+        server
+            .ksql_with(&query.statement(&sink), "earliest", &self.properties)
+            .await?;
         let mut first: Option<Instant> = None;
         let mut previous = submitted;
         let deadline = submitted + Duration::from_secs(600);
@@ -524,7 +538,7 @@ impl KafkaBench {
             let server =
                 Server::start(&self.sluice, &self.bootstrap, &service_id, &self.log).await?;
             server.ksql(&Source::Fraud.ddl(topic)).await?;
-            server.ksql_from(&statement, "latest").await?;
+            server.ksql_with(&statement, "latest", &[]).await?;
             // Running: a new event comes out.
             self.first_output(&sink, topic, now_ms()).await?;
             server.stop()?;

@@ -23,6 +23,7 @@
 //! ```sh
 //! scripts/bench                    # builds in release, starts Kafka, runs both modes
 //! throughput [--engine-only] [--events N] [--only q1,q2] [--latency-rate N] [--latency-seconds S]
+//!            [--set property=value]   # request properties of the queries, e.g. commit.interval.ms
 //! ```
 
 mod engine;
@@ -48,6 +49,7 @@ struct Args {
     only: Option<Vec<String>>,
     latency_rate: u64,
     latency_seconds: u64,
+    properties: Vec<(String, String)>,
 }
 
 fn args() -> Result<Args> {
@@ -58,6 +60,7 @@ fn args() -> Result<Args> {
         only: None,
         latency_rate: 10_000,
         latency_seconds: 5,
+        properties: vec![],
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -71,10 +74,15 @@ fn args() -> Result<Args> {
             }
             "--latency-rate" => args.latency_rate = value()?.parse()?,
             "--latency-seconds" => args.latency_seconds = value()?.parse()?,
+            "--set" => {
+                let v = value()?;
+                let (k, v) = v.split_once('=').context("--set takes key=value")?;
+                args.properties.push((k.to_string(), v.to_string()));
+            }
             "-h" | "--help" => {
                 println!(
                     "throughput [--engine-only] [--events N] [--only q1,q2] \
-                     [--latency-rate N] [--latency-seconds S]"
+                     [--latency-rate N] [--latency-seconds S] [--set property=value]"
                 );
                 std::process::exit(0);
             }
@@ -148,6 +156,7 @@ async fn main() -> Result<()> {
         latency_seconds: args.latency_seconds,
         latency_rate: args.latency_rate,
         log,
+        properties: args.properties.clone(),
     };
     let mut topics = HashMap::new();
     let mut raw = HashMap::new();
@@ -166,8 +175,8 @@ async fn main() -> Result<()> {
         raw.insert(source, rate);
     }
     println!(
-        "\n{events} events per query; latency: {} events/s for {} s\n",
-        args.latency_rate, args.latency_seconds
+        "\n{events} events per query; latency: {} events/s for {} s; properties: {:?}\n",
+        args.latency_rate, args.latency_seconds, args.properties
     );
     println!("| query | events/s | ratio to raw | p50 latency (ms) | p99 latency (ms) | latency rows | peak RSS (MB) |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
