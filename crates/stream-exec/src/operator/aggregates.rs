@@ -99,6 +99,15 @@ impl GroupKeys {
             .convert_rows(keys)
             .map_err(ExecError::arrow("decoding group keys"))
     }
+
+    /// The key columns of encoded rows held as bytes (as `Row::as_ref` gives them).
+    pub(crate) fn decode_bytes<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        self.decode(keys.into_iter().map(|k| parser.parse(k)))
+    }
 }
 
 impl BatchKeys {
@@ -185,6 +194,84 @@ struct Aggregate {
     function: Arc<AggregateFunctionExpr>,
     args: Vec<Arc<dyn PhysicalExpr>>,
     filter: Option<Arc<dyn PhysicalExpr>>,
+    kind: Kind,
+    /// Number of intermediate state fields.
+    state_width: usize,
+}
+
+/// How a group's state of one aggregate is kept (see [`super::group_states`]): as a few
+/// primitives for the common aggregates whose DataFusion state is just that, or else as
+/// DataFusion's own `Accumulator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `COUNT(x)` or `COUNT(*)`: state `[count: Int64]`.
+    Count,
+    /// `SUM`, `MIN` or `MAX` of a BIGINT: state `[value: Int64]`, null before any input.
+    Int64(Fold),
+    /// `SUM`, `MIN` or `MAX` of a DOUBLE: state `[value: Float64]`, null before any input.
+    Float64(Fold),
+    /// `AVG` of a DOUBLE (or of an integer, cast to DOUBLE by the planner): state
+    /// `[count: UInt64, sum: Float64]`.
+    Avg,
+    /// Anything else: a DataFusion `Accumulator` per group.
+    Accumulator,
+}
+
+/// How [`Kind::Int64`] and [`Kind::Float64`] fold a value into the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fold {
+    Sum,
+    Min,
+    Max,
+}
+
+/// The [`Kind`] of `function`, checked against the types DataFusion gives its arguments,
+/// result and state, so a fast state is only used where it holds exactly DataFusion's.
+fn kind(
+    function: &AggregateFunctionExpr,
+    args: &[Arc<dyn PhysicalExpr>],
+    filtered: bool,
+    input: &datafusion::arrow::datatypes::Schema,
+) -> datafusion::error::Result<Kind> {
+    if filtered
+        || args.len() != 1
+        || function.is_distinct()
+        || function.ignore_nulls()
+        || !function.order_bys().is_empty()
+    {
+        return Ok(Kind::Accumulator);
+    }
+    let arg = args[0].data_type(input)?;
+    let result = function.field().data_type().clone();
+    let state: Vec<DataType> = function
+        .state_fields()?
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect();
+    let fold = match function.fun().name() {
+        "count" if result == DataType::Int64 && state == [DataType::Int64] => {
+            return Ok(Kind::Count)
+        }
+        "avg"
+            if arg == DataType::Float64
+                && result == DataType::Float64
+                && state == [DataType::UInt64, DataType::Float64] =>
+        {
+            return Ok(Kind::Avg)
+        }
+        "sum" => Fold::Sum,
+        "min" => Fold::Min,
+        "max" => Fold::Max,
+        _ => return Ok(Kind::Accumulator),
+    };
+    if result != arg || state != [arg.clone()] {
+        return Ok(Kind::Accumulator);
+    }
+    Ok(match arg {
+        DataType::Int64 => Kind::Int64(fold),
+        DataType::Float64 => Kind::Float64(fold),
+        _ => Kind::Accumulator,
+    })
 }
 
 /// One group's accumulators, one per aggregate.
@@ -219,10 +306,18 @@ impl Aggregates {
                 let lowered = builder.build().map_err(ExecError::eval(operator))?;
                 let (function, filter) = (lowered.aggregate, lowered.filter);
                 let args = function.expressions();
+                let kind = kind(&function, &args, filter.is_some(), arrow_input)
+                    .map_err(ExecError::eval(operator))?;
+                let state_width = function
+                    .state_fields()
+                    .map_err(ExecError::eval(operator))?
+                    .len();
                 Ok(Aggregate {
                     function,
                     args,
                     filter,
+                    kind,
+                    state_width,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -235,6 +330,29 @@ impl Aggregates {
     /// Number of aggregates.
     pub(crate) fn len(&self) -> usize {
         self.aggregates.len()
+    }
+
+    /// How aggregate `a`'s state is kept.
+    pub(crate) fn kind(&self, a: usize) -> Kind {
+        self.aggregates[a].kind
+    }
+
+    /// Number of intermediate state fields of aggregate `a`.
+    pub(crate) fn state_width(&self, a: usize) -> usize {
+        self.aggregates[a].state_width
+    }
+
+    /// The values (one array per argument) of aggregate `a` over the batch of `args`.
+    pub(crate) fn args<'a>(&self, args: &'a BatchArgs, a: usize) -> &'a [ArrayRef] {
+        &args.args[a]
+    }
+
+    /// A fresh accumulator of aggregate `a`.
+    pub(crate) fn create_one(&self, a: usize) -> Result<Box<dyn Accumulator>> {
+        self.aggregates[a]
+            .function
+            .create_accumulator()
+            .map_err(ExecError::eval(self.operator))
     }
 
     /// Fresh accumulators for a new group.
@@ -286,33 +404,45 @@ impl Aggregates {
         indices: &UInt32Array,
     ) -> Result<()> {
         for (a, acc) in accumulators.iter_mut().enumerate() {
-            // Only aggregates with FILTER (WHERE …) need their own index array.
-            let filtered;
-            let idx = match &args.filters[a] {
-                Some(mask) => {
-                    filtered = UInt32Array::from_iter_values(
-                        indices
-                            .values()
-                            .iter()
-                            .copied()
-                            .filter(|&i| mask.is_valid(i as usize) && mask.value(i as usize)),
-                    );
-                    &filtered
-                }
-                None => indices,
-            };
-            if idx.is_empty() {
-                continue;
-            }
-            let values = args.args[a]
-                .iter()
-                .map(|arr| take(arr.as_ref(), idx, None))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(ExecError::arrow("selecting group rows"))?;
-            acc.update_batch(&values)
-                .map_err(ExecError::eval(self.operator))?;
+            self.update_one(a, acc, args, indices)?;
         }
         Ok(())
+    }
+
+    /// Feed the rows `indices` of the batch `args` came from to `acc`, an accumulator of
+    /// aggregate `a`.
+    pub(crate) fn update_one(
+        &self,
+        a: usize,
+        acc: &mut Box<dyn Accumulator>,
+        args: &BatchArgs,
+        indices: &UInt32Array,
+    ) -> Result<()> {
+        // Only aggregates with FILTER (WHERE …) need their own index array.
+        let filtered;
+        let idx = match &args.filters[a] {
+            Some(mask) => {
+                filtered = UInt32Array::from_iter_values(
+                    indices
+                        .values()
+                        .iter()
+                        .copied()
+                        .filter(|&i| mask.is_valid(i as usize) && mask.value(i as usize)),
+                );
+                &filtered
+            }
+            None => indices,
+        };
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let values = args.args[a]
+            .iter()
+            .map(|arr| take(arr.as_ref(), idx, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(ExecError::arrow("selecting group rows"))?;
+        acc.update_batch(&values)
+            .map_err(ExecError::eval(self.operator))
     }
 
     /// Merge `other`'s state into `into` (two sessions becoming one).
@@ -357,43 +487,55 @@ impl Aggregates {
     pub(crate) fn checkpoint(&self, group: &mut Accumulators) -> Result<Vec<ScalarValue>> {
         let mut out = vec![];
         for (a, acc) in group.iter_mut().enumerate() {
-            let state = acc.state().map_err(ExecError::eval(self.operator))?;
-            let mut fresh = self.aggregates[a]
-                .function
-                .create_accumulator()
-                .map_err(ExecError::eval(self.operator))?;
-            let arrays = state
-                .iter()
-                .map(|v| v.to_array())
-                .collect::<datafusion::error::Result<Vec<_>>>()
-                .map_err(ExecError::eval(self.operator))?;
-            fresh
-                .merge_batch(&arrays)
-                .map_err(ExecError::eval(self.operator))?;
-            *acc = fresh;
-            out.extend(state);
+            out.extend(self.checkpoint_one(a, acc)?);
         }
         Ok(out)
+    }
+
+    /// The intermediate state of `acc`, an accumulator of aggregate `a`, which is
+    /// replaced by a fresh one that merged the state back (see [`Aggregates::checkpoint`]).
+    pub(crate) fn checkpoint_one(
+        &self,
+        a: usize,
+        acc: &mut Box<dyn Accumulator>,
+    ) -> Result<Vec<ScalarValue>> {
+        let state = acc.state().map_err(ExecError::eval(self.operator))?;
+        let mut fresh = self.create_one(a)?;
+        let arrays = state
+            .iter()
+            .map(|v| v.to_array())
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(ExecError::eval(self.operator))?;
+        fresh
+            .merge_batch(&arrays)
+            .map_err(ExecError::eval(self.operator))?;
+        *acc = fresh;
+        Ok(state)
+    }
+
+    /// An accumulator of aggregate `a` rebuilt from row `row` of its state columns.
+    pub(crate) fn restore_one(
+        &self,
+        a: usize,
+        state: &[ArrayRef],
+        row: usize,
+    ) -> Result<Box<dyn Accumulator>> {
+        let mut acc = self.create_one(a)?;
+        let arrays: Vec<ArrayRef> = state.iter().map(|c| c.slice(row, 1)).collect();
+        acc.merge_batch(&arrays)
+            .map_err(ExecError::eval(self.operator))?;
+        Ok(acc)
     }
 
     /// Accumulators rebuilt from row `row` of state columns laid out as
     /// [`Aggregates::state_fields`].
     pub(crate) fn restore(&self, state: &[ArrayRef], row: usize) -> Result<Accumulators> {
-        let mut group = self.create()?;
         let mut column = 0;
-        for (a, acc) in group.iter_mut().enumerate() {
-            let n = self.aggregates[a]
-                .function
-                .state_fields()
-                .map_err(ExecError::eval(self.operator))?
-                .len();
-            let arrays: Vec<ArrayRef> = state[column..column + n]
-                .iter()
-                .map(|c| c.slice(row, 1))
-                .collect();
+        let mut group = Vec::with_capacity(self.aggregates.len());
+        for (a, aggregate) in self.aggregates.iter().enumerate() {
+            let n = aggregate.state_width;
+            group.push(self.restore_one(a, &state[column..column + n], row)?);
             column += n;
-            acc.merge_batch(&arrays)
-                .map_err(ExecError::eval(self.operator))?;
         }
         Ok(group)
     }
@@ -406,29 +548,7 @@ impl Aggregates {
             .collect()
     }
 
-    /// Append `group`'s current results to `values` (one vector per aggregate); a
-    /// missing group (a tombstone) appends nulls.
-    pub(crate) fn evaluate_into(
-        &self,
-        group: Option<&mut Accumulators>,
-        values: &mut [Vec<ScalarValue>],
-    ) -> Result<()> {
-        match group {
-            Some(accs) => {
-                for (acc, out) in accs.iter_mut().zip(values.iter_mut()) {
-                    out.push(acc.evaluate().map_err(ExecError::eval(self.operator))?);
-                }
-            }
-            None => {
-                for out in values.iter_mut() {
-                    out.push(ScalarValue::Null);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Result columns from [`Aggregates::evaluate_into`]'s values, typed as `fields`. A
+    /// Result columns from one vector of values per aggregate, typed as `fields`. A
     /// tombstone's null in a column that cannot be null becomes the type's default.
     pub(crate) fn columns(
         &self,
@@ -438,28 +558,31 @@ impl Aggregates {
         values
             .into_iter()
             .zip(fields)
-            .map(|(column, field)| {
-                let field_type = field.data_type();
-                let column = column
-                    .into_iter()
-                    .map(|v| match (v.is_null(), field.is_nullable()) {
-                        (false, _) => Ok(v),
-                        (true, true) => ScalarValue::try_from(field_type),
-                        (true, false) => ScalarValue::new_default(field_type),
-                    })
-                    .collect::<datafusion::error::Result<Vec<_>>>()
-                    .map_err(ExecError::eval(self.operator))?;
-                let array = if column.is_empty() {
-                    new_empty_array(field_type)
-                } else {
-                    ScalarValue::iter_to_array(column).map_err(ExecError::eval(self.operator))?
-                };
-                if array.data_type() == field_type {
-                    Ok(array)
-                } else {
-                    cast(&array, field_type).map_err(ExecError::arrow("typing aggregate results"))
-                }
-            })
+            .map(|(column, field)| self.column(column, field))
             .collect()
+    }
+
+    /// One column of [`Aggregates::columns`].
+    pub(crate) fn column(&self, values: Vec<ScalarValue>, field: &FieldRef) -> Result<ArrayRef> {
+        let field_type = field.data_type();
+        let column = values
+            .into_iter()
+            .map(|v| match (v.is_null(), field.is_nullable()) {
+                (false, _) => Ok(v),
+                (true, true) => ScalarValue::try_from(field_type),
+                (true, false) => ScalarValue::new_default(field_type),
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(ExecError::eval(self.operator))?;
+        let array = if column.is_empty() {
+            new_empty_array(field_type)
+        } else {
+            ScalarValue::iter_to_array(column).map_err(ExecError::eval(self.operator))?
+        };
+        if array.data_type() == field_type {
+            Ok(array)
+        } else {
+            cast(&array, field_type).map_err(ExecError::arrow("typing aggregate results"))
+        }
     }
 }

@@ -8,6 +8,8 @@
 
 mod aggregates;
 mod filter;
+mod group_index;
+mod group_states;
 mod project;
 mod session_aggregate;
 mod window_aggregate;

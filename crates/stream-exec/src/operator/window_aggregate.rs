@@ -1,32 +1,74 @@
 //! `WindowAggregateOperator`: keyed aggregation per time window (tumbling, hopping) or
-//! over all time, using DataFusion accumulators.
+//! over all time.
 //!
 //! Group keys (the GROUP BY values, window bounds among them) are encoded with arrow's
-//! row format. Each group holds one DataFusion `Accumulator` per aggregate, fed with the
-//! group's rows of each batch through `update_batch`. With `EMIT CHANGES` the groups a
-//! batch touched are emitted after it; with `EMIT FINAL` a group is emitted once, when the
-//! watermark passes its window's end plus grace. Either way a closed window's groups are
-//! dropped, so state stays bounded on an unbounded stream.
+//! row format. State is kept per window, by window end: a [`GroupIndex`] numbers the
+//! window's keys densely and [`GroupStates`] holds every aggregate's state of its groups
+//! in vectors indexed by that number (plain primitives for `COUNT`, `SUM`, `MIN`, `MAX`,
+//! `AVG`; a DataFusion `Accumulator` per group for the others). A batch's rows are mapped
+//! to their groups' numbers, then each aggregate folds the whole batch in one pass.
+//!
+//! With `EMIT CHANGES` the groups a batch touched are emitted after it, in order of their
+//! first row in the batch; with `EMIT FINAL` a group is emitted once, when the watermark
+//! passes its window's end plus grace, a window's groups in key order. Either way a
+//! closed window is dropped whole, so state stays bounded on an unbounded stream.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{concat_batches, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::OwnedRow;
+use datafusion::common::hash_utils::RandomState;
 use sluice_sql_planner::{Emit, StreamOperator};
 
-use super::aggregates::{changes, Accumulators, Aggregates, GroupKeys, Having, Outcome};
+use super::aggregates::{changes, Aggregates, GroupKeys, Having, Outcome};
+use super::group_index::{hash_key, GroupIndex};
+use super::group_states::GroupStates;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 use crate::state::{json_keys, StateChange, StateCodec};
 
 const NAME: &str = "WindowAggregate";
 
-struct Group {
-    accumulators: Accumulators,
-    /// Its last row was written and passed HAVING (EMIT CHANGES).
-    written: bool,
+/// The one "window" of an aggregation over all time.
+const ALL_TIME: i64 = i64::MAX;
+
+/// Group flags, one byte per group.
+const WRITTEN: u8 = 1;
+const DIRTY: u8 = 2;
+const TOUCHED: u8 = 4;
+
+/// The groups of one window.
+struct Window {
+    index: GroupIndex,
+    states: GroupStates,
+    /// Per group: its last row was written and passed HAVING (`WRITTEN`, EMIT CHANGES);
+    /// changed since its state was last taken (`DIRTY`); touched by the current batch.
+    flags: Vec<u8>,
+    /// The `DIRTY` groups.
+    dirty: Vec<u32>,
+}
+
+impl Window {
+    fn new(aggregates: &Aggregates) -> Self {
+        Self {
+            index: GroupIndex::new(),
+            states: GroupStates::new(aggregates),
+            flags: vec![],
+            dirty: vec![],
+        }
+    }
+}
+
+/// Result rows of one window, before they are put together.
+struct Part {
+    rows: RecordBatch,
+    outcomes: Vec<Outcome>,
+    /// Per row, its position in the output (EMIT CHANGES: its first batch row).
+    order: Vec<u32>,
 }
 
 /// Keyed, windowed aggregation. See the module docs.
@@ -35,15 +77,16 @@ pub struct WindowAggregateOperator {
     aggregates: Aggregates,
     schema: SchemaRef,
     aggregate_fields: Vec<FieldRef>,
-    groups: HashMap<OwnedRow, Group>,
     having: Option<Having>,
-    /// Groups by window end, to close them in order; empty when not windowed.
-    by_end: BTreeMap<i64, Vec<OwnedRow>>,
+    /// Open windows by end; `ALL_TIME` when not windowed.
+    windows: BTreeMap<i64, Window>,
+    /// Keys of the windows closed since state was last taken: deleted from the changelog.
+    closed: Vec<GroupIndex>,
+    groups: usize,
     window_end: Option<usize>,
     grace_ms: i64,
     emit: Emit,
-    /// Groups changed (or removed) since their state was last taken.
-    dirty: HashSet<OwnedRow>,
+    hasher: RandomState,
     /// State rows: the group columns, the aggregates' states, `written`.
     codec: StateCodec,
     group_names: Vec<String>,
@@ -77,63 +120,90 @@ impl WindowAggregateOperator {
         Ok(Self {
             keys: GroupKeys::new(group, input, NAME)?,
             aggregates,
-            dirty: HashSet::new(),
             codec: StateCodec::new(Arc::new(Schema::new(state_fields)))?,
             group_names: group_fields.iter().map(|f| f.name().clone()).collect(),
             schema: Arc::new(output.as_arrow().clone()),
             aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
-            groups: HashMap::new(),
             having: having
                 .as_ref()
                 .map(|h| Having::new(h, output, NAME))
                 .transpose()?,
-            by_end: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            closed: vec![],
+            groups: 0,
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
             emit: *emit,
+            hasher: RandomState::default(),
         })
     }
 
-    /// The output rows of `keys`, in that order.
-    fn emit_rows(&mut self, keys: &[OwnedRow]) -> Result<Option<ChangeBatch>> {
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        let mut columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
-        let mut values = vec![Vec::with_capacity(keys.len()); self.aggregates.len()];
-        for k in keys {
-            self.aggregates.evaluate_into(
-                self.groups.get_mut(k).map(|g| &mut g.accumulators),
-                &mut values,
-            )?;
-        }
-        columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
+    /// The result rows of `groups` of `window` with their key columns `key_columns`,
+    /// after HAVING; `order` is passed through.
+    fn part(
+        &self,
+        window: &mut Window,
+        groups: &[u32],
+        mut columns: Vec<ArrayRef>,
+        order: Vec<u32>,
+    ) -> Result<Part> {
+        columns.extend(
+            window
+                .states
+                .evaluate(&self.aggregates, groups, &self.aggregate_fields)?,
+        );
         let rows = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(ExecError::arrow("building aggregate results"))?;
-        let Some(having) = &self.having else {
-            return Ok(Some(ChangeBatch::rows(rows)));
+        let outcomes = match &self.having {
+            None => vec![Outcome::Row; groups.len()],
+            // A row that stops passing HAVING deletes the row written before, if any.
+            Some(having) => having
+                .passes(&rows)?
+                .into_iter()
+                .zip(groups)
+                .map(|(pass, &g)| {
+                    let flags = &mut window.flags[g as usize];
+                    match pass {
+                        true => {
+                            *flags |= WRITTEN;
+                            Outcome::Row
+                        }
+                        false if *flags & WRITTEN != 0 => {
+                            *flags &= !WRITTEN;
+                            Outcome::Tombstone
+                        }
+                        false => Outcome::Dropped,
+                    }
+                })
+                .collect(),
         };
-        // A row that stops passing HAVING deletes the row written before, if any.
-        let passes = having.passes(&rows)?;
-        let outcomes: Vec<Outcome> = keys
-            .iter()
-            .zip(passes)
-            .map(|(k, pass)| {
-                let group = self.groups.get_mut(k);
-                match (pass, group) {
-                    (true, Some(g)) => {
-                        g.written = true;
-                        Outcome::Row
-                    }
-                    (false, Some(g)) if g.written => {
-                        g.written = false;
-                        Outcome::Tombstone
-                    }
-                    (true, None) => Outcome::Row,
-                    _ => Outcome::Dropped,
-                }
-            })
-            .collect();
+        Ok(Part {
+            rows,
+            outcomes,
+            order,
+        })
+    }
+
+    /// `parts` as one change batch, rows by their `order`.
+    fn put_together(&self, mut parts: Vec<Part>) -> Result<Option<ChangeBatch>> {
+        if parts.len() <= 1 {
+            return match parts.pop() {
+                Some(p) => changes(p.rows, &p.outcomes),
+                None => Ok(None),
+            };
+        }
+        let rows = concat_batches(&self.schema, parts.iter().map(|p| &p.rows))
+            .map_err(ExecError::arrow("building aggregate results"))?;
+        let outcomes: Vec<Outcome> = parts.iter().flat_map(|p| p.outcomes.clone()).collect();
+        let order: Vec<u32> = parts.iter().flat_map(|p| p.order.iter().copied()).collect();
+        if order.windows(2).all(|w| w[0] <= w[1]) {
+            return changes(rows, &outcomes);
+        }
+        let mut permutation: Vec<u32> = (0..order.len() as u32).collect();
+        permutation.sort_by_key(|&i| order[i as usize]);
+        let rows = take_record_batch(&rows, &UInt32Array::from(permutation.clone()))
+            .map_err(ExecError::arrow("ordering aggregate results"))?;
+        let outcomes: Vec<Outcome> = permutation.iter().map(|&i| outcomes[i as usize]).collect();
         changes(rows, &outcomes)
     }
 }
@@ -146,64 +216,117 @@ impl Operator for WindowAggregateOperator {
     fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let batch = batch.rows;
         let keys = self.keys.evaluate(&batch)?;
-        let order = keys.groups();
         let args = self.aggregates.evaluate_args(&batch)?;
-        let window_ends = self
-            .window_end
-            .map(|i| keys.columns[i].as_primitive::<Int64Type>().clone());
-        let mut touched = Vec::with_capacity(order.len());
-        for (row, indices) in order {
-            let owned = row.owned();
-            if !self.groups.contains_key(&owned) {
-                let group = Group {
-                    accumulators: self.aggregates.create()?,
-                    written: false,
-                };
-                self.groups.insert(owned.clone(), group);
-                if let Some(ends) = &window_ends {
-                    let end = ends.value(indices[0] as usize);
-                    self.by_end.entry(end).or_default().push(owned.clone());
+        // The batch's rows per window, windows in order of their first row.
+        let mut segments: Vec<(i64, Vec<u32>)> = vec![];
+        match self.window_end {
+            None => segments.push((ALL_TIME, (0..batch.num_rows() as u32).collect())),
+            Some(i) => {
+                let ends = keys.columns[i].as_primitive::<Int64Type>();
+                let mut last = 0;
+                for (row, end) in ends.values().iter().enumerate() {
+                    if segments.get(last).is_none_or(|s| s.0 != *end) {
+                        last = match segments.iter().position(|s| s.0 == *end) {
+                            Some(s) => s,
+                            None => {
+                                segments.push((*end, vec![]));
+                                segments.len() - 1
+                            }
+                        };
+                    }
+                    segments[last].1.push(row as u32);
                 }
             }
-            let group = self
-                .groups
-                .get_mut(&owned)
-                .ok_or_else(|| ExecError::internal(NAME, "group vanished"))?;
-            self.aggregates
-                .update(&mut group.accumulators, &args, &UInt32Array::from(indices))?;
-            self.dirty.insert(owned.clone());
-            touched.push(owned);
         }
-        match self.emit {
-            Emit::Changes => self.emit_rows(&touched),
-            Emit::Final => Ok(None),
+        // Key columns of the output come from the batch (taken at each group's first
+        // row) when their types are the output's, else from the encoded keys.
+        let take_keys = keys
+            .columns
+            .iter()
+            .zip(self.schema.fields())
+            .all(|(c, f)| c.data_type() == f.data_type());
+        let mut parts = vec![];
+        for (end, rows) in segments {
+            let mut window = self
+                .windows
+                .remove(&end)
+                .unwrap_or_else(|| Window::new(&self.aggregates));
+            let mut groups = Vec::with_capacity(rows.len());
+            // (first row, group) of each group the batch touched.
+            let mut touched: Vec<(u32, u32)> = vec![];
+            for &r in &rows {
+                let key = keys.rows.row(r as usize);
+                let key = key.as_ref();
+                let (g, new) = window.index.intern(hash_key(&self.hasher, key), key)?;
+                if new {
+                    window.states.push(&self.aggregates)?;
+                    window.flags.push(0);
+                    self.groups += 1;
+                }
+                let flags = &mut window.flags[g as usize];
+                if *flags & DIRTY == 0 {
+                    window.dirty.push(g);
+                }
+                if *flags & TOUCHED == 0 {
+                    touched.push((r, g));
+                }
+                *flags |= DIRTY | TOUCHED;
+                groups.push(g);
+            }
+            window
+                .states
+                .update(&self.aggregates, &args, &rows, &groups)?;
+            for &(_, g) in &touched {
+                window.flags[g as usize] &= !TOUCHED;
+            }
+            if self.emit == Emit::Changes {
+                let (first, groups): (Vec<u32>, Vec<u32>) = touched.into_iter().unzip();
+                let columns = if take_keys {
+                    let first_rows = UInt32Array::from(first.clone());
+                    keys.columns
+                        .iter()
+                        .map(|c| take(c.as_ref(), &first_rows, None))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(ExecError::arrow("selecting group keys"))?
+                } else {
+                    self.keys
+                        .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?
+                };
+                parts.push(self.part(&mut window, &groups, columns, first)?);
+            }
+            self.windows.insert(end, window);
         }
+        self.put_together(parts)
     }
 
     fn advance_watermark(&mut self, watermark_ms: i64) -> Result<Option<ChangeBatch>> {
-        let mut closed = vec![];
-        while let Some(entry) = self.by_end.first_entry() {
+        if self.window_end.is_none() {
+            return Ok(None);
+        }
+        let mut parts = vec![];
+        while let Some(entry) = self.windows.first_entry() {
             if entry.key().saturating_add(self.grace_ms) > watermark_ms {
                 break;
             }
-            // In key order, so the output does not depend on arrival (or restore) order.
-            let mut keys = entry.remove();
-            keys.sort_unstable();
-            closed.extend(keys);
+            let mut window = entry.remove();
+            self.groups -= window.index.len();
+            if self.emit == Emit::Final {
+                // In key order, so the output does not depend on arrival (or restore) order.
+                let mut groups: Vec<u32> = (0..window.index.len() as u32).collect();
+                groups.sort_unstable_by(|a, b| window.index.key(*a).cmp(window.index.key(*b)));
+                let columns = self
+                    .keys
+                    .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
+                let order = vec![0; groups.len()];
+                parts.push(self.part(&mut window, &groups, columns, order)?);
+            }
+            self.closed.push(window.index);
         }
-        let out = match self.emit {
-            Emit::Final => self.emit_rows(&closed)?,
-            Emit::Changes => None,
-        };
-        for key in closed {
-            self.groups.remove(&key);
-            self.dirty.insert(key);
-        }
-        Ok(out)
+        self.put_together(parts)
     }
 
     fn state_groups(&self) -> usize {
-        self.groups.len()
+        self.groups
     }
 
     fn is_stateful(&self) -> bool {
@@ -211,52 +334,53 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
-        if self.dirty.is_empty() {
-            return Ok(vec![]);
+        let mut out = vec![];
+        // Closed windows first: a window opened again since (by a record the scan let
+        // through) then ends up with its state.
+        for index in std::mem::take(&mut self.closed) {
+            let columns = self
+                .keys
+                .decode_bytes((0..index.len() as u32).map(|g| index.key(g)))?;
+            let keys = json_keys(&columns, &self.group_names, index.len())?;
+            out.extend(keys.into_iter().map(|key| StateChange { key, value: None }));
         }
-        let keys: Vec<OwnedRow> = self.dirty.drain().collect();
-        let key_columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
-        let changelog_keys = json_keys(&key_columns, &self.group_names, keys.len())?;
-        // Live groups become state rows; the others are deleted.
-        let mut live = vec![];
-        let mut states = vec![vec![]; self.codec.schema().fields().len() - key_columns.len() - 1];
-        let mut written = vec![];
-        for (i, key) in keys.iter().enumerate() {
-            if let Some(group) = self.groups.get_mut(key) {
-                for (column, v) in states
-                    .iter_mut()
-                    .zip(self.aggregates.checkpoint(&mut group.accumulators)?)
-                {
-                    column.push(v);
-                }
-                written.push(group.written);
-                live.push(i as u32);
+        let fields = self.codec.schema().fields().clone();
+        let n_keys = self.group_names.len();
+        let state_fields = &fields[n_keys..fields.len() - 1];
+        for window in self.windows.values_mut() {
+            if window.dirty.is_empty() {
+                continue;
             }
-        }
-        let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-        if !live.is_empty() {
-            let indices = UInt32Array::from(live.clone());
-            let mut columns: Vec<ArrayRef> = key_columns
-                .iter()
-                .map(|c| datafusion::arrow::compute::take(c, &indices, None))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(ExecError::arrow("selecting state keys"))?;
-            let fields = self.codec.schema().fields();
-            let state_fields = &fields[key_columns.len()..fields.len() - 1];
-            columns.extend(self.aggregates.columns(states, state_fields)?);
+            let groups = std::mem::take(&mut window.dirty);
+            let mut written = Vec::with_capacity(groups.len());
+            for &g in &groups {
+                let flags = &mut window.flags[g as usize];
+                *flags &= !DIRTY;
+                written.push(*flags & WRITTEN != 0);
+            }
+            let mut columns = self
+                .keys
+                .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
+            let keys = json_keys(&columns, &self.group_names, groups.len())?;
+            columns.extend(
+                window
+                    .states
+                    .checkpoint(&self.aggregates, &groups, state_fields)?,
+            );
             columns.push(Arc::new(BooleanArray::from(written)));
             let batch = RecordBatch::try_new(self.codec.schema().clone(), columns)
                 .map_err(ExecError::arrow("building state rows"))?;
-            let ranges: Vec<(usize, usize)> = (0..live.len()).map(|i| (i, 1)).collect();
-            for (i, message) in live.iter().zip(self.codec.encode(&batch, &ranges)?) {
-                values[*i as usize] = Some(message);
-            }
+            let ranges: Vec<(usize, usize)> = (0..groups.len()).map(|i| (i, 1)).collect();
+            out.extend(
+                keys.into_iter()
+                    .zip(self.codec.encode(&batch, &ranges)?)
+                    .map(|(key, value)| StateChange {
+                        key,
+                        value: Some(value),
+                    }),
+            );
         }
-        Ok(changelog_keys
-            .into_iter()
-            .zip(values)
-            .map(|(key, value)| StateChange { key, value })
-            .collect())
+        Ok(out)
     }
 
     fn restore_state(&mut self, values: &[&[u8]]) -> Result<()> {
@@ -265,20 +389,25 @@ impl Operator for WindowAggregateOperator {
         let rows = self.keys.encode(&batch.columns()[..n_keys])?;
         let state = &batch.columns()[n_keys..batch.num_columns() - 1];
         let written = batch.column(batch.num_columns() - 1).as_boolean();
-        let window_ends = self
-            .window_end
-            .map(|i| batch.column(i).as_primitive::<Int64Type>().clone());
+        let all_time = Int64Array::from_value(ALL_TIME, batch.num_rows());
+        let ends = match self.window_end {
+            Some(i) => batch.column(i).as_primitive::<Int64Type>(),
+            None => &all_time,
+        };
         for (i, row) in rows.iter().enumerate() {
-            let owned = row.owned();
-            let group = Group {
-                accumulators: self.aggregates.restore(state, i)?,
-                written: written.value(i),
-            };
-            if self.groups.insert(owned.clone(), group).is_none() {
-                if let Some(ends) = &window_ends {
-                    self.by_end.entry(ends.value(i)).or_default().push(owned);
-                }
+            let window = self
+                .windows
+                .entry(ends.value(i))
+                .or_insert_with(|| Window::new(&self.aggregates));
+            let key = row.as_ref();
+            let (g, new) = window.index.intern(hash_key(&self.hasher, key), key)?;
+            if new {
+                window.states.push(&self.aggregates)?;
+                window.flags.push(0);
+                self.groups += 1;
             }
+            window.states.restore(&self.aggregates, g, state, i)?;
+            window.flags[g as usize] = if written.value(i) { WRITTEN } else { 0 };
         }
         Ok(())
     }

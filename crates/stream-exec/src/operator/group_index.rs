@@ -1,0 +1,160 @@
+//! `GroupIndex`: numbers the distinct group keys of one window densely (0, 1, 2, …), so
+//! the aggregates' state can live in plain vectors indexed by group (see
+//! [`super::group_states`]).
+//!
+//! Keys are arrow row-format bytes, stored back to back in one buffer; the hash table is
+//! an open-addressing array of `u64` slots, each holding a group's number and 32 bits of
+//! its key's hash. A new group therefore costs no allocation of its own, a lookup
+//! compares key bytes only when those hash bits match, and dropping a window frees its
+//! keys all at once.
+
+use std::hash::BuildHasher;
+
+use datafusion::common::hash_utils::RandomState;
+
+use crate::error::{ExecError, Result};
+
+/// Hash table slots per group at most, as a fraction: grow past 3/4 full.
+const MAX_LOAD: (usize, usize) = (3, 4);
+
+/// Dense numbers for the distinct keys of one window. See the module docs.
+#[derive(Debug)]
+pub(crate) struct GroupIndex {
+    /// Every key's bytes, in group order.
+    bytes: Vec<u8>,
+    /// Where each group's key ends in `bytes` (it starts where the previous one ends).
+    ends: Vec<u32>,
+    /// 0 when empty, else the key's hash tag in the high 32 bits and group + 1 in the low.
+    slots: Vec<u64>,
+    /// log2 of `slots.len()`.
+    bits: u32,
+}
+
+/// The hash table's hasher: the one DataFusion's own hash tables use.
+pub(crate) fn hash_key(state: &RandomState, key: &[u8]) -> u64 {
+    state.hash_one(key)
+}
+
+impl GroupIndex {
+    /// An empty index.
+    pub(crate) fn new() -> Self {
+        Self {
+            bytes: vec![],
+            ends: vec![],
+            slots: vec![0; 16],
+            bits: 4,
+        }
+    }
+
+    /// Number of groups.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The key of group `g`.
+    pub(crate) fn key(&self, g: u32) -> &[u8] {
+        let g = g as usize;
+        let start = if g == 0 { 0 } else { self.ends[g - 1] as usize };
+        &self.bytes[start..self.ends[g] as usize]
+    }
+
+    /// The first slot to probe for a key whose hash tag is `tag`.
+    fn home(&self, tag: u32) -> usize {
+        // Fibonacci hashing spreads the tag over the table; all 32 tag bits still tell
+        // apart the keys that meet in one probe sequence.
+        ((u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> (64 - self.bits)) as usize
+    }
+
+    /// The group of `key` (whose [`hash_key`] is `hash`), and whether it was added now.
+    pub(crate) fn intern(&mut self, hash: u64, key: &[u8]) -> Result<(u32, bool)> {
+        let tag = (hash >> 32) as u32;
+        let mask = self.slots.len() - 1;
+        let mut pos = self.home(tag);
+        loop {
+            let slot = self.slots[pos];
+            if slot == 0 {
+                break;
+            }
+            if (slot >> 32) as u32 == tag {
+                let g = (slot as u32) - 1;
+                if self.key(g) == key {
+                    return Ok((g, false));
+                }
+            }
+            pos = (pos + 1) & mask;
+        }
+        let g = u32::try_from(self.ends.len())
+            .ok()
+            .filter(|g| *g < u32::MAX)
+            .ok_or_else(|| ExecError::internal("WindowAggregate", "too many groups in a window"))?;
+        self.bytes.extend_from_slice(key);
+        let end = u32::try_from(self.bytes.len())
+            .map_err(|_| ExecError::internal("WindowAggregate", "window keys exceed 4 GiB"))?;
+        self.ends.push(end);
+        self.slots[pos] = (u64::from(tag) << 32) | u64::from(g + 1);
+        if self.ends.len() * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
+            self.grow();
+        }
+        Ok((g, true))
+    }
+
+    /// Double the table; slots move by their stored tags, keys are not read.
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        self.bits += 1;
+        self.slots = vec![0; old.len() * 2];
+        let mask = self.slots.len() - 1;
+        for slot in old.into_iter().filter(|s| *s != 0) {
+            let mut pos = self.home((slot >> 32) as u32);
+            while self.slots[pos] != 0 {
+                pos = (pos + 1) & mask;
+            }
+            self.slots[pos] = slot;
+        }
+    }
+
+    /// Approximate heap bytes held.
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * 4 + self.slots.capacity() * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_keys_get_one_group_and_groups_are_numbered_densely() {
+        let state = RandomState::default();
+        let mut index = GroupIndex::new();
+        let keys: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                index.intern(hash_key(&state, k), k).unwrap(),
+                (i as u32, true)
+            );
+        }
+        for (i, k) in keys.iter().enumerate().rev() {
+            assert_eq!(
+                index.intern(hash_key(&state, k), k).unwrap(),
+                (i as u32, false)
+            );
+            assert_eq!(index.key(i as u32), k.as_slice());
+        }
+        assert_eq!(index.len(), 1000);
+        assert!(index.heap_bytes() < 1000 * 40);
+    }
+
+    #[test]
+    fn keys_with_equal_hashes_stay_apart() {
+        let mut index = GroupIndex::new();
+        for i in 0..100u8 {
+            assert_eq!(index.intern(7, &[i]).unwrap(), (u32::from(i), true));
+        }
+        for i in 0..100u8 {
+            assert_eq!(index.intern(7, &[i]).unwrap(), (u32::from(i), false));
+        }
+        assert_eq!(index.intern(7, &[]).unwrap(), (100, true));
+    }
+}
