@@ -240,7 +240,10 @@ fn engine_only(args: &Args, selected: &[workload::BenchQuery]) -> Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut fields = text.split_whitespace();
-    let (Some(groups), Some(bytes)) = (fields.next(), fields.next()) else {
+    let (Some(groups), Some(bytes)) = (
+        fields.next(),
+        fields.next().and_then(|b| b.parse::<f64>().ok()),
+    ) else {
         bail!(
             "the state-size run failed: {}",
             String::from_utf8_lossy(&out.stderr)
