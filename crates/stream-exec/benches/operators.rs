@@ -32,13 +32,13 @@
 //! persistent query does for its changelog: otherwise the operators' record of changed
 //! groups would grow without end. Only `process_decoded` is timed (`iter_custom`).
 //!
-//! Run: `cargo bench -p sluice-stream-exec --bench operators` (about four minutes). An
-//! iteration of a window bench takes over a second of wall time, two thirds of it in the
-//! unmeasured state changes, so criterion warns that it cannot complete 10 samples in
-//! 15 s; that is expected. A quicker, rougher run: `cargo bench -p sluice-stream-exec
-//! --bench operators -- --warm-up-time 1 --measurement-time 3`, or `-- --quick`. One
-//! bench: `… -- window_aggregate/tumble_final`. Criterion compares each run with the one
-//! before it.
+//! Run: `cargo bench -p sluice-stream-exec --bench operators` (a few minutes). Criterion
+//! plans a window bench's samples by wall time, which includes the unmeasured state
+//! changes (often more than the measured part), so it may warn that it cannot complete
+//! 10 samples in 15 s; that is expected. A quicker, rougher run: `cargo bench -p
+//! sluice-stream-exec --bench operators -- --warm-up-time 1 --measurement-time 3`, or
+//! `-- --quick`. One bench: `… -- window_aggregate/tumble_final`. Criterion compares each
+//! run with the one before it.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -271,7 +271,7 @@ fn decode(c: &mut Criterion) {
 
 fn window_aggregate(c: &mut Criterion) {
     let mut group = c.benchmark_group("window_aggregate");
-    // An iteration takes about a second: a few iterations per sample, not a ramp.
+    // An iteration can take up to a second: flat samples, not a ramp.
     group
         .sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements((BATCHES_PER_ITER * BATCH) as u64));
