@@ -378,25 +378,7 @@ impl KafkaBench {
     /// newest event time it reflects (`ts`, `date_time` or `MAX(…) AS last_ts`); rows of
     /// windows that closed with older events are left out.
     async fn latency(&self, query: &BenchQuery, sink: &str) -> Result<Option<(f64, f64, usize)>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", format!("sluice_bench_latency_{}", now_ms()))
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
-        let metadata = consumer.fetch_metadata(Some(sink), Duration::from_secs(10))?;
-        let mut list = TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                list.add_partition_offset(sink, p.id(), Offset::End)?;
-            }
-        }
-        consumer.assign(&list)?;
-        // Let the consumer find the end before the events start.
-        for _ in 0..20 {
-            consumer.poll(Duration::from_millis(10));
-        }
+        let consumer = tail(&self.bootstrap, sink)?;
         let started_ms = now_ms();
         let done = Arc::new(AtomicBool::new(false));
         let producing = {
@@ -501,7 +483,7 @@ fn paced(
     Ok(())
 }
 
-/// A consumer of `topic`'s new records (read_committed).
+/// A consumer of `topic`'s new records (read_committed), at the end of every partition.
 fn tail(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
