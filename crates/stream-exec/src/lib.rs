@@ -8,6 +8,7 @@
 //! - [`operator`]: `Filter`, `Project`, `WindowAggregate`, over Arrow batches with
 //!   DataFusion physical expressions and accumulators.
 //! - [`watermark`]: stream time per partition and the watermark that closes windows.
+//! - `delivery`: a persistent query's batch written to Kafka (results, state, offsets).
 //! - [`json_encoder`]: result rows to Kafka keys and JSON values.
 //! - [`materialized`]: a CTAS table's current rows, for pull queries.
 //! - [`changelog`]: reading a query's changelog and result topic back at start.
@@ -16,6 +17,7 @@
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
 
 pub mod changelog;
+mod delivery;
 pub mod embedded_broker;
 pub mod error;
 pub mod json_decoder;

@@ -8,28 +8,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
 use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
+use crate::delivery::{transaction, Delivery};
 use crate::error::{ExecError, Result};
-use crate::json_encoder::encode_rows;
 use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
 use crate::record::RawRecord;
-use crate::state::StateChange;
 use crate::stats::QueryStats;
 
 /// A batch ends when the commit interval has passed since its first record, when it
@@ -82,7 +78,7 @@ pub struct QueryConfig {
 }
 
 /// How long a transaction call may take.
-const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a running query's results go.
 enum Output {
@@ -149,7 +145,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Waiting longer than this for the broker to acknowledge a batch is reported as a
 /// Kafka failure in the query's statistics (it keeps waiting).
-const SLOW_ACKS: Duration = Duration::from_secs(5);
+pub(crate) const SLOW_ACKS: Duration = Duration::from_secs(5);
 /// While Kafka is failing a query that has nothing to commit, how often it asks Kafka
 /// whether it is back.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -559,7 +555,7 @@ fn sync_assignment(
 /// noticed; keeps the current assignment, so partitions held by another group member (a
 /// dead one whose session has not expired yet, say) are not taken for idle; and reports
 /// the consumer's Kafka errors (all brokers down, say) to the query's statistics.
-struct RebalanceWatch {
+pub(crate) struct RebalanceWatch {
     revocations: Arc<AtomicU64>,
     stats: Arc<QueryStats>,
     topic: String,
@@ -603,7 +599,7 @@ impl ConsumerContext for RebalanceWatch {
     }
 }
 
-type QueryConsumer = StreamConsumer<RebalanceWatch>;
+pub(crate) type QueryConsumer = StreamConsumer<RebalanceWatch>;
 
 /// A fresh pipeline over `partitions`, its state read back from `changelog`.
 async fn start_pipeline(
@@ -635,7 +631,7 @@ fn offset_ranges(records: &[RawRecord]) -> BTreeMap<i32, (i64, i64)> {
 }
 
 /// Per partition of `records`, the offset after its last record: what a commit records.
-fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPartitionList> {
+pub(crate) fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPartitionList> {
     let mut list = TopicPartitionList::new();
     for (p, (_, last)) in offset_ranges(records) {
         list.add_partition_offset(topic, p, Offset::Offset(last + 1))
@@ -654,171 +650,6 @@ fn reposition(consumer: &QueryConsumer, topic: &str, records: &[RawRecord], rewi
             tracing::debug!(topic, partition = p, error = %e, "not repositioned");
         }
     }
-}
-
-/// What writing a persistent query's batch needs.
-struct Delivery<'a> {
-    config: &'a QueryConfig,
-    plan: &'a StreamPlan,
-    changelog: Option<&'a str>,
-    stats: &'a QueryStats,
-}
-
-impl Delivery<'_> {
-    /// Write the results of `records` and the state `changes`, and move the consumer
-    /// offsets past `records`: in one transaction (exactly-once), or produce, wait for the
-    /// acks, then commit (at-least-once). Then the table's materialization sees the rows.
-    /// `false` when the transaction was aborted and the batch must be processed again.
-    async fn deliver(
-        &self,
-        producer: &FutureProducer,
-        consumer: &QueryConsumer,
-        records: &[RawRecord],
-        batches: &[ChangeBatch],
-        changes: &[StateChange],
-    ) -> Result<bool> {
-        let config = self.config;
-        let offsets = next_offsets(&self.plan.source.topic, records)?;
-        if config.exactly_once {
-            transaction(producer, "beginning a transaction", |p| {
-                p.begin_transaction()
-            })
-            .await?;
-            if let Err(e) = self.produce(producer, batches, changes).await {
-                let _ = transaction(producer, "aborting a transaction", |p| {
-                    p.abort_transaction(TRANSACTION_TIMEOUT)
-                })
-                .await;
-                return Err(e);
-            }
-            let group = consumer.group_metadata().ok_or_else(|| {
-                ExecError::internal("query loop", "the consumer has no group metadata")
-            })?;
-            let committed = transaction(producer, "committing a transaction", move |p| {
-                if offsets.count() > 0 {
-                    p.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
-                }
-                p.commit_transaction(TRANSACTION_TIMEOUT)
-            })
-            .await;
-            match committed {
-                Ok(()) => {}
-                Err(ExecError::Kafka {
-                    source: KafkaError::Transaction(e),
-                    ..
-                }) if e.txn_requires_abort() => {
-                    tracing::warn!(query_id = %config.query_id, error = %e, "transaction aborted; the batch is processed again");
-                    transaction(producer, "aborting a transaction", |p| {
-                        p.abort_transaction(TRANSACTION_TIMEOUT)
-                    })
-                    .await?;
-                    return Ok(false);
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            self.produce(producer, batches, changes).await?;
-            if offsets.count() > 0 {
-                if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-                    tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
-                }
-            }
-        }
-        materialize(config, batches)?;
-        Ok(true)
-    }
-
-    /// Write `batches` to the sink and `changes` to the changelog, and wait until the
-    /// broker has them all.
-    async fn produce(
-        &self,
-        producer: &FutureProducer,
-        batches: &[ChangeBatch],
-        changes: &[StateChange],
-    ) -> Result<()> {
-        let sink = self.config.sink_topic.as_str();
-        let mut deliveries = vec![];
-        for batch in batches {
-            for row in encode_rows(batch, &self.plan.key_columns)? {
-                deliveries.push(send_record(
-                    producer,
-                    sink,
-                    row.key.as_deref(),
-                    row.value.as_deref(),
-                )?);
-            }
-        }
-        let produced = deliveries.len() as u64;
-        if let Some(changelog) = self.changelog {
-            for change in changes {
-                deliveries.push(send_record(
-                    producer,
-                    changelog,
-                    Some(&change.key),
-                    change.value.as_deref(),
-                )?);
-            }
-        }
-        let all = join_all(deliveries);
-        tokio::pin!(all);
-        let delivered = tokio::select! {
-            done = &mut all => done,
-            _ = tokio::time::sleep(SLOW_ACKS) => {
-                // Still waiting: the broker may be gone. Say so while waiting on.
-                self.stats.kafka_failed(format!(
-                    "no acknowledgement from Kafka for {} s while producing to {sink}",
-                    SLOW_ACKS.as_secs()
-                ));
-                all.await
-            }
-        };
-        for delivery in delivered {
-            match delivery {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(ExecError::kafka(format!("producing to {sink}"), e)),
-                Err(_) => {
-                    return Err(ExecError::kafka(
-                        format!("producing to {sink}"),
-                        KafkaError::Canceled,
-                    ))
-                }
-            }
-        }
-        self.stats.add_out(produced);
-        Ok(())
-    }
-}
-
-/// Queue one record for `topic`.
-fn send_record(
-    producer: &FutureProducer,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-) -> Result<rdkafka::producer::DeliveryFuture> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic);
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    producer
-        .send_result(record)
-        .map_err(|(e, _)| ExecError::kafka(format!("producing to {topic}"), e))
-}
-
-/// Run a blocking transaction call of librdkafka off the async threads.
-async fn transaction(
-    producer: &FutureProducer,
-    context: &'static str,
-    call: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
-) -> Result<()> {
-    let producer = producer.clone();
-    tokio::task::spawn_blocking(move || call(&producer))
-        .await
-        .map_err(|_| ExecError::kafka(context, rdkafka::error::KafkaError::Canceled))?
-        .map_err(|e| ExecError::kafka(context, e))
 }
 
 /// Send a push query's `batches` to its client; `false` when the client has gone away or
@@ -842,14 +673,6 @@ async fn send(
         stats.add_out(rows);
     }
     !client.is_closed()
-}
-
-/// Apply written `batches` to the table's materialization, if it has one.
-fn materialize(config: &QueryConfig, batches: &[ChangeBatch]) -> Result<()> {
-    match &config.materialized {
-        Some(table) if !batches.is_empty() => table.apply(batches),
-        _ => Ok(()),
-    }
 }
 
 fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
