@@ -163,6 +163,34 @@ impl QueryPlanner {
         &self.state
     }
 
+    /// Plan `sql` (one `CREATE STREAM|TABLE … AS SELECT`) over the one stream `ddl`
+    /// declares (`CREATE STREAM … WITH (…)`): what tests and benchmarks need, without a
+    /// server's catalog.
+    pub fn plan_sql(&self, ddl: &str, sql: &str) -> Result<StreamPlan> {
+        let crate::Statement::CreateSource {
+            name,
+            columns,
+            properties,
+            ..
+        } = crate::parse_statements(ddl)?.remove(0).statement
+        else {
+            return Err(PlanError::invalid("expected a CREATE STREAM statement"));
+        };
+        let mut catalog = Catalog::new();
+        catalog.insert(
+            crate::ddl::declare_source(SourceKind::Stream, &name, &columns, properties, ddl)?
+                .source,
+        )?;
+        let crate::Statement::CreateAsSelect { query, .. } =
+            crate::parse_statements(sql)?.remove(0).statement
+        else {
+            return Err(PlanError::invalid(
+                "expected a CREATE … AS SELECT statement",
+            ));
+        };
+        self.plan(&catalog, &query)
+    }
+
     /// Plan `query` over the streams of `catalog`.
     pub fn plan(&self, catalog: &Catalog, query: &ContinuousQuery) -> Result<StreamPlan> {
         let windowed = query.window.is_some();

@@ -52,10 +52,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::Int64Type;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_sql_planner::ddl::declare_source;
-use sluice_sql_planner::{
-    parse_statements, Catalog, QueryPlanner, SourceKind, Statement, StreamPlan,
-};
+use sluice_sql_planner::{QueryPlanner, StreamPlan};
 use sluice_stream_exec::json_decoder::JsonDecoder;
 use sluice_stream_exec::json_encoder;
 use sluice_stream_exec::operator::ChangeBatch;
@@ -90,29 +87,7 @@ const COUNTRIES: [&str; 12] = [
 
 /// Plan `sql` (a CTAS) over the stream `ddl` declares, as the server does.
 fn plan(ddl: &str, sql: &str) -> StreamPlan {
-    let mut catalog = Catalog::new();
-    let Statement::CreateSource {
-        name,
-        columns,
-        properties,
-        ..
-    } = parse_statements(ddl).expect("ddl").remove(0).statement
-    else {
-        unreachable!("a CREATE STREAM")
-    };
-    catalog
-        .insert(
-            declare_source(SourceKind::Stream, &name, &columns, properties, ddl)
-                .expect("source")
-                .source,
-        )
-        .expect("insert");
-    let Statement::CreateAsSelect { query, .. } =
-        parse_statements(sql).expect("sql").remove(0).statement
-    else {
-        unreachable!("a CTAS or CSAS")
-    };
-    QueryPlanner::new().plan(&catalog, &query).expect("plans")
+    QueryPlanner::new().plan_sql(ddl, sql).expect("plans")
 }
 
 /// The JSON values of `batches` × [`BATCH`] events, and the event time one past the last

@@ -4,11 +4,8 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use sluice_sql_planner::ddl::declare_source;
-use sluice_sql_planner::{
-    parse_statements, Catalog, QueryPlanner, SourceKind, Statement, StreamPlan,
-};
+use anyhow::{Context, Result};
+use sluice_sql_planner::{QueryPlanner, StreamPlan};
 use sluice_stream_exec::{Pipeline, QueryStats, RawRecord};
 
 use crate::rss_mb;
@@ -16,27 +13,9 @@ use crate::workload::{arrow_batches, BenchQuery, Source};
 
 /// Plan `query` as the server would, over its source declared on `topic`.
 pub fn plan(query: &BenchQuery, topic: &str) -> Result<StreamPlan> {
-    let ddl = query.source.ddl(topic);
-    let mut catalog = Catalog::new();
-    let Statement::CreateSource {
-        name,
-        columns,
-        properties,
-        ..
-    } = parse_statements(&ddl)?.remove(0).statement
-    else {
-        bail!("not a CREATE STREAM: {ddl}");
-    };
-    catalog
-        .insert(declare_source(SourceKind::Stream, &name, &columns, properties, &ddl)?.source)?;
     let sql = query.statement(&query.name.to_uppercase());
-    let Statement::CreateAsSelect { query: select, .. } =
-        parse_statements(&sql)?.remove(0).statement
-    else {
-        bail!("not a CREATE … AS SELECT: {sql}");
-    };
     QueryPlanner::new()
-        .plan(&catalog, &select)
+        .plan_sql(&query.source.ddl(topic), &sql)
         .with_context(|| format!("planning {sql}"))
 }
 
