@@ -198,7 +198,11 @@ async fn run(
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Prefetched input is capped: while a batch is written (a slow sink, a broker
         // outage), input waits in Kafka, not in memory.
-        .set("queued.max.messages.kbytes", "32768");
+        .set("queued.max.messages.kbytes", "32768")
+        // Once that prefetch queue is full, librdkafka waits this long before fetching
+        // again (default 1 s). A batch being written leaves the queue full, so the default
+        // stalled the consumer for most of a second after each one.
+        .set("fetch.queue.backoff.ms", "10");
     let consumer: Arc<QueryConsumer> = consumer_config
         .create_with_context(RebalanceWatch {
             revocations: revocations.clone(),
@@ -312,6 +316,7 @@ async fn run(
             }
             None => {}
         }
+        let read_started = Instant::now();
         if !records.is_empty() {
             let deadline = Instant::now() + config.commit_interval;
             while records.len() < batch_limit && bytes < MAX_BATCH_BYTES {
@@ -351,6 +356,7 @@ async fn run(
                 stats.kafka_ok();
             }
         }
+        let process_started = Instant::now();
         let batches = if records.is_empty() {
             pipeline.tick(std::time::Instant::now(), &stats)?
         } else {
@@ -402,6 +408,15 @@ async fn run(
                     }
                 };
                 let took = started.elapsed();
+                tracing::debug!(
+                    query_id,
+                    records = records.len(),
+                    read_ahead = ahead.records.len(),
+                    read_ms = (process_started - read_started).as_millis() as u64,
+                    process_ms = (started - process_started).as_millis() as u64,
+                    deliver_ms = took.as_millis() as u64,
+                    "batch written"
+                );
                 batch_limit = if delivered.is_err() || took > SLOW_DELIVERY {
                     (batch_limit / 2).max(MIN_BATCH)
                 } else if took < FAST_DELIVERY && records.len() >= batch_limit {
