@@ -29,6 +29,7 @@ pub mod query_runner;
 pub mod record;
 pub mod scan;
 pub mod state;
+mod state_rows;
 pub mod stats;
 pub mod watermark;
 

@@ -9,10 +9,14 @@
 //! aborted transaction) the query reads the changelog back and the operator rebuilds its
 //! entries from the latest value of each key.
 //!
-//! Values are Arrow IPC record batch messages without their schema: the operator knows
-//! the schema (group key columns, each aggregate's intermediate state as DataFusion's
-//! `Accumulator::state` gives it, and bookkeeping columns), and [`StateCodec::decode`]
-//! puts the schema message in front of the stored messages to read them back.
+//! The operator knows the schema of its state rows (group key columns, each aggregate's
+//! intermediate state as DataFusion's `Accumulator::state` gives it, and bookkeeping
+//! columns), so values do not carry it. When every column is a plain one (numbers,
+//! timestamps, booleans, strings) a value is in the compact encoding of
+//! [`crate::state_rows`]; otherwise (a COLLECT_LIST's list, say) it is an Arrow IPC
+//! record batch message, and [`StateCodec::decode`] puts the schema message in front of
+//! the stored messages to read them back. Decoding takes either, so a changelog written
+//! before the compact encoding existed still reads back.
 
 use std::sync::Arc;
 
@@ -24,6 +28,7 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 
 use crate::error::{ExecError, Result};
 use crate::json_encoder::encode_keys;
+use crate::state_rows::{RowCodec, FORMAT};
 
 /// One changelog record: a state entry's key and its value, `None` when it was removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +63,14 @@ pub(crate) fn json_keys(
         .collect())
 }
 
-/// Encodes state rows of one schema as IPC record batch messages, and reads them back.
+/// Encodes state rows of one schema as messages, and reads them back (see the module
+/// docs for the two encodings).
 pub(crate) struct StateCodec {
     schema: SchemaRef,
     /// The IPC stream header (the schema message).
     header: Vec<u8>,
+    /// The compact encoding, when it covers every column.
+    rows: Option<RowCodec>,
 }
 
 impl StateCodec {
@@ -70,7 +78,12 @@ impl StateCodec {
         let writer = StreamWriter::try_new(Vec::new(), &schema)
             .map_err(ExecError::arrow("encoding a state schema"))?;
         let header = writer.get_ref().clone();
-        Ok(Self { schema, header })
+        let rows = RowCodec::new(&schema);
+        Ok(Self {
+            schema,
+            header,
+            rows,
+        })
     }
 
     pub(crate) fn schema(&self) -> &SchemaRef {
@@ -83,6 +96,9 @@ impl StateCodec {
         batch: &RecordBatch,
         ranges: &[(usize, usize)],
     ) -> Result<Vec<Vec<u8>>> {
+        if let Some(rows) = &self.rows {
+            return rows.encode(batch, ranges);
+        }
         let mut writer = StreamWriter::try_new(Vec::new(), &self.schema)
             .map_err(ExecError::arrow("encoding state"))?;
         let mut messages = Vec::with_capacity(ranges.len());
@@ -101,6 +117,32 @@ impl StateCodec {
         &self,
         messages: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<RecordBatch> {
+        // Runs of messages in one encoding, in order.
+        let mut runs: Vec<(bool, Vec<&[u8]>)> = vec![];
+        for m in messages {
+            let compact = m.first() == Some(&FORMAT);
+            match runs.last_mut() {
+                Some((c, run)) if *c == compact => run.push(m),
+                _ => runs.push((compact, vec![m])),
+            }
+        }
+        let mut batches = Vec::with_capacity(runs.len());
+        for (compact, run) in runs {
+            batches.push(match (compact, &self.rows) {
+                (false, _) => self.decode_ipc(run)?,
+                (true, Some(rows)) => rows.decode(run)?,
+                (true, None) => {
+                    return Err(ExecError::internal(
+                        "StateCodec",
+                        "a compact state record for a schema it does not cover",
+                    ))
+                }
+            });
+        }
+        concat_batches(&self.schema, &batches).map_err(ExecError::arrow("reading state"))
+    }
+
+    fn decode_ipc(&self, messages: Vec<&[u8]>) -> Result<RecordBatch> {
         let mut stream = self.header.clone();
         for m in messages {
             stream.extend_from_slice(m);
@@ -151,5 +193,32 @@ mod tests {
         .unwrap();
         assert_eq!(back, expected);
         assert!(codec.decode([]).unwrap().num_rows() == 0);
+    }
+
+    #[test]
+    fn ipc_records_of_an_older_changelog_still_read_back_beside_compact_ones() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+            ],
+        )
+        .unwrap();
+        let compact = StateCodec::new(schema.clone()).unwrap();
+        let mut ipc = StateCodec::new(schema).unwrap();
+        ipc.rows = None;
+        let old = ipc.encode(&batch, &[(0, 1)]).unwrap().remove(0);
+        let new = compact.encode(&batch, &[(1, 1)]).unwrap().remove(0);
+        assert_eq!(old[0], 0xFF);
+        assert_eq!(new[0], FORMAT);
+        assert!(new.len() < old.len() / 4, "{} vs {}", new.len(), old.len());
+        let back = compact.decode([old.as_slice(), new.as_slice()]).unwrap();
+        assert_eq!(back, batch);
+        assert!(ipc.decode([new.as_slice()]).is_err());
     }
 }
