@@ -2,11 +2,16 @@
 //! changes to the changelog, then its consumer offsets, in one Kafka transaction
 //! (exactly-once) or as produce, wait for the acknowledgements, commit (at-least-once).
 
-use futures::future::join_all;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use sluice_sql_planner::StreamPlan;
+use tokio::sync::oneshot;
 
 use crate::error::{ExecError, Result};
 use crate::json_encoder::encode_rows;
@@ -17,6 +22,68 @@ use crate::query_runner::{
 use crate::record::RawRecord;
 use crate::state::StateChange;
 use crate::stats::QueryStats;
+
+/// A persistent query's producer. Its records carry the [`Acks`] of their batch, so a
+/// batch is one counter, not a future per record.
+pub(crate) type QueryProducer = ThreadedProducer<AckContext>;
+
+/// Hands each delivery report to the [`Acks`] of its record's batch.
+pub(crate) struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        acks.settle(result.as_ref().err().map(|(e, _)| e.clone()));
+    }
+}
+
+/// The acknowledgements a batch waits for. The count starts at one, the writer's own,
+/// which it gives up once every record is queued; the report that brings it to zero
+/// says the batch is done.
+pub(crate) struct Acks {
+    left: AtomicUsize,
+    failed: Mutex<Option<KafkaError>>,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Acks {
+    fn new() -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let acks = Arc::new(Self {
+            left: AtomicUsize::new(1),
+            failed: Mutex::new(None),
+            done: Mutex::new(Some(tx)),
+        });
+        (acks, rx)
+    }
+
+    fn settle(&self, error: Option<KafkaError>) {
+        if let Some(e) = error {
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn error(&self) -> Option<KafkaError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// While the producer's queue is full, how long to wait before queueing again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 
 /// What writing a persistent query's batch needs.
 pub(crate) struct Delivery<'a> {
@@ -33,7 +100,7 @@ impl Delivery<'_> {
     /// `false` when the transaction was aborted and the batch must be processed again.
     pub(crate) async fn deliver(
         &self,
-        producer: &FutureProducer,
+        producer: &QueryProducer,
         consumer: &QueryConsumer,
         records: &[RawRecord],
         batches: &[ChangeBatch],
@@ -94,87 +161,104 @@ impl Delivery<'_> {
     /// broker has them all.
     async fn produce(
         &self,
-        producer: &FutureProducer,
+        producer: &QueryProducer,
         batches: &[ChangeBatch],
         changes: &[StateChange],
     ) -> Result<()> {
         let sink = self.config.sink_topic.as_str();
-        let mut deliveries = vec![];
+        let (acks, done) = Acks::new();
+        let mut produced = 0u64;
         for batch in batches {
             for row in encode_rows(batch, &self.plan.key_columns)? {
-                deliveries.push(send_record(
+                send_record(
                     producer,
+                    &acks,
                     sink,
                     row.key.as_deref(),
                     row.value.as_deref(),
-                )?);
+                )
+                .await?;
+                produced += 1;
             }
         }
-        let produced = deliveries.len() as u64;
         if let Some(changelog) = self.changelog {
             for change in changes {
-                deliveries.push(send_record(
+                send_record(
                     producer,
+                    &acks,
                     changelog,
                     Some(&change.key),
                     change.value.as_deref(),
-                )?);
+                )
+                .await?;
             }
         }
-        let all = join_all(deliveries);
-        tokio::pin!(all);
-        let delivered = tokio::select! {
-            done = &mut all => done,
+        // Every record is queued: give up the writer's count.
+        acks.settle(None);
+        tokio::pin!(done);
+        let finished = tokio::select! {
+            d = &mut done => d,
             _ = tokio::time::sleep(SLOW_ACKS) => {
                 // Still waiting: the broker may be gone. Say so while waiting on.
                 self.stats.kafka_failed(format!(
                     "no acknowledgement from Kafka for {} s while producing to {sink}",
                     SLOW_ACKS.as_secs()
                 ));
-                all.await
+                done.await
             }
         };
-        for delivery in delivered {
-            match delivery {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(ExecError::kafka(format!("producing to {sink}"), e)),
-                Err(_) => {
-                    return Err(ExecError::kafka(
-                        format!("producing to {sink}"),
-                        KafkaError::Canceled,
-                    ))
-                }
-            }
+        if finished.is_err() {
+            return Err(ExecError::kafka(
+                format!("producing to {sink}"),
+                KafkaError::Canceled,
+            ));
+        }
+        if let Some(e) = acks.error() {
+            return Err(ExecError::kafka(format!("producing to {sink}"), e));
         }
         self.stats.add_out(produced);
         Ok(())
     }
 }
 
-/// Queue one record for `topic`.
-fn send_record(
-    producer: &FutureProducer,
+/// Queue one record for `topic`, counted in `acks`; while the producer's queue is full,
+/// wait for it to drain.
+async fn send_record(
+    producer: &QueryProducer,
+    acks: &Arc<Acks>,
     topic: &str,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
-) -> Result<rdkafka::producer::DeliveryFuture> {
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+) -> Result<()> {
+    let mut record = BaseRecord::<[u8], [u8], Arc<Acks>>::with_opaque_to(topic, acks.clone());
     if let Some(v) = value {
         record = record.payload(v);
     }
     if let Some(k) = key {
         record = record.key(k);
     }
-    producer
-        .send_result(record)
-        .map_err(|(e, _)| ExecError::kafka(format!("producing to {topic}"), e))
+    acks.left.fetch_add(1, Ordering::AcqRel);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            }
+            Err((e, _)) => {
+                // Not queued: it will not be reported.
+                acks.left.fetch_sub(1, Ordering::AcqRel);
+                return Err(ExecError::kafka(format!("producing to {topic}"), e));
+            }
+        }
+    }
 }
 
 /// Run a blocking transaction call of librdkafka off the async threads.
 pub(crate) async fn transaction(
-    producer: &FutureProducer,
+    producer: &QueryProducer,
     context: &'static str,
-    call: impl FnOnce(&FutureProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+    call: impl FnOnce(&QueryProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
 ) -> Result<()> {
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || call(&producer))

@@ -13,14 +13,14 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
 use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
-use crate::delivery::{transaction, Delivery};
+use crate::delivery::{transaction, AckContext, Delivery, QueryProducer};
 use crate::error::{ExecError, Result};
 use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
@@ -83,7 +83,7 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where a running query's results go.
 enum Output {
     /// A persistent query: the sink topic, then a commit of the consumer offsets.
-    Topic(FutureProducer),
+    Topic(QueryProducer),
     /// A push query: the client's channel; no offsets are committed.
     Client(mpsc::Sender<Result<ChangeBatch>>),
 }
@@ -114,7 +114,7 @@ pub async fn run_query(
 /// The producer of a persistent query. Exactly-once: transactional, with the query's
 /// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
 /// run that died, or of this run before a Kafka failure) and aborts its open transaction.
-async fn new_producer(config: &QueryConfig) -> Result<FutureProducer> {
+async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
@@ -128,8 +128,8 @@ async fn new_producer(config: &QueryConfig) -> Result<FutureProducer> {
             .set("transactional.id", &config.group_id)
             .set("transaction.timeout.ms", "60000");
     }
-    let producer: FutureProducer = producer_config
-        .create()
+    let producer: QueryProducer = producer_config
+        .create_with_context(AckContext)
         .map_err(|e| ExecError::kafka("creating the producer", e))?;
     if config.exactly_once {
         transaction(&producer, "starting transactions", |p| {
