@@ -10,6 +10,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::TopicPartitionList;
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::oneshot;
 
@@ -85,29 +86,54 @@ impl Acks {
 /// While the producer's queue is full, how long to wait before queueing again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
 
-/// What writing a persistent query's batch needs.
-pub(crate) struct Delivery<'a> {
-    pub(crate) config: &'a QueryConfig,
-    pub(crate) plan: &'a StreamPlan,
-    pub(crate) changelog: Option<&'a str>,
-    pub(crate) stats: &'a QueryStats,
+/// What writing a persistent query's batches needs; cheap to clone, so a batch can be
+/// written on a task of its own while the next one is processed.
+#[derive(Clone)]
+pub(crate) struct Delivery {
+    pub(crate) config: Arc<QueryConfig>,
+    pub(crate) plan: Arc<StreamPlan>,
+    pub(crate) changelog: Option<Arc<str>>,
+    pub(crate) stats: Arc<QueryStats>,
+    pub(crate) consumer: Arc<QueryConsumer>,
 }
 
-impl Delivery<'_> {
-    /// Write the results of `records` and the state `changes`, and move the consumer
-    /// offsets past `records`: in one transaction (exactly-once), or produce, wait for the
+/// One batch to write: its results, its state changes, and the consumer offsets after
+/// its records.
+pub(crate) struct Outgoing {
+    pub(crate) batches: Vec<ChangeBatch>,
+    pub(crate) changes: Vec<StateChange>,
+    pub(crate) offsets: TopicPartitionList,
+}
+
+impl Outgoing {
+    pub(crate) fn new(
+        topic: &str,
+        records: &[RawRecord],
+        batches: Vec<ChangeBatch>,
+        changes: Vec<StateChange>,
+    ) -> Result<Self> {
+        Ok(Self {
+            batches,
+            changes,
+            offsets: next_offsets(topic, records)?,
+        })
+    }
+}
+
+impl Delivery {
+    /// Write the results and state changes of `batch`, and move the consumer offsets
+    /// past its records: in one transaction (exactly-once), or produce, wait for the
     /// acks, then commit (at-least-once). Then the table's materialization sees the rows.
     /// `false` when the transaction was aborted and the batch must be processed again.
-    pub(crate) async fn deliver(
-        &self,
-        producer: &QueryProducer,
-        consumer: &QueryConsumer,
-        records: &[RawRecord],
-        batches: &[ChangeBatch],
-        changes: &[StateChange],
-    ) -> Result<bool> {
-        let config = self.config;
-        let offsets = next_offsets(&self.plan.source.topic, records)?;
+    pub(crate) async fn deliver(&self, producer: &QueryProducer, batch: Outgoing) -> Result<bool> {
+        let config = &*self.config;
+        let consumer = &*self.consumer;
+        let Outgoing {
+            batches,
+            changes,
+            offsets,
+        } = batch;
+        let (batches, changes) = (&batches[..], &changes[..]);
         if config.exactly_once {
             transaction(producer, "beginning a transaction", |p| {
                 p.begin_transaction()
@@ -181,7 +207,7 @@ impl Delivery<'_> {
                 produced += 1;
             }
         }
-        if let Some(changelog) = self.changelog {
+        if let Some(changelog) = self.changelog.as_deref() {
             for change in changes {
                 send_record(
                     producer,

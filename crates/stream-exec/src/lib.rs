@@ -26,6 +26,7 @@ pub mod materialized;
 pub mod operator;
 pub mod pipeline;
 pub mod query_runner;
+mod reader;
 pub mod record;
 pub mod scan;
 pub mod state;

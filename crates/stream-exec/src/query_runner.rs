@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
@@ -20,11 +19,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
 use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
-use crate::delivery::{transaction, AckContext, Delivery, QueryProducer};
+use crate::delivery::{transaction, AckContext, Delivery, Outgoing, QueryProducer};
 use crate::error::{ExecError, Result};
 use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
+use crate::reader::{Polled, Reader};
 use crate::record::RawRecord;
 use crate::stats::QueryStats;
 
@@ -182,6 +182,7 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
     mut output: Output,
 ) -> Result<()> {
+    let (config, plan) = (Arc::new(config), Arc::new(plan));
     let query_id = config.query_id.as_str();
     let topic = plan.source.topic.as_str();
     let persistent = matches!(output, Output::Topic(_));
@@ -242,7 +243,7 @@ async fn run(
             return Ok(());
         }
     }
-    let Some(mut pipeline) = retry(
+    let Some(pipeline) = retry(
         query_id,
         "reading state back",
         &stats,
@@ -269,82 +270,240 @@ async fn run(
         tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
     }
     tracing::info!(query_id, topic, sink = %config.sink_topic, "query started");
-    let mut backoff = FIRST_BACKOFF;
+    let mut reader = Reader::start(consumer.clone(), topic, revocations.clone())
+        .map_err(|e| ExecError::internal("query loop", &format!("starting the reader: {e}")))?;
+    let stopped = process(
+        &config,
+        &plan,
+        &stats,
+        &mut shutdown,
+        &mut output,
+        Source {
+            consumer: &consumer,
+            reader: &mut reader,
+            revocations: &revocations,
+            assignment: &assignment,
+            partitions: &partitions,
+        },
+        changelog.as_deref(),
+        pipeline,
+    )
+    .await;
+    reader.stop().await;
+    stopped?;
+    tracing::info!(query_id, "query stopped");
+    Ok(())
+}
+
+/// Where a running query's records come from.
+struct Source<'a> {
+    consumer: &'a Arc<QueryConsumer>,
+    reader: &'a mut Reader,
+    revocations: &'a AtomicU64,
+    assignment: &'a std::sync::Mutex<Assignment>,
+    partitions: &'a [i32],
+}
+
+/// A batch being written on a task of its own while the next one is read and processed.
+struct InFlight {
+    task: tokio::task::JoinHandle<(Result<bool>, Duration)>,
+    records: Vec<RawRecord>,
+    /// The consumer's revocation count when its records were read.
+    generation: u64,
+}
+
+/// How writing a batch ended, for the query loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Written and committed, and the partitions stayed put meanwhile.
+    Committed,
+    /// Written and committed, but the partitions were reassigned meanwhile.
+    CommittedMoved,
+    /// Not committed: its records must be processed again from the last commit.
+    Failed,
+}
+
+/// The query loop's own state that settling a written batch changes.
+struct Loop<'a> {
+    query_id: &'a str,
+    config: &'a QueryConfig,
+    stats: &'a QueryStats,
+    revocations: &'a AtomicU64,
+    batch_limit: usize,
+    backoff: Duration,
+}
+
+/// Read, process and hand on batches until the query is stopped (`Ok`) or fails.
+///
+/// A persistent query writes each batch on a task of its own and reads and processes
+/// the next batch meanwhile; that one is written once the one before is committed. When
+/// a batch was not committed, or the partitions moved while it was written, the batch
+/// processed meanwhile goes with it: the state is read back from the changelog and both
+/// are read again.
+#[allow(clippy::too_many_arguments)]
+async fn process(
+    config: &Arc<QueryConfig>,
+    plan: &Arc<StreamPlan>,
+    stats: &Arc<QueryStats>,
+    shutdown: &mut watch::Receiver<bool>,
+    output: &mut Output,
+    source: Source<'_>,
+    changelog: Option<&str>,
+    mut pipeline: Pipeline,
+) -> Result<()> {
+    let query_id = config.query_id.as_str();
+    let Source {
+        consumer,
+        reader,
+        revocations,
+        assignment,
+        partitions,
+    } = source;
+    let persistent = matches!(output, Output::Topic(_));
+    let delivery = Delivery {
+        config: config.clone(),
+        plan: plan.clone(),
+        changelog: changelog.map(Arc::from),
+        stats: stats.clone(),
+        consumer: consumer.clone(),
+    };
+    let mut state = Loop {
+        query_id,
+        config,
+        stats,
+        revocations,
+        batch_limit: FIRST_BATCH,
+        backoff: FIRST_BACKOFF,
+    };
     let mut last_probe = Instant::now();
     let mut consumer_errors = 0u32;
     let mut seen_assignment = None;
-    let mut batch_limit = FIRST_BATCH;
-    // Records read while the batch before was written: the start of the next batch.
-    let mut read_ahead: Option<ReadAhead> = None;
-    loop {
-        sync_assignment(&mut pipeline, &assignment, &mut seen_assignment);
-        let (generation, mut records, mut bytes) = match read_ahead.take() {
-            Some(ahead) => (ahead.generation, ahead.records, ahead.bytes),
-            None => (
-                revocations.load(Ordering::SeqCst),
-                Vec::with_capacity(256),
-                0,
-            ),
-        };
-        let first = if records.is_empty() {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                m = consumer.recv() => Some(m),
-                _ = tokio::time::sleep(TICK) => None,
+    let mut in_flight: Option<InFlight> = None;
+    // The pipeline's state is read back from the changelog (its records are read again).
+    macro_rules! read_state_back {
+        () => {
+            match retry(query_id, "reading state back", stats, shutdown, || {
+                start_pipeline(config, plan, partitions, changelog)
+            })
+            .await?
+            {
+                Some(fresh) => {
+                    pipeline = fresh;
+                    seen_assignment = None;
+                }
+                None => break Ok(()),
             }
-        } else {
-            None
         };
+    }
+    // Wait for the batch being written and settle it: `Some(records)` of a batch that
+    // was not committed, `None` when it was (and `reader` resumes where it should).
+    macro_rules! settle_in_flight {
+        ($written:expr) => {{
+            let written = $written;
+            match in_flight.take() {
+                Some(before) => {
+                    let Some(outcome) = state.settle(&before, written, shutdown, output).await?
+                    else {
+                        break Ok(());
+                    };
+                    match outcome {
+                        Settled::Committed => None,
+                        Settled::CommittedMoved => {
+                            reader.resume();
+                            None
+                        }
+                        Settled::Failed => Some(before.records),
+                    }
+                }
+                None => None,
+            }
+        }};
+    }
+    let result = loop {
+        sync_assignment(&mut pipeline, assignment, &mut seen_assignment);
+        let batch_limit = state.batch_limit;
+        let first = tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            p = reader.next(batch_limit) => Some(p),
+            _ = tokio::time::sleep(TICK) => None,
+            // Nothing new to read yet: settle the batch being written.
+            written = joined(&mut in_flight), if in_flight.is_some() => {
+                if let Some(failed) = settle_in_flight!(written) {
+                    reader.rewind(&failed);
+                    read_state_back!();
+                }
+                continue;
+            }
+        };
+        let read_started = Instant::now();
+        let mut records: Vec<RawRecord> = vec![];
+        let mut generation = revocations.load(Ordering::SeqCst);
         match first {
-            Some(Ok(m)) => {
+            Some(Some(Polled::Records {
+                generation: g,
+                records: r,
+            })) => {
                 consumer_errors = 0;
-                let r = raw(&m);
-                bytes += r.size();
-                records.push(r);
+                generation = g;
+                records = r;
             }
-            Some(Err(e)) => {
+            Some(Some(Polled::Error(e))) => {
                 // While the broker is away this repeats: log the first and every 50th.
                 if consumer_errors.is_multiple_of(50) {
                     tracing::warn!(query_id, error = %e, repeated = consumer_errors, "consumer error; retrying");
                 }
                 consumer_errors += 1;
                 stats.kafka_failed(e.to_string());
-                if !pause(&mut shutdown, Duration::from_millis(200)).await {
-                    break;
+                if !pause(shutdown, Duration::from_millis(200)).await {
+                    break Ok(());
                 }
                 continue;
             }
+            Some(None) => break Err(ExecError::internal("query loop", "the reader stopped")),
             None => {}
         }
-        let read_started = Instant::now();
         if !records.is_empty() {
             let deadline = Instant::now() + config.commit_interval;
+            let mut bytes: usize = records.iter().map(RawRecord::size).sum();
             while records.len() < batch_limit && bytes < MAX_BATCH_BYTES {
-                match timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => {
-                        let r = raw(&m);
-                        bytes += r.size();
-                        records.push(r);
+                match timeout_at(deadline, reader.next(batch_limit - records.len())).await {
+                    Ok(Some(Polled::Records { records: r, .. })) => {
+                        bytes += r.iter().map(RawRecord::size).sum::<usize>();
+                        records.extend(r);
                     }
-                    Ok(Err(e)) => tracing::warn!(query_id, error = %e, "consumer error"),
+                    Ok(Some(Polled::Error(e))) => {
+                        tracing::warn!(query_id, error = %e, "consumer error")
+                    }
+                    Ok(None) => {
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             if persistent && revocations.load(Ordering::SeqCst) != generation {
                 // The partitions were taken away and given back while this batch was
-                // read: they restart from the committed offsets, so it is read again.
+                // read: they restart from the committed offsets, so it is read again
+                // (with the batch before, if that one is not committed).
                 tracing::info!(
                     query_id,
                     "partitions were reassigned while a batch was read; reading it again"
                 );
-                reposition(&consumer, topic, &records, true);
+                let written = joined(&mut in_flight).await;
+                match settle_in_flight!(written) {
+                    Some(mut failed) => {
+                        failed.extend(records);
+                        reader.rewind(&failed);
+                        read_state_back!();
+                    }
+                    None => reader.rewind(&records),
+                }
                 continue;
             }
         }
         if records.is_empty() && stats.kafka_failing() && last_probe.elapsed() > PROBE_EVERY {
             // Nothing to commit tells us Kafka is back: ask it.
             last_probe = Instant::now();
-            let (probe, source) = (consumer.clone(), topic.to_string());
+            let (probe, source) = (consumer.clone(), plan.source.topic.clone());
             let answered = tokio::task::spawn_blocking(move || {
                 probe
                     .fetch_metadata(Some(&source), Duration::from_secs(2))
@@ -358,153 +517,162 @@ async fn run(
         }
         let process_started = Instant::now();
         let batches = if records.is_empty() {
-            pipeline.tick(std::time::Instant::now(), &stats)?
+            pipeline.tick(std::time::Instant::now(), stats)?
         } else {
-            pipeline.process(&records, &stats)?
+            pipeline.process(&records, stats)?
         };
-        let go_on = match &mut output {
-            Output::Topic(producer) => {
-                let changes = match changelog {
-                    Some(_) => pipeline.take_state_changes()?,
-                    None => vec![],
-                };
-                if batches.is_empty() && changes.is_empty() && records.is_empty() {
+        if let Output::Client(client) = output {
+            if !send(client, batches, stats, shutdown).await {
+                break Ok(());
+            }
+            continue;
+        }
+        let changes = match changelog {
+            Some(_) => pipeline.take_state_changes()?,
+            None => vec![],
+        };
+        let processed = process_started.elapsed();
+        // The batch before must be committed before this one is written.
+        if in_flight.is_some() {
+            let written = joined(&mut in_flight).await;
+            let moved_before = in_flight
+                .as_ref()
+                .is_some_and(|b| revocations.load(Ordering::SeqCst) != b.generation);
+            match settle_in_flight!(written) {
+                Some(mut failed) => {
+                    // This batch was processed on top of one that was not committed.
+                    failed.extend(records);
+                    reader.rewind(&failed);
+                    read_state_back!();
                     continue;
                 }
-                let delivery = Delivery {
-                    config: &config,
-                    plan: &plan,
-                    changelog: changelog.as_deref(),
-                    stats: &stats,
-                };
-                let started = Instant::now();
-                let mut ahead = ReadAhead {
-                    generation: revocations.load(Ordering::SeqCst),
-                    records: vec![],
-                    bytes: 0,
-                };
-                let delivered = {
-                    // While the batch is written, read the next one (at most one batch:
-                    // a slow sink keeps input waiting in Kafka, not here).
-                    let deliver =
-                        delivery.deliver(producer, &consumer, &records, &batches, &changes);
-                    tokio::pin!(deliver);
-                    loop {
-                        if ahead.records.len() >= batch_limit || ahead.bytes >= MAX_BATCH_BYTES {
-                            break deliver.await;
-                        }
-                        tokio::select! {
-                            biased;
-                            d = &mut deliver => break d,
-                            m = consumer.recv() => match m {
-                                Ok(m) => {
-                                    let r = raw(&m);
-                                    ahead.bytes += r.size();
-                                    ahead.records.push(r);
-                                }
-                                Err(e) => tracing::warn!(query_id, error = %e, "consumer error"),
-                            },
-                        }
-                    }
-                };
-                let took = started.elapsed();
-                tracing::debug!(
-                    query_id,
-                    records = records.len(),
-                    read_ahead = ahead.records.len(),
-                    read_ms = (process_started - read_started).as_millis() as u64,
-                    process_ms = (started - process_started).as_millis() as u64,
-                    deliver_ms = took.as_millis() as u64,
-                    "batch written"
-                );
-                batch_limit = if delivered.is_err() || took > SLOW_DELIVERY {
-                    (batch_limit / 2).max(MIN_BATCH)
-                } else if took < FAST_DELIVERY && records.len() >= batch_limit {
-                    (batch_limit * 2).min(MAX_BATCH)
-                } else {
-                    batch_limit
-                };
-                let committed = match delivered {
-                    Ok(committed) => committed,
-                    Err(e @ ExecError::Kafka { .. }) => {
-                        // A broker outage, say: wait, then start again from the last
-                        // commit with a new producer.
-                        stats.kafka_failed(e.to_string());
-                        tracing::warn!(query_id, error = %e, "writing a batch failed; retrying from the last commit in {backoff:?}");
-                        if !pause(&mut shutdown, backoff).await {
-                            break;
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        match retry(
-                            query_id,
-                            "creating a producer",
-                            &stats,
-                            &mut shutdown,
-                            || new_producer(&config),
-                        )
-                        .await?
-                        {
-                            Some(fresh) => {
-                                let old = std::mem::replace(producer, fresh);
-                                tokio::task::spawn_blocking(move || drop(old));
-                            }
-                            None => break,
-                        }
-                        false
-                    }
-                    Err(e) => return Err(e),
-                };
-                if committed {
-                    backoff = FIRST_BACKOFF;
-                    stats.kafka_ok();
+                None if moved_before => {
+                    // Read while the partitions moved: read it again, from the state
+                    // after the batch before.
+                    reader.rewind(&records);
+                    read_state_back!();
+                    continue;
                 }
-                if revocations.load(Ordering::SeqCst) != generation || !committed {
-                    // Partitions were reassigned during the batch: their positions went
-                    // back to the committed offsets. Put them where this batch leaves
-                    // them: after it when it was committed, at its start when not. What
-                    // was read ahead is read again.
-                    reposition(&consumer, topic, &ahead.records, true);
-                    if committed {
-                        reposition(&consumer, topic, &records, false);
-                    } else {
-                        reposition(&consumer, topic, &records, true);
-                        match retry(
-                            query_id,
-                            "reading state back",
-                            &stats,
-                            &mut shutdown,
-                            || start_pipeline(&config, &plan, &partitions, changelog.as_deref()),
-                        )
-                        .await?
-                        {
-                            Some(fresh) => {
-                                pipeline = fresh;
-                                seen_assignment = None;
-                            }
-                            None => break,
-                        }
-                    }
-                } else if !ahead.records.is_empty() {
-                    read_ahead = Some(ahead);
-                }
-                true
+                None => {}
             }
-            Output::Client(client) => send(client, batches, &stats, &mut shutdown).await,
-        };
-        if !go_on {
-            break;
         }
+        if batches.is_empty() && changes.is_empty() && records.is_empty() {
+            continue;
+        }
+        let Output::Topic(producer) = &*output else {
+            continue;
+        };
+        tracing::debug!(
+            query_id,
+            records = records.len(),
+            read_ms = (process_started - read_started).as_millis() as u64,
+            process_ms = processed.as_millis() as u64,
+            "batch processed"
+        );
+        let outgoing = Outgoing::new(&plan.source.topic, &records, batches, changes)?;
+        let (writer, producer) = (delivery.clone(), producer.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let delivered = writer.deliver(&producer, outgoing).await;
+            (delivered, started.elapsed())
+        });
+        in_flight = Some(InFlight {
+            task,
+            records,
+            generation,
+        });
+    };
+    if let Some(before) = in_flight.take() {
+        // Stopping: let the batch being written finish (or fail) first.
+        let _ = before.task.await;
     }
-    tracing::info!(query_id, "query stopped");
-    Ok(())
+    result
 }
 
-/// Records read while a batch was written: the start of the next batch, read since
-/// revocation `generation`.
-struct ReadAhead {
-    generation: u64,
-    records: Vec<RawRecord>,
-    bytes: usize,
+/// The outcome of the batch being written, once it is; never ready without one.
+async fn joined(in_flight: &mut Option<InFlight>) -> (Result<bool>, Duration) {
+    match in_flight {
+        Some(f) => (&mut f.task).await.unwrap_or_else(|e| {
+            (
+                Err(ExecError::internal(
+                    "query loop",
+                    &format!("writing a batch: {e}"),
+                )),
+                Duration::ZERO,
+            )
+        }),
+        None => std::future::pending().await,
+    }
+}
+
+impl Loop<'_> {
+    /// Settle a written batch: adapt the batch limit to how long it took; after a Kafka
+    /// failure, wait and make a new producer. `None` when the query was stopped
+    /// meanwhile.
+    async fn settle(
+        &mut self,
+        before: &InFlight,
+        (delivered, took): (Result<bool>, Duration),
+        shutdown: &mut watch::Receiver<bool>,
+        output: &mut Output,
+    ) -> Result<Option<Settled>> {
+        let query_id = self.query_id;
+        tracing::debug!(
+            query_id,
+            records = before.records.len(),
+            deliver_ms = took.as_millis() as u64,
+            "batch written"
+        );
+        self.batch_limit = if delivered.is_err() || took > SLOW_DELIVERY {
+            (self.batch_limit / 2).max(MIN_BATCH)
+        } else if took < FAST_DELIVERY && before.records.len() >= self.batch_limit {
+            (self.batch_limit * 2).min(MAX_BATCH)
+        } else {
+            self.batch_limit
+        };
+        let committed = match delivered {
+            Ok(committed) => committed,
+            Err(e @ ExecError::Kafka { .. }) => {
+                // A broker outage, say: wait, then start again from the last commit with
+                // a new producer.
+                self.stats.kafka_failed(e.to_string());
+                tracing::warn!(query_id, error = %e, "writing a batch failed; retrying from the last commit in {:?}", self.backoff);
+                if !pause(shutdown, self.backoff).await {
+                    return Ok(None);
+                }
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                let Some(fresh) = retry(
+                    query_id,
+                    "creating a producer",
+                    self.stats,
+                    shutdown,
+                    || new_producer(self.config),
+                )
+                .await?
+                else {
+                    return Ok(None);
+                };
+                if let Output::Topic(producer) = output {
+                    let old = std::mem::replace(producer, fresh);
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if !committed {
+            return Ok(Some(Settled::Failed));
+        }
+        self.backoff = FIRST_BACKOFF;
+        self.stats.kafka_ok();
+        Ok(Some(
+            if self.revocations.load(Ordering::SeqCst) != before.generation {
+                Settled::CommittedMoved
+            } else {
+                Settled::Committed
+            },
+        ))
+    }
 }
 
 /// Wait `pause`; `false` when the query was stopped meanwhile.
@@ -614,7 +782,7 @@ impl ConsumerContext for RebalanceWatch {
     }
 }
 
-pub(crate) type QueryConsumer = StreamConsumer<RebalanceWatch>;
+pub(crate) type QueryConsumer = BaseConsumer<RebalanceWatch>;
 
 /// A fresh pipeline over `partitions`, its state read back from `changelog`.
 async fn start_pipeline(
@@ -655,18 +823,6 @@ pub(crate) fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPa
     Ok(list)
 }
 
-/// Move each partition of `records` back to its first record in them, to read them
-/// again (`rewind`), or to just after its last one (not `rewind`). A partition no longer
-/// assigned is skipped: its next owner starts from the committed offset.
-fn reposition(consumer: &QueryConsumer, topic: &str, records: &[RawRecord], rewind: bool) {
-    for (p, (first, last)) in offset_ranges(records) {
-        let to = if rewind { first } else { last + 1 };
-        if let Err(e) = consumer.seek(topic, p, Offset::Offset(to), Duration::from_secs(5)) {
-            tracing::debug!(topic, partition = p, error = %e, "not repositioned");
-        }
-    }
-}
-
 /// Send a push query's `batches` to its client; `false` when the client has gone away or
 /// the query was stopped while waiting for a slow client.
 async fn send(
@@ -688,13 +844,4 @@ async fn send(
         stats.add_out(rows);
     }
     !client.is_closed()
-}
-
-fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
-    RawRecord {
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        value: m.payload().map(<[u8]>::to_vec),
-    }
 }
