@@ -6,7 +6,7 @@
 //! (about 95 bytes), with card ids drawn uniformly from 100,000 keys. Event time moves
 //! forward 1–3 ms per event (2 ms on average) and each event is up to 50 ms out of order.
 //! The data is seeded, so every run sees the same events. Batches hold 4096 records (the
-//! Kafka loop's batches hold 1024 to 65,536); throughput is in events (criterion's `elem/s`).
+//! Kafka loop's batches hold 1024 to 262,144); throughput is in events (criterion's `elem/s`).
 //!
 //! - `decode/4096`: [`JsonDecoder::decode`] of 4096 JSON values into one Arrow batch.
 //! - `window_aggregate/tumble_changes`, `…/tumble_final`, `…/session_changes`: a
