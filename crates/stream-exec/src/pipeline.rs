@@ -81,6 +81,12 @@ impl Pipeline {
         self.operators.iter().map(|o| o.state_groups()).sum()
     }
 
+    /// The heap bytes the operators' state holds, as far as they count it (see
+    /// [`Operator::state_bytes`]).
+    pub fn state_bytes(&self) -> usize {
+        self.operators.iter().map(|o| o.state_bytes()).sum()
+    }
+
     /// Whether an operator keeps state that must survive a restart: then the query
     /// writes [`Pipeline::take_state_changes`] to a changelog.
     pub fn is_stateful(&self) -> bool {

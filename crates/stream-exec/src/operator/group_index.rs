@@ -51,6 +51,13 @@ impl GroupIndex {
         self.ends.len()
     }
 
+    /// The heap bytes it holds (allocated capacity, not only what is in use).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+            + self.ends.capacity() * size_of::<u32>()
+            + self.slots.capacity() * size_of::<u64>()
+    }
+
     /// The key of group `g`.
     pub(crate) fn key(&self, g: u32) -> &[u8] {
         let g = g as usize;
@@ -111,12 +118,6 @@ impl GroupIndex {
             }
             self.slots[pos] = slot;
         }
-    }
-
-    /// Approximate heap bytes held.
-    #[cfg(test)]
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.ends.capacity() * 4 + self.slots.capacity() * 8
     }
 }
 

@@ -71,6 +71,10 @@ impl<T: Native> Folded<T> {
         }
     }
 
+    fn heap_bytes(&self) -> usize {
+        self.values.capacity() * size_of::<T>() + self.valid.capacity()
+    }
+
     fn push(&mut self) {
         self.values.push(T::default());
         self.valid.push(false);
@@ -161,6 +165,25 @@ impl GroupStates {
             })
             .collect();
         Self { columns }
+    }
+
+    /// The heap bytes it holds (allocated capacity; an accumulator's own estimate).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|c| match c {
+                Column::Count(counts) => counts.capacity() * size_of::<i64>(),
+                Column::Int64(f) => f.heap_bytes(),
+                Column::Float64(f) => f.heap_bytes(),
+                Column::Avg { count, sum } => {
+                    count.capacity() * size_of::<u64>() + sum.heap_bytes()
+                }
+                Column::Accumulators(accs) => {
+                    accs.capacity() * size_of::<Box<dyn Accumulator>>()
+                        + accs.iter().map(|a| a.size()).sum::<usize>()
+                }
+            })
+            .sum()
     }
 
     /// Add a group with no input yet; it gets the next number.

@@ -81,6 +81,12 @@ pub trait Operator: Send {
         0
     }
 
+    /// The heap bytes its state holds, counted from its data structures' capacities;
+    /// 0 when it does not count them.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// Whether it keeps state that must survive a restart (see [`crate::state`]).
     fn is_stateful(&self) -> bool {
         false

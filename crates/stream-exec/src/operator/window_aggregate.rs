@@ -61,6 +61,13 @@ impl Window {
             dirty: vec![],
         }
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.index.heap_bytes()
+            + self.states.heap_bytes()
+            + self.flags.capacity()
+            + self.dirty.capacity() * size_of::<u32>()
+    }
 }
 
 /// Result rows of one window, before they are put together.
@@ -327,6 +334,15 @@ impl Operator for WindowAggregateOperator {
 
     fn state_groups(&self) -> usize {
         self.groups
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.windows.values().map(Window::heap_bytes).sum::<usize>()
+            + self
+                .closed
+                .iter()
+                .map(GroupIndex::heap_bytes)
+                .sum::<usize>()
     }
 
     fn is_stateful(&self) -> bool {

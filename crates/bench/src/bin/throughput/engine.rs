@@ -94,8 +94,9 @@ pub fn run(query: &BenchQuery, input: &Input) -> Result<EngineResult> {
 /// one window: the growth of the process's resident memory while one window's events
 /// (600,000, six per key) go in, divided by the groups held. EMIT FINAL, so no results
 /// are made meanwhile. An upper bound: it includes what the allocator keeps of freed
-/// temporaries.
-pub fn state_bytes_per_group(first_ts_ms: i64) -> Result<(usize, f64)> {
+/// temporaries. Also the bytes the operator's data structures hold, counted from their
+/// capacities ([`Pipeline::state_bytes`]), per group: what the allocator was asked for.
+pub fn state_bytes_per_group(first_ts_ms: i64) -> Result<(usize, f64, f64)> {
     let query = BenchQuery {
         name: "state_size",
         source: Source::Fraud,
@@ -120,5 +121,6 @@ pub fn state_bytes_per_group(first_ts_ms: i64) -> Result<(usize, f64)> {
     Ok((
         groups,
         (after - before) * 1024.0 * 1024.0 / groups.max(1) as f64,
+        pipeline.state_bytes() as f64 / groups.max(1) as f64,
     ))
 }

@@ -18,7 +18,8 @@
 //!
 //! Engine-only mode (`--engine-only`): the same plans fed by an in-process generator with
 //! Arrow batches of 4096 rows, no Kafka and no JSON, results counted and dropped, on one
-//! thread; and the resident bytes per (key, window) of a COUNT+SUM TUMBLE at 100,000 keys.
+//! thread; and the bytes per (key, window) of a COUNT+SUM TUMBLE at 100,000 keys (counted from
+//! its data structures, and resident).
 //!
 //! ```sh
 //! scripts/bench                    # builds in release, starts Kafka, runs both modes
@@ -121,8 +122,8 @@ async fn main() -> Result<()> {
         })
         .collect();
     if args.state_size {
-        let (groups, bytes) = engine::state_bytes_per_group(1_764_000_000_000)?;
-        println!("{groups} {bytes:.1}");
+        let (groups, resident, counted) = engine::state_bytes_per_group(1_764_000_000_000)?;
+        println!("{groups} {resident:.1} {counted:.1}");
         return Ok(());
     }
     println!("machine: {}", machine());
@@ -240,15 +241,17 @@ fn engine_only(args: &Args, selected: &[workload::BenchQuery]) -> Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut fields = text.split_whitespace();
-    let (Some(groups), Some(bytes)) = (
-        fields.next(),
-        fields.next().and_then(|b| b.parse::<f64>().ok()),
-    ) else {
+    let mut number = || fields.next().and_then(|b| b.parse::<f64>().ok());
+    let (Some(groups), Some(resident), Some(counted)) = (number(), number(), number()) else {
         bail!(
             "the state-size run failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    println!("\nstate: {bytes:.0} resident bytes per (key, window) for COUNT+SUM TUMBLE, {groups} groups held");
+    println!(
+        "\nstate of a COUNT+SUM TUMBLE holding {groups} groups: {counted:.0} bytes per (key, window) \
+         held by its data structures (counted from their capacities), {resident:.0} resident \
+         (growth of the process's memory; an upper bound)"
+    );
     Ok(())
 }
