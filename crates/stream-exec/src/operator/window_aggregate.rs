@@ -1,9 +1,9 @@
 //! `WindowAggregateOperator`: keyed aggregation per time window (tumbling, hopping) or
 //! over all time.
 //!
-//! Group keys (the GROUP BY values, window bounds among them) are encoded with arrow's
-//! row format. State is kept per window, by window end: a [`GroupIndex`] numbers the
-//! window's keys densely and [`GroupStates`] holds every aggregate's state of its groups
+//! Group keys (the GROUP BY values but the window bounds, which are the same for all of a
+//! window's groups and kept once per window) are encoded with arrow's row format. State
+//! is kept per window, by window end: a [`GroupIndex`] numbers the window's keys densely and [`GroupStates`] holds every aggregate's state of its groups
 //! in vectors indexed by that number (plain primitives for `COUNT`, `SUM`, `MIN`, `MAX`,
 //! `AVG`; a DataFusion `Accumulator` per group for the others). A batch's rows are mapped
 //! to their groups' numbers, then each aggregate folds the whole batch in one pass.
@@ -22,6 +22,10 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{concat_batches, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::common::hash_utils::RandomState;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::PhysicalExpr;
+use sluice_sql_planner::window::WINDOW_COLUMNS;
 use sluice_sql_planner::{Emit, StreamOperator};
 
 use super::aggregates::{changes, Aggregates, GroupKeys, Having, Outcome};
@@ -43,6 +47,8 @@ const TOUCHED: u8 = 4;
 
 /// The groups of one window.
 struct Window {
+    /// The window's values of the window bound columns ([`Bounds`]).
+    bounds: Vec<ScalarValue>,
     index: GroupIndex,
     states: GroupStates,
     /// Per group: its last row was written and passed HAVING (`WRITTEN`, EMIT CHANGES);
@@ -53,8 +59,9 @@ struct Window {
 }
 
 impl Window {
-    fn new(aggregates: &Aggregates) -> Self {
+    fn new(aggregates: &Aggregates, bounds: Vec<ScalarValue>) -> Self {
         Self {
+            bounds,
             index: GroupIndex::new(),
             states: GroupStates::new(aggregates),
             flags: vec![],
@@ -70,6 +77,48 @@ impl Window {
     }
 }
 
+/// Where the GROUP BY columns go: the window bounds (`WINDOWSTART`, `window_end`, …) are
+/// not part of the encoded keys but kept once per window.
+struct Bounds {
+    /// Positions in GROUP BY order of the key columns (the others), in key order.
+    keys: Vec<usize>,
+    /// Positions of the window bound columns, and their expressions.
+    positions: Vec<usize>,
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+    /// Which bound is `WINDOWEND`, when windowed.
+    end: Option<usize>,
+}
+
+impl Bounds {
+    /// The GROUP BY columns of `rows` groups: `keys` and the window's `bounds`.
+    fn columns(
+        &self,
+        keys: Vec<ArrayRef>,
+        bounds: &[ScalarValue],
+        rows: usize,
+    ) -> Result<Vec<ArrayRef>> {
+        let mut columns: Vec<Option<ArrayRef>> = vec![None; self.keys.len() + bounds.len()];
+        for (&p, c) in self.keys.iter().zip(keys) {
+            columns[p] = Some(c);
+        }
+        for (&p, b) in self.positions.iter().zip(bounds) {
+            columns[p] = Some(b.to_array_of_size(rows).map_err(ExecError::eval(NAME))?);
+        }
+        columns
+            .into_iter()
+            .map(|c| c.ok_or_else(|| ExecError::internal(NAME, "a group column is missing")))
+            .collect()
+    }
+
+    /// Row `row`'s values of the bound columns among `columns` (in GROUP BY order).
+    fn of_row(&self, columns: &[ArrayRef], row: usize) -> Result<Vec<ScalarValue>> {
+        self.positions
+            .iter()
+            .map(|&p| ScalarValue::try_from_array(&columns[p], row).map_err(ExecError::eval(NAME)))
+            .collect()
+    }
+}
+
 /// Result rows of one window, before they are put together.
 struct Part {
     rows: RecordBatch,
@@ -81,14 +130,16 @@ struct Part {
 /// Keyed, windowed aggregation. See the module docs.
 pub struct WindowAggregateOperator {
     keys: GroupKeys,
+    bounds: Bounds,
     aggregates: Aggregates,
     schema: SchemaRef,
     aggregate_fields: Vec<FieldRef>,
     having: Option<Having>,
     /// Open windows by end; `ALL_TIME` when not windowed.
     windows: BTreeMap<i64, Window>,
-    /// Keys of the windows closed since state was last taken: deleted from the changelog.
-    closed: Vec<GroupIndex>,
+    /// Keys (and bounds) of the windows closed since state was last taken: deleted from
+    /// the changelog.
+    closed: Vec<(GroupIndex, Vec<ScalarValue>)>,
     groups: usize,
     window_end: Option<usize>,
     grace_ms: i64,
@@ -115,10 +166,33 @@ impl WindowAggregateOperator {
         else {
             return Err(ExecError::internal(NAME, "not a WindowAggregate step"));
         };
-        let group = group_exprs
-            .iter()
-            .map(|e| physical(e, input, NAME))
-            .collect::<Result<Vec<_>>>()?;
+        let is_bound = |e: &Expr| matches!(e, Expr::Column(c) if window.is_some() && WINDOW_COLUMNS.contains(&c.name.as_str()));
+        let mut group = vec![];
+        let mut bounds = Bounds {
+            keys: vec![],
+            positions: vec![],
+            exprs: vec![],
+            end: None,
+        };
+        for (i, e) in group_exprs.iter().enumerate() {
+            let expr = physical(e, input, NAME)?;
+            if is_bound(e) {
+                if Some(i) == *window_end {
+                    bounds.end = Some(bounds.exprs.len());
+                }
+                bounds.positions.push(i);
+                bounds.exprs.push(expr);
+            } else {
+                bounds.keys.push(i);
+                group.push(expr);
+            }
+        }
+        if window_end.is_some() && bounds.end.is_none() {
+            return Err(ExecError::internal(
+                NAME,
+                "the window end is not a window column",
+            ));
+        }
         let aggregates = Aggregates::new(aggr_exprs, input, NAME)?;
         let group_fields = &output.fields()[..group_exprs.len()];
         let mut state_fields: Vec<FieldRef> = group_fields.to_vec();
@@ -126,6 +200,7 @@ impl WindowAggregateOperator {
         state_fields.push(Arc::new(Field::new("written", DataType::Boolean, false)));
         Ok(Self {
             keys: GroupKeys::new(group, input, NAME)?,
+            bounds,
             aggregates,
             codec: StateCodec::new(Arc::new(Schema::new(state_fields)))?,
             group_names: group_fields.iter().map(|f| f.name().clone()).collect(),
@@ -223,13 +298,21 @@ impl Operator for WindowAggregateOperator {
     fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let batch = batch.rows;
         let keys = self.keys.evaluate(&batch)?;
+        let n = batch.num_rows();
+        let bounds = self
+            .bounds
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(ExecError::eval(NAME))?;
         let args = self.aggregates.evaluate_args(&batch)?;
         // The batch's rows per window, windows in order of their first row.
         let mut segments: Vec<(i64, Vec<u32>)> = vec![];
-        match self.window_end {
+        match self.bounds.end {
             None => segments.push((ALL_TIME, (0..batch.num_rows() as u32).collect())),
             Some(i) => {
-                let ends = keys.columns[i].as_primitive::<Int64Type>();
+                let ends = bounds[i].as_primitive::<Int64Type>();
                 let mut last = 0;
                 for (row, end) in ends.values().iter().enumerate() {
                     if segments.get(last).is_none_or(|s| s.0 != *end) {
@@ -250,14 +333,22 @@ impl Operator for WindowAggregateOperator {
         let take_keys = keys
             .columns
             .iter()
-            .zip(self.schema.fields())
-            .all(|(c, f)| c.data_type() == f.data_type());
+            .zip(&self.bounds.keys)
+            .all(|(c, &p)| c.data_type() == self.schema.field(p).data_type());
         let mut parts = vec![];
         for (end, rows) in segments {
-            let mut window = self
-                .windows
-                .remove(&end)
-                .unwrap_or_else(|| Window::new(&self.aggregates));
+            let mut window = match self.windows.remove(&end) {
+                Some(window) => window,
+                None => {
+                    let first = rows[0] as usize;
+                    let values = bounds
+                        .iter()
+                        .map(|b| ScalarValue::try_from_array(b, first))
+                        .collect::<datafusion::error::Result<Vec<_>>>()
+                        .map_err(ExecError::eval(NAME))?;
+                    Window::new(&self.aggregates, values)
+                }
+            };
             let mut groups = Vec::with_capacity(rows.len());
             // (first row, group) of each group the batch touched.
             let mut touched: Vec<(u32, u32)> = vec![];
@@ -288,7 +379,7 @@ impl Operator for WindowAggregateOperator {
             }
             if self.emit == Emit::Changes {
                 let (first, groups): (Vec<u32>, Vec<u32>) = touched.into_iter().unzip();
-                let columns = if take_keys {
+                let key_columns = if take_keys {
                     let first_rows = UInt32Array::from(first.clone());
                     keys.columns
                         .iter()
@@ -299,6 +390,9 @@ impl Operator for WindowAggregateOperator {
                     self.keys
                         .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?
                 };
+                let columns = self
+                    .bounds
+                    .columns(key_columns, &window.bounds, groups.len())?;
                 parts.push(self.part(&mut window, &groups, columns, first)?);
             }
             self.windows.insert(end, window);
@@ -321,13 +415,14 @@ impl Operator for WindowAggregateOperator {
                 // In key order, so the output does not depend on arrival (or restore) order.
                 let mut groups: Vec<u32> = (0..window.index.len() as u32).collect();
                 groups.sort_unstable_by(|a, b| window.index.key(*a).cmp(window.index.key(*b)));
-                let columns = self
+                let keys = self
                     .keys
                     .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
+                let columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
                 let order = vec![0; groups.len()];
                 parts.push(self.part(&mut window, &groups, columns, order)?);
             }
-            self.closed.push(window.index);
+            self.closed.push((window.index, window.bounds));
         }
         self.put_together(parts)
     }
@@ -341,7 +436,7 @@ impl Operator for WindowAggregateOperator {
             + self
                 .closed
                 .iter()
-                .map(GroupIndex::heap_bytes)
+                .map(|(index, _)| index.heap_bytes())
                 .sum::<usize>()
     }
 
@@ -353,10 +448,11 @@ impl Operator for WindowAggregateOperator {
         let mut out = vec![];
         // Closed windows first: a window opened again since (by a record the scan let
         // through) then ends up with its state.
-        for index in std::mem::take(&mut self.closed) {
-            let columns = self
+        for (index, bounds) in std::mem::take(&mut self.closed) {
+            let keys = self
                 .keys
                 .decode_bytes((0..index.len() as u32).map(|g| index.key(g)))?;
+            let columns = self.bounds.columns(keys, &bounds, index.len())?;
             let keys = json_keys(&columns, &self.group_names, index.len())?;
             out.extend(keys.into_iter().map(|key| StateChange { key, value: None }));
         }
@@ -374,9 +470,10 @@ impl Operator for WindowAggregateOperator {
                 *flags &= !DIRTY;
                 written.push(*flags & WRITTEN != 0);
             }
-            let mut columns = self
+            let keys = self
                 .keys
                 .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
+            let mut columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
             let keys = json_keys(&columns, &self.group_names, groups.len())?;
             columns.extend(
                 window
@@ -402,7 +499,14 @@ impl Operator for WindowAggregateOperator {
     fn restore_state(&mut self, values: &[&[u8]]) -> Result<()> {
         let batch = self.codec.decode(values.iter().copied())?;
         let n_keys = self.group_names.len();
-        let rows = self.keys.encode(&batch.columns()[..n_keys])?;
+        let group_columns = &batch.columns()[..n_keys];
+        let key_columns: Vec<ArrayRef> = self
+            .bounds
+            .keys
+            .iter()
+            .map(|&p| group_columns[p].clone())
+            .collect();
+        let rows = self.keys.encode(&key_columns)?;
         let state = &batch.columns()[n_keys..batch.num_columns() - 1];
         let written = batch.column(batch.num_columns() - 1).as_boolean();
         let all_time = Int64Array::from_value(ALL_TIME, batch.num_rows());
@@ -411,10 +515,13 @@ impl Operator for WindowAggregateOperator {
             None => &all_time,
         };
         for (i, row) in rows.iter().enumerate() {
-            let window = self
-                .windows
-                .entry(ends.value(i))
-                .or_insert_with(|| Window::new(&self.aggregates));
+            let window = match self.windows.entry(ends.value(i)) {
+                std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(Window::new(
+                    &self.aggregates,
+                    self.bounds.of_row(group_columns, i)?,
+                )),
+            };
             let key = row.as_ref();
             let (g, new) = window.index.intern(hash_key(&self.hasher, key), key)?;
             if new {
