@@ -4,17 +4,19 @@
 //! It is fed the same result batches the query writes to its topic, after the broker has
 //! acknowledged them, and keyed by the same Kafka key: a row replaces the row with its key,
 //! a tombstone deletes it. So its content is what a reader of the compacted topic would
-//! see. Rows are held in arrow's row format, one per key.
+//! see. Rows are held in arrow's row format, one per key, in a hash map (applying a
+//! batch's rows is on the query's path); a snapshot puts them in key order.
 //!
 //! A windowed table forgets windows that ended more than its retention before the newest
 //! window end it has seen, so it stays bounded on an unbounded stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
@@ -33,7 +35,7 @@ pub struct MaterializedTable {
 
 #[derive(Default)]
 struct Rows {
-    by_key: BTreeMap<Vec<u8>, OwnedRow>,
+    by_key: HashMap<Vec<u8>, OwnedRow, RandomState>,
     /// Keys by window end, for windowed tables.
     by_end: BTreeMap<i64, Vec<Vec<u8>>>,
     newest_end: i64,
@@ -200,9 +202,11 @@ impl MaterializedTable {
     /// The current rows, in key order.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let table = self.rows.read().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<(&Vec<u8>, &OwnedRow)> = table.by_key.iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let columns = self
             .converter
-            .convert_rows(table.by_key.values().map(|r| r.row()))
+            .convert_rows(rows.into_iter().map(|(_, r)| r.row()))
             .map_err(ExecError::arrow("decoding table rows"))?;
         drop(table);
         RecordBatch::try_new(self.schema.clone(), columns)
