@@ -15,7 +15,7 @@
 //!   session window, fed already-decoded batches through [`Pipeline::process_decoded`]:
 //!   scan (event time, window assignment, lateness), aggregation, and the watermark
 //!   closing windows. One iteration is 25 batches (102,400 events, 205 s of event time).
-//! - `encode/4096`: [`json_encoder::encode_rows`] of 4096 `tumble_changes` result rows into
+//! - `encode/4096`: [`json_encoder::encode_batch`] of 4096 `tumble_changes` result rows into
 //!   Kafka keys (card id and window bounds) and JSON values.
 //!
 //! Steady state. Each window bench keeps one pipeline across all its iterations, warmed
@@ -289,7 +289,7 @@ fn encode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function(BenchmarkId::from_parameter(BATCH), |b| {
         let batch = batch.get_or_insert_with(|| tumble_results(BATCH));
-        b.iter(|| json_encoder::encode_rows(black_box(batch), &plan.key_columns).expect("encodes"))
+        b.iter(|| json_encoder::encode_batch(black_box(batch), &plan.key_columns).expect("encodes"))
     });
     group.finish();
 }

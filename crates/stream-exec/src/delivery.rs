@@ -15,7 +15,7 @@ use sluice_sql_planner::StreamPlan;
 use tokio::sync::oneshot;
 
 use crate::error::{ExecError, Result};
-use crate::json_encoder::encode_rows;
+use crate::json_encoder::encode_batch;
 use crate::operator::ChangeBatch;
 use crate::query_runner::{
     next_offsets, QueryConfig, QueryConsumer, SLOW_ACKS, TRANSACTION_TIMEOUT,
@@ -195,15 +195,9 @@ impl Delivery {
         let (acks, done) = Acks::new();
         let mut produced = 0u64;
         for batch in batches {
-            for row in encode_rows(batch, &self.plan.key_columns)? {
-                send_record(
-                    producer,
-                    &acks,
-                    sink,
-                    row.key.as_deref(),
-                    row.value.as_deref(),
-                )
-                .await?;
+            let rows = encode_batch(batch, &self.plan.key_columns)?;
+            for i in 0..rows.len() {
+                send_record(producer, &acks, sink, rows.key(i), rows.value(i)).await?;
                 produced += 1;
             }
         }

@@ -5,6 +5,8 @@
 //! (`"card-7"`, `42`; ksqlDB's JSON key format for one column), several as a JSON object.
 //! A tombstone has a key and no value.
 
+use std::ops::Range;
+
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::json::writer::{LineDelimited, WriterBuilder};
@@ -21,50 +23,121 @@ pub struct EncodedRow {
     pub value: Option<Vec<u8>>,
 }
 
+/// A batch's encoded rows, held in one buffer for the values and one for the keys (no
+/// allocation per row).
+#[derive(Debug)]
+pub struct EncodedRows {
+    values: Lines,
+    keys: Option<Lines>,
+    tombstones: Vec<bool>,
+}
+
+impl EncodedRows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.tombstones.is_empty()
+    }
+
+    /// Row `i`'s Kafka key, if the result has key columns.
+    pub fn key(&self, i: usize) -> Option<&[u8]> {
+        self.keys.as_ref().map(|k| k.get(i))
+    }
+
+    /// Row `i`'s JSON value; `None` for a tombstone.
+    pub fn value(&self, i: usize) -> Option<&[u8]> {
+        (!self.tombstones[i]).then(|| self.values.get(i))
+    }
+
+    /// Every row, each with its own copies.
+    pub fn to_vec(&self) -> Vec<EncodedRow> {
+        (0..self.len())
+            .map(|i| EncodedRow {
+                key: self.key(i).map(<[u8]>::to_vec),
+                value: self.value(i).map(<[u8]>::to_vec),
+            })
+            .collect()
+    }
+}
+
+/// Pieces of one buffer, one per row.
+#[derive(Debug)]
+struct Lines {
+    buf: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+}
+
+impl Lines {
+    fn get(&self, i: usize) -> &[u8] {
+        &self.buf[self.ranges[i].clone()]
+    }
+}
+
 /// Encode `batch` as one JSON value per row, keyed by `key_columns`.
-pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<EncodedRow>> {
+pub fn encode_batch(batch: &ChangeBatch, key_columns: &[usize]) -> Result<EncodedRows> {
     let rows = &batch.rows;
-    let values = json_lines(rows)?;
-    let keys = encode_keys(rows, key_columns)?;
-    Ok(keys
-        .into_iter()
-        .zip(values)
-        .enumerate()
-        .map(|(i, (key, value))| EncodedRow {
-            key,
-            value: (!batch.is_tombstone(i)).then_some(value),
-        })
-        .collect())
+    Ok(EncodedRows {
+        values: json_lines(rows)?,
+        keys: key_lines(rows, key_columns)?,
+        tombstones: (0..rows.num_rows())
+            .map(|i| batch.is_tombstone(i))
+            .collect(),
+    })
+}
+
+/// Encode `batch` as one JSON value per row, keyed by `key_columns`, each row with its
+/// own copies (see [`encode_batch`] for the batch in one buffer).
+pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<EncodedRow>> {
+    Ok(encode_batch(batch, key_columns)?.to_vec())
 }
 
 /// The Kafka key of each row of `rows`: `key_columns` as JSON; `None` without key columns.
 pub fn encode_keys(rows: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Option<Vec<u8>>>> {
+    Ok(match key_lines(rows, key_columns)? {
+        None => vec![None; rows.num_rows()],
+        Some(keys) => (0..rows.num_rows())
+            .map(|i| Some(keys.get(i).to_vec()))
+            .collect(),
+    })
+}
+
+/// The keys of `rows` in one buffer; `None` without key columns.
+fn key_lines(rows: &RecordBatch, key_columns: &[usize]) -> Result<Option<Lines>> {
     Ok(match key_columns {
-        [] => vec![None; rows.num_rows()],
-        [one] => single_keys(rows, *one)?,
+        [] => None,
+        [one] => Some(single_keys(rows, *one)?),
         many => {
             let keys = rows
                 .project(many)
                 .map_err(ExecError::arrow("projecting key columns"))?;
-            json_lines(&keys)?.into_iter().map(Some).collect()
+            Some(json_lines(&keys)?)
         }
     })
 }
 
 /// The JSON value of column `index` per row.
-fn single_keys(rows: &RecordBatch, index: usize) -> Result<Vec<Option<Vec<u8>>>> {
+fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
     let column = rows.column(index);
     if let DataType::Utf8 = column.data_type() {
         let strings = column.as_string::<i32>();
-        return Ok((0..strings.len())
-            .map(|i| {
-                Some(if strings.is_null(i) {
-                    b"null".to_vec()
-                } else {
-                    serde_json::to_vec(strings.value(i)).unwrap_or_else(|_| b"null".to_vec())
-                })
-            })
-            .collect());
+        let mut buf = Vec::with_capacity(strings.values().len() + strings.len() * 3);
+        let mut ranges = Vec::with_capacity(strings.len());
+        for i in 0..strings.len() {
+            let start = buf.len();
+            if strings.is_null(i) {
+                buf.extend_from_slice(b"null");
+            } else {
+                serde_json::to_writer(&mut buf, strings.value(i)).map_err(|e| {
+                    ExecError::internal("JsonEncoder", &format!("encoding a key: {e}"))
+                })?;
+            }
+            ranges.push(start..buf.len());
+        }
+        return Ok(Lines { buf, ranges });
     }
     // Each line is `{"<name>":<value>}`: the value is what lies between the two.
     let prefix = serde_json::to_vec(rows.schema().field(index).name())
@@ -74,21 +147,21 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Vec<Option<Vec<u8>>>>
     let projected = rows
         .project(&[index])
         .map_err(ExecError::arrow("projecting key columns"))?;
-    json_lines(&projected)?
-        .into_iter()
-        .map(
-            |line| match line.get(prefix..line.len().saturating_sub(1)) {
-                Some(value) => Ok(Some(value.to_vec())),
-                None => Err(ExecError::internal(
-                    "JsonEncoder",
-                    "an encoded key is not a one-field object",
-                )),
-            },
-        )
-        .collect()
+    let mut lines = json_lines(&projected)?;
+    for range in &mut lines.ranges {
+        if range.len() < prefix + 1 {
+            return Err(ExecError::internal(
+                "JsonEncoder",
+                "an encoded key is not a one-field object",
+            ));
+        }
+        *range = range.start + prefix..range.end - 1;
+    }
+    Ok(lines)
 }
 
-fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+/// Each row of `batch` as a JSON object, in one buffer.
+fn json_lines(batch: &RecordBatch) -> Result<Lines> {
     let mut buf = Vec::with_capacity(batch.num_rows() * 64);
     {
         let mut writer = WriterBuilder::new()
@@ -100,11 +173,28 @@ fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         writer.finish().map_err(ExecError::arrow("encoding JSON"))?;
     }
     // JSON escapes newlines inside strings, so each line is one row.
-    Ok(buf
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
+    let mut ranges = Vec::with_capacity(batch.num_rows());
+    let mut start = 0;
+    for end in memchr_newlines(&buf) {
+        if end > start {
+            ranges.push(start..end);
+        }
+        start = end + 1;
+    }
+    if ranges.len() != batch.num_rows() {
+        return Err(ExecError::internal(
+            "JsonEncoder",
+            "the JSON writer did not write one line per row",
+        ));
+    }
+    Ok(Lines { buf, ranges })
+}
+
+fn memchr_newlines(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    buf.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
