@@ -61,6 +61,23 @@ struct Tombstone {
     bounds: (i64, i64),
 }
 
+/// A batch's rows grouped by key.
+struct RowsByKey {
+    /// The keys, in order of their first row, as (key, first row).
+    keys: Vec<(u32, u32)>,
+    /// Where the rows of the key at each position start in `rows`, and the end.
+    starts: Vec<u32>,
+    /// The row numbers, a key's after another's.
+    rows: Vec<u32>,
+}
+
+impl RowsByKey {
+    /// The rows of the key at position `p`.
+    fn rows_mut(&mut self, p: usize) -> &mut [u32] {
+        &mut self.rows[self.starts[p] as usize..self.starts[p + 1] as usize]
+    }
+}
+
 /// Keyed aggregation per session window. See the module docs.
 pub struct SessionAggregateOperator {
     keys: GroupKeys,
@@ -176,6 +193,53 @@ impl SessionAggregateOperator {
                 .map(|h| Having::new(h, output, NAME))
                 .transpose()?,
         })
+    }
+
+    /// Number the keys of `keys`' rows and group the rows by key.
+    fn group_by_key(&mut self, keys: &BatchKeys) -> Result<RowsByKey> {
+        let n = keys.rows.num_rows();
+        let mut by_key = RowsByKey {
+            keys: vec![],
+            starts: vec![0],
+            rows: vec![0; n],
+        };
+        // Each row's position among the batch's keys.
+        let mut positions = Vec::with_capacity(n);
+        for r in 0..n {
+            let k = self.index.key_of(keys.rows.row(r).as_ref());
+            let k = match k {
+                Ok(k) => k,
+                Err(e) => {
+                    by_key
+                        .keys
+                        .iter()
+                        .for_each(|&(k, _)| self.index.set_batch_key(k, NONE));
+                    return Err(e);
+                }
+            };
+            let mut p = self.index.batch_key(k);
+            if p == NONE {
+                p = by_key.keys.len() as u32;
+                self.index.set_batch_key(k, p);
+                by_key.keys.push((k, r as u32));
+                by_key.starts.push(0);
+            }
+            by_key.starts[p as usize + 1] += 1;
+            positions.push(p);
+        }
+        for &(k, _) in &by_key.keys {
+            self.index.set_batch_key(k, NONE);
+        }
+        // A counting sort: a key's rows stay in arrival order.
+        for i in 1..by_key.starts.len() {
+            by_key.starts[i] += by_key.starts[i - 1];
+        }
+        let mut next = by_key.starts.clone();
+        for (r, &p) in positions.iter().enumerate() {
+            by_key.rows[next[p as usize] as usize] = r as u32;
+            next[p as usize] += 1;
+        }
+        Ok(by_key)
     }
 
     /// Add the records of key `k` (at `position` among the batch's keys) from `first` to
@@ -380,43 +444,14 @@ impl Operator for SessionAggregateOperator {
         let times = times.as_primitive::<Int64Type>().values();
         let keys = self.keys.evaluate(&batch)?;
         let args = self.aggregates.evaluate_args(&batch)?;
-        // The batch's keys, in order of their first row, as (key, first row), and each
-        // row's position among them.
-        let mut batch_keys: Vec<(u32, u32)> = vec![];
-        let mut positions = Vec::with_capacity(n);
-        for r in 0..n {
-            let k = self.index.key_of(keys.rows.row(r).as_ref())?;
-            let mut p = self.index.batch_key(k);
-            if p == NONE {
-                p = batch_keys.len() as u32;
-                self.index.set_batch_key(k, p);
-                batch_keys.push((k, r as u32));
-            }
-            positions.push(p);
-        }
-        for &(k, _) in &batch_keys {
-            self.index.set_batch_key(k, NONE);
-        }
-        // The rows by key, each key's in arrival order (a counting sort), then by time.
-        let mut bounds = vec![0u32; batch_keys.len() + 1];
-        for &p in &positions {
-            bounds[p as usize + 1] += 1;
-        }
-        for i in 1..bounds.len() {
-            bounds[i] += bounds[i - 1];
-        }
-        let mut next = bounds.clone();
-        let mut order = vec![0u32; n];
-        for (r, &p) in positions.iter().enumerate() {
-            order[next[p as usize] as usize] = r as u32;
-            next[p as usize] += 1;
-        }
+        let mut by_key = self.group_by_key(&keys)?;
+        let batch_keys = std::mem::take(&mut by_key.keys);
         let time = |r: &u32| times[*r as usize];
         let mut slots = vec![NONE; n];
         let mut merged = vec![];
         let mut tombstones = vec![];
         for (p, &(k, _)) in batch_keys.iter().enumerate() {
-            let rows = &mut order[bounds[p] as usize..bounds[p + 1] as usize];
+            let rows = by_key.rows_mut(p);
             if rows.windows(2).any(|w| time(&w[0]) > time(&w[1])) {
                 rows.sort_by_key(time);
             }
@@ -445,14 +480,14 @@ impl Operator for SessionAggregateOperator {
             self.index.end_batch(&merged);
         }
         for p in 0..batch_keys.len() {
-            let rows = &mut order[bounds[p] as usize..bounds[p + 1] as usize];
+            let rows = by_key.rows_mut(p);
             if rows.len() > 1 {
                 rows.sort_unstable_by_key(|&r| (self.index.bounds(slots[r as usize]).0, r));
             }
         }
-        let groups: Vec<u32> = order.iter().map(|&r| slots[r as usize]).collect();
+        let groups: Vec<u32> = by_key.rows.iter().map(|&r| slots[r as usize]).collect();
         self.states
-            .update_grouped(&self.aggregates, &args, &order, &groups)?;
+            .update_grouped(&self.aggregates, &args, &by_key.rows, &groups)?;
         if self.emit == Emit::Final {
             return Ok(None);
         }
