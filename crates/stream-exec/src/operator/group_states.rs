@@ -1,5 +1,7 @@
-//! `GroupStates`: the aggregates' state of many groups (one window's), column by column,
-//! indexed by the dense group numbers of [`super::group_index::GroupIndex`].
+//! `GroupStates`: the aggregates' state of many groups (one window's, or every open
+//! session's), column by column, indexed by dense group numbers (those of
+//! [`super::group_index::GroupIndex`], or session slots of
+//! [`super::session_index::SessionIndex`]).
 //!
 //! The common aggregates whose DataFusion state is a few primitives (`COUNT`, `SUM`,
 //! `MIN`, `MAX` of BIGINT or DOUBLE, `AVG`; see [`Kind`]) keep it in plain vectors and are
@@ -10,7 +12,9 @@
 //! DataFusion `Accumulator` per group, fed with each group's rows of the batch.
 //!
 //! Results and states are read at any list of groups without consuming them: EMIT
-//! CHANGES reads a window's touched groups after every batch.
+//! CHANGES reads a window's touched groups after every batch. Two groups' states merge
+//! as DataFusion's `merge_batch` would merge them (sessions that a record bridges), and a
+//! group can be cleared for reuse.
 
 use std::cmp::Ordering;
 use std::sync::Arc;

@@ -5,11 +5,11 @@
 //! each key's open sessions, sorted by start and more than a gap apart, each in a slot
 //! that indexes its aggregate states ([`GroupStates`]: plain vectors for `COUNT`, `SUM`,
 //! `MIN`, `MAX`, `AVG`, a DataFusion `Accumulator` for the others). A batch's rows are
-//! grouped by key, sorted by time per key and cut into runs no wider than the gap; each
-//! run joins every session within a gap of it, so a record that bridges two sessions
-//! merges them (their states merge). Once the batch's merges are known, its rows are fed
-//! to their sessions in arrival order, so order-sensitive aggregates (LATEST_BY_OFFSET,
-//! COLLECT_LIST) do not depend on batch boundaries.
+//! grouped by key, sorted by time per key and cut into runs wherever two neighbours are
+//! more than a gap apart; each run joins every session within a gap of it, so a record
+//! that bridges two sessions merges them (their states merge). Once the batch's merges are
+//! known, its rows are fed to their sessions in arrival order, so order-sensitive
+//! aggregates (LATEST_BY_OFFSET, COLLECT_LIST) do not depend on batch boundaries.
 //!
 //! With `EMIT CHANGES`, every session whose bounds or values changed is written after the
 //! batch; the row it had been written as before ([`WrittenRows`]), and every session
