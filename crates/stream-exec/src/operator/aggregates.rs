@@ -1,9 +1,9 @@
 //! What `WindowAggregate` and `SessionAggregate` share: [`GroupKeys`], the GROUP BY
-//! values of a batch in arrow's row format with the batch's rows per group, and
-//! [`Aggregates`], DataFusion accumulators created per group, fed with a group's rows of a
-//! batch, evaluated into result columns, and merged when sessions merge.
+//! values of a batch in arrow's row format, and [`Aggregates`], the aggregate functions:
+//! their arguments evaluated over a batch, the [`Kind`] of state each keeps (see
+//! [`super::group_states`]), and DataFusion accumulators created per group, fed with a
+//! group's rows of a batch, evaluated into result columns, and merged when sessions merge.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -107,22 +107,6 @@ impl GroupKeys {
     ) -> Result<Vec<ArrayRef>> {
         let parser = self.converter.parser();
         self.decode(keys.into_iter().map(|k| parser.parse(k)))
-    }
-}
-
-impl BatchKeys {
-    /// The batch's row indices per group, groups in order of first appearance.
-    pub(crate) fn groups(&self) -> Vec<(Row<'_>, Vec<u32>)> {
-        let mut slots: HashMap<Row<'_>, usize> = HashMap::new();
-        let mut order: Vec<(Row<'_>, Vec<u32>)> = vec![];
-        for (i, row) in self.rows.iter().enumerate() {
-            let slot = *slots.entry(row).or_insert_with(|| {
-                order.push((row, vec![]));
-                order.len() - 1
-            });
-            order[slot].1.push(i as u32);
-        }
-        order
     }
 }
 
@@ -274,9 +258,6 @@ fn kind(
     })
 }
 
-/// One group's accumulators, one per aggregate.
-pub(crate) type Accumulators = Vec<Box<dyn Accumulator>>;
-
 /// The aggregates' arguments and FILTER masks evaluated over one batch.
 pub(crate) struct BatchArgs {
     args: Vec<Vec<ArrayRef>>,
@@ -355,15 +336,6 @@ impl Aggregates {
             .map_err(ExecError::eval(self.operator))
     }
 
-    /// Fresh accumulators for a new group.
-    pub(crate) fn create(&self) -> Result<Accumulators> {
-        self.aggregates
-            .iter()
-            .map(|a| a.function.create_accumulator())
-            .collect::<datafusion::error::Result<_>>()
-            .map_err(ExecError::eval(self.operator))
-    }
-
     /// Evaluate every aggregate's arguments and filter over `batch`.
     pub(crate) fn evaluate_args(&self, batch: &RecordBatch) -> Result<BatchArgs> {
         let n = batch.num_rows();
@@ -394,19 +366,6 @@ impl Aggregates {
             .collect::<datafusion::error::Result<_>>()
             .map_err(ExecError::eval(self.operator))?;
         Ok(BatchArgs { args, filters })
-    }
-
-    /// Feed the rows `indices` of the batch `args` came from to `accumulators`.
-    pub(crate) fn update(
-        &self,
-        accumulators: &mut Accumulators,
-        args: &BatchArgs,
-        indices: &UInt32Array,
-    ) -> Result<()> {
-        for (a, acc) in accumulators.iter_mut().enumerate() {
-            self.update_one(a, acc, args, indices)?;
-        }
-        Ok(())
     }
 
     /// Feed the rows `indices` of the batch `args` came from to `acc`, an accumulator of
@@ -445,21 +404,23 @@ impl Aggregates {
             .map_err(ExecError::eval(self.operator))
     }
 
-    /// Merge `other`'s state into `into` (two sessions becoming one).
-    pub(crate) fn merge(&self, into: &mut Accumulators, other: &mut Accumulators) -> Result<()> {
-        for (acc, from) in into.iter_mut().zip(other.iter_mut()) {
-            let state = from
-                .state()
-                .and_then(|s| {
-                    s.iter()
-                        .map(|v| v.to_array())
-                        .collect::<datafusion::error::Result<Vec<_>>>()
-                })
-                .map_err(ExecError::eval(self.operator))?;
-            acc.merge_batch(&state)
-                .map_err(ExecError::eval(self.operator))?;
-        }
-        Ok(())
+    /// Merge `from`'s state into `into`, two accumulators of one aggregate; `from` may be
+    /// left without its state.
+    pub(crate) fn merge_one(
+        &self,
+        into: &mut Box<dyn Accumulator>,
+        from: &mut Box<dyn Accumulator>,
+    ) -> Result<()> {
+        let state = from
+            .state()
+            .and_then(|s| {
+                s.iter()
+                    .map(|v| v.to_array())
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+            })
+            .map_err(ExecError::eval(self.operator))?;
+        into.merge_batch(&state)
+            .map_err(ExecError::eval(self.operator))
     }
 
     /// The intermediate state fields of each aggregate, flattened, nullable: the columns
@@ -479,17 +440,6 @@ impl Aggregates {
             }
         }
         Ok(fields)
-    }
-
-    /// `group`'s intermediate state, one value per [`Aggregates::state_fields`] field.
-    /// DataFusion's `state` may consume an accumulator's state, so each accumulator is
-    /// replaced by a fresh one that merged the state back.
-    pub(crate) fn checkpoint(&self, group: &mut Accumulators) -> Result<Vec<ScalarValue>> {
-        let mut out = vec![];
-        for (a, acc) in group.iter_mut().enumerate() {
-            out.extend(self.checkpoint_one(a, acc)?);
-        }
-        Ok(out)
     }
 
     /// The intermediate state of `acc`, an accumulator of aggregate `a`, which is
@@ -525,41 +475,6 @@ impl Aggregates {
         acc.merge_batch(&arrays)
             .map_err(ExecError::eval(self.operator))?;
         Ok(acc)
-    }
-
-    /// Accumulators rebuilt from row `row` of state columns laid out as
-    /// [`Aggregates::state_fields`].
-    pub(crate) fn restore(&self, state: &[ArrayRef], row: usize) -> Result<Accumulators> {
-        let mut column = 0;
-        let mut group = Vec::with_capacity(self.aggregates.len());
-        for (a, aggregate) in self.aggregates.iter().enumerate() {
-            let n = aggregate.state_width;
-            group.push(self.restore_one(a, &state[column..column + n], row)?);
-            column += n;
-        }
-        Ok(group)
-    }
-
-    /// `group`'s current results, one per aggregate.
-    pub(crate) fn evaluate_row(&self, group: &mut Accumulators) -> Result<Vec<ScalarValue>> {
-        group
-            .iter_mut()
-            .map(|acc| acc.evaluate().map_err(ExecError::eval(self.operator)))
-            .collect()
-    }
-
-    /// Result columns from one vector of values per aggregate, typed as `fields`. A
-    /// tombstone's null in a column that cannot be null becomes the type's default.
-    pub(crate) fn columns(
-        &self,
-        values: Vec<Vec<ScalarValue>>,
-        fields: &[FieldRef],
-    ) -> Result<Vec<ArrayRef>> {
-        values
-            .into_iter()
-            .zip(fields)
-            .map(|(column, field)| self.column(column, field))
-            .collect()
     }
 
     /// One column of [`Aggregates::columns`].

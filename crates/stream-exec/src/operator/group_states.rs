@@ -1,5 +1,7 @@
-//! `GroupStates`: the aggregates' state of many groups (one window's), column by column,
-//! indexed by the dense group numbers of [`super::group_index::GroupIndex`].
+//! `GroupStates`: the aggregates' state of many groups (one window's, or every open
+//! session's), column by column, indexed by dense group numbers (those of
+//! [`super::group_index::GroupIndex`], or session slots of
+//! [`super::session_index::SessionIndex`]).
 //!
 //! The common aggregates whose DataFusion state is a few primitives (`COUNT`, `SUM`,
 //! `MIN`, `MAX` of BIGINT or DOUBLE, `AVG`; see [`Kind`]) keep it in plain vectors and are
@@ -10,7 +12,9 @@
 //! DataFusion `Accumulator` per group, fed with each group's rows of the batch.
 //!
 //! Results and states are read at any list of groups without consuming them: EMIT
-//! CHANGES reads a window's touched groups after every batch.
+//! CHANGES reads a window's touched groups after every batch. Two groups' states merge
+//! as DataFusion's `merge_batch` would merge them (sessions that a record bridges), and a
+//! group can be cleared for reuse.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -115,6 +119,19 @@ impl<T: Native> Folded<T> {
         }
     }
 
+    /// Fold group `from`'s value, if any, into group `into`.
+    fn merge(&mut self, into: usize, from: usize) {
+        if self.valid[from] {
+            let (value, into) = (self.values[from], into as u32);
+            self.fold(&[value], std::iter::once((&0, &into)));
+        }
+    }
+
+    fn clear(&mut self, g: usize) {
+        self.values[g] = T::default();
+        self.valid[g] = false;
+    }
+
     fn array(&self, groups: &[u32]) -> ArrayRef {
         Arc::new(PrimitiveArray::<T::Arrow>::from_iter(groups.iter().map(
             |&g| {
@@ -203,14 +220,85 @@ impl GroupStates {
         Ok(())
     }
 
+    /// Fold group `from`'s state into group `into`'s (two sessions becoming one), as
+    /// DataFusion's `merge_batch` of `from`'s state would; `from` is left to be cleared.
+    pub(crate) fn merge(&mut self, aggregates: &Aggregates, into: u32, from: u32) -> Result<()> {
+        let (into, from) = (into as usize, from as usize);
+        for column in self.columns.iter_mut() {
+            match column {
+                Column::Count(counts) => counts[into] += counts[from],
+                Column::Int64(f) => f.merge(into, from),
+                Column::Float64(f) => f.merge(into, from),
+                Column::Avg { count, sum } => {
+                    count[into] += count[from];
+                    sum.merge(into, from);
+                }
+                Column::Accumulators(accs) => {
+                    let (into, from) = if into < from {
+                        let (low, high) = accs.split_at_mut(from);
+                        (&mut low[into], &mut high[0])
+                    } else {
+                        let (low, high) = accs.split_at_mut(into);
+                        (&mut high[0], &mut low[from])
+                    };
+                    aggregates.merge_one(into, from)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reset group `g` to no input, freeing what its state held, so its number can be
+    /// given to a new group.
+    pub(crate) fn clear(&mut self, aggregates: &Aggregates, g: u32) -> Result<()> {
+        let g = g as usize;
+        for (a, column) in self.columns.iter_mut().enumerate() {
+            match column {
+                Column::Count(counts) => counts[g] = 0,
+                Column::Int64(f) => f.clear(g),
+                Column::Float64(f) => f.clear(g),
+                Column::Avg { count, sum } => {
+                    count[g] = 0;
+                    sum.clear(g);
+                }
+                Column::Accumulators(accs) => accs[g] = aggregates.create_one(a)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Feed row `rows[i]` of the batch `args` came from to group `groups[i]`, for every
-    /// `i`, in that order.
+    /// `i`, in that order. The accumulators are fed by group number.
     pub(crate) fn update(
         &mut self,
         aggregates: &Aggregates,
         args: &BatchArgs,
         rows: &[u32],
         groups: &[u32],
+    ) -> Result<()> {
+        self.update_in(aggregates, args, rows, groups, false)
+    }
+
+    /// [`GroupStates::update`] for `rows` that come grouped (a group's rows one after
+    /// another): the accumulators are fed group by group in that order, which matters
+    /// when they are merged later (`LATEST_BY_OFFSET` stamps each update).
+    pub(crate) fn update_grouped(
+        &mut self,
+        aggregates: &Aggregates,
+        args: &BatchArgs,
+        rows: &[u32],
+        groups: &[u32],
+    ) -> Result<()> {
+        self.update_in(aggregates, args, rows, groups, true)
+    }
+
+    fn update_in(
+        &mut self,
+        aggregates: &Aggregates,
+        args: &BatchArgs,
+        rows: &[u32],
+        groups: &[u32],
+        grouped: bool,
     ) -> Result<()> {
         // Each group's rows in arrival order, for the accumulators; built once.
         let mut runs: Option<Vec<u32>> = None;
@@ -238,7 +326,9 @@ impl GroupStates {
                 (Column::Accumulators(accs), _) => {
                     let order = runs.get_or_insert_with(|| {
                         let mut order: Vec<u32> = (0..rows.len() as u32).collect();
-                        order.sort_by_key(|&i| groups[i as usize]);
+                        if !grouped {
+                            order.sort_by_key(|&i| groups[i as usize]);
+                        }
                         order
                     });
                     for run in order.chunk_by(|x, y| groups[*x as usize] == groups[*y as usize]) {
@@ -380,7 +470,7 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::common::DFSchema;
     use datafusion::functions_aggregate::count::count_all;
-    use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
+    use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, stddev, sum};
     use datafusion::logical_expr::{cast, col, Expr};
 
     use super::*;
@@ -495,6 +585,111 @@ mod tests {
             .unwrap();
         for (a, b) in results.iter().zip(&again) {
             assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        }
+    }
+
+    /// Merging two groups' fast states (two sessions becoming one) gives what DataFusion's
+    /// accumulators give after `merge_batch`, results and states; a cleared group is new.
+    #[test]
+    fn merged_fast_states_match_datafusion_merged_accumulators() {
+        let schema = Schema::new(vec![
+            Field::new("i", DataType::Int64, true),
+            Field::new("f", DataType::Float64, true),
+        ]);
+        let input = DFSchema::try_from(schema.clone()).unwrap();
+        let exprs: Vec<Expr> = vec![
+            count_all(),
+            count(col("i")),
+            sum(col("i")),
+            min(col("i")),
+            max(col("i")),
+            sum(col("f")),
+            min(col("f")),
+            max(col("f")),
+            avg(col("f")),
+            stddev(col("f")),
+        ];
+        let aggregates = Aggregates::new(&exprs, &input, "test").unwrap();
+        assert_eq!(aggregates.kind(9), Kind::Accumulator);
+        let ints = [Some(3), None, Some(i64::MAX), Some(-7), Some(2), None];
+        let floats = [
+            Some(1.5),
+            None,
+            Some(-0.0),
+            Some(2.25),
+            None,
+            Some(f64::NAN),
+        ];
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(ints.to_vec())) as ArrayRef,
+                Arc::new(Float64Array::from(floats.to_vec())),
+            ],
+        )
+        .unwrap();
+        let args = aggregates.evaluate_args(&batch).unwrap();
+        // Pairs (into, from) with rows in both, only in `from`, only in `into`, in neither.
+        let rows: Vec<u32> = (0..6).collect();
+        let groups = [0, 1, 0, 1, 3, 5];
+        let pairs = [(0, 1), (2, 3), (5, 4), (6, 7)];
+        let mut states = GroupStates::new(&aggregates);
+        for _ in 0..8 {
+            states.push(&aggregates).unwrap();
+        }
+        states.update(&aggregates, &args, &rows, &groups).unwrap();
+        for &(into, from) in &pairs {
+            states.merge(&aggregates, into, from).unwrap();
+        }
+        let fields: Vec<FieldRef> = (0..exprs.len())
+            .map(|a| Arc::new(Field::new(format!("a{a}"), DataType::Null, true)))
+            .collect();
+        // The accumulator's results are built as its type; the fast ones ignore it.
+        let mut fields = fields;
+        fields[9] = Arc::new(Field::new("a9", DataType::Float64, true));
+        let into: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let results = states.evaluate(&aggregates, &into, &fields).unwrap();
+        let state_fields = aggregates.state_fields().unwrap();
+        let checkpoint = states
+            .checkpoint(&aggregates, &into, &state_fields)
+            .unwrap();
+        let accumulator = |a: usize, g: u32| {
+            let mut acc = aggregates.create_one(a).unwrap();
+            let mine: Vec<u32> = rows
+                .iter()
+                .copied()
+                .filter(|&r| groups[r as usize] == g)
+                .collect();
+            if !mine.is_empty() {
+                aggregates
+                    .update_one(a, &mut acc, &args, &UInt32Array::from(mine))
+                    .unwrap();
+            }
+            acc
+        };
+        for (i, &(into, from)) in pairs.iter().enumerate() {
+            let mut column = 0;
+            for (a, result) in results.iter().enumerate() {
+                let mut acc = accumulator(a, into);
+                aggregates
+                    .merge_one(&mut acc, &mut accumulator(a, from))
+                    .unwrap();
+                let expected = acc.evaluate().unwrap();
+                let got = ScalarValue::try_from_array(result, i).unwrap();
+                assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{a} {into}");
+                for expected in acc.state().unwrap() {
+                    let got = ScalarValue::try_from_array(&checkpoint[column], i).unwrap();
+                    assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{a} {into}");
+                    column += 1;
+                }
+            }
+        }
+        states.clear(&aggregates, 0).unwrap();
+        let cleared = states.evaluate(&aggregates, &[0], &fields).unwrap();
+        for (a, result) in cleared.iter().enumerate() {
+            let expected = aggregates.create_one(a).unwrap().evaluate().unwrap();
+            let got = ScalarValue::try_from_array(result, 0).unwrap();
+            assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{a}");
         }
     }
 }

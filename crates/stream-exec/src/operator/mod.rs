@@ -12,7 +12,9 @@ mod group_index;
 mod group_states;
 mod project;
 mod session_aggregate;
+mod session_index;
 mod window_aggregate;
+mod written_rows;
 
 pub use filter::FilterOperator;
 pub use project::ProjectOperator;

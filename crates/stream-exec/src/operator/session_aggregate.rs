@@ -1,34 +1,41 @@
 //! `SessionAggregateOperator`: keyed aggregation per session window.
 //!
 //! A session holds a key's records whose gaps are at most the gap; its bounds are its
-//! first and last record times. Per key the operator keeps its open sessions, sorted by
-//! start and more than a gap apart. A batch's rows are sorted by time per key and cut
-//! into runs no wider than the gap; each run joins every session within a gap of it, so a
-//! record that bridges two sessions merges them (their accumulators merge through
-//! `state` / `merge_batch`).
+//! first and last record times. A [`SessionIndex`] numbers the keys densely and keeps
+//! each key's open sessions, sorted by start and more than a gap apart, each in a slot
+//! that indexes its aggregate states ([`GroupStates`]: plain vectors for `COUNT`, `SUM`,
+//! `MIN`, `MAX`, `AVG`, a DataFusion `Accumulator` for the others). A batch's rows are
+//! grouped by key, sorted by time per key and cut into runs wherever two neighbours are
+//! more than a gap apart; each run joins every session within a gap of it, so a record
+//! that bridges two sessions merges them (their states merge). Once the batch's merges are
+//! known, its rows are fed to their sessions in arrival order, so order-sensitive
+//! aggregates (LATEST_BY_OFFSET, COLLECT_LIST) do not depend on batch boundaries.
 //!
 //! With `EMIT CHANGES`, every session whose bounds or values changed is written after the
-//! batch; the row it had been written as before, and every session merged away, get a
-//! tombstone first. HAVING is applied here: a row that fails it is not written, and a
-//! session whose written row stops passing gets a tombstone, so only written rows are
-//! ever deleted. With `EMIT FINAL`, a session is written once, when the watermark passes
-//! its last record time plus gap plus grace. A closed session's state is dropped.
+//! batch; the row it had been written as before ([`WrittenRows`]), and every session
+//! merged away, get a tombstone first. HAVING is applied here: a row that fails it is not
+//! written, and a session whose written row stops passing gets a tombstone, so only
+//! written rows are ever deleted. With `EMIT FINAL`, a session is written once, when the
+//! watermark passes its last record time plus gap plus grace. A closed session's slot is
+//! reused.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
+use datafusion::arrow::compute::{cast, concat, take};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::OwnedRow;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_sql_planner::window::{WINDOWEND, WINDOWSTART, WINDOW_END, WINDOW_START};
 use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
 
-use super::aggregates::{changes, Accumulators, Aggregates, BatchArgs, GroupKeys, Having, Outcome};
+use super::aggregates::{changes, Aggregates, BatchKeys, GroupKeys, Having, Outcome};
+use super::group_states::GroupStates;
+use super::session_index::{SessionIndex, CHANGED, NONE, WRITTEN};
+use super::written_rows::WrittenRows;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 use crate::state::{json_keys, StateChange, StateCodec};
@@ -46,24 +53,29 @@ enum GroupColumn {
     End { timestamp: bool },
 }
 
-/// A row as last written: its bounds and aggregate values.
-struct Written {
+/// A row written before and no longer live: its session's slot, the bounds it was
+/// written with, and its key's position among the batch's keys.
+struct Tombstone {
+    position: u32,
+    slot: u32,
     bounds: (i64, i64),
-    values: Vec<ScalarValue>,
 }
 
-struct Session {
-    start: i64,
-    last: i64,
-    accumulators: Accumulators,
-    /// The row this session was last written as (EMIT CHANGES).
-    emitted: Option<Written>,
-    /// Changed since last written.
-    dirty: bool,
-    /// Rows of the current batch that joined this session, not yet aggregated: they are
-    /// fed in arrival order once the batch's merges are known, so order-sensitive
-    /// aggregates (LATEST_BY_OFFSET, COLLECT_LIST) do not depend on batch boundaries.
-    batch_rows: Vec<u32>,
+/// A batch's rows grouped by key.
+struct RowsByKey {
+    /// The keys, in order of their first row, as (key, first row).
+    keys: Vec<(u32, u32)>,
+    /// Where the rows of the key at each position start in `rows`, and the end.
+    starts: Vec<u32>,
+    /// The row numbers, a key's after another's.
+    rows: Vec<u32>,
+}
+
+impl RowsByKey {
+    /// The rows of the key at position `p`.
+    fn rows_mut(&mut self, p: usize) -> &mut [u32] {
+        &mut self.rows[self.starts[p] as usize..self.starts[p + 1] as usize]
+    }
 }
 
 /// Keyed aggregation per session window. See the module docs.
@@ -76,34 +88,17 @@ pub struct SessionAggregateOperator {
     aggregate_fields: Vec<FieldRef>,
     schema: SchemaRef,
     gap_ms: i64,
-    grace_ms: i64,
     emit: Emit,
-    /// Open sessions per key, sorted by start.
-    sessions: HashMap<OwnedRow, Vec<Session>>,
-    session_count: usize,
-    /// Every open session as (close time, key, start), in closing order.
-    by_close: BTreeSet<(i64, OwnedRow, i64)>,
     having: Option<Having>,
-    /// Keys whose sessions changed since their state was last taken.
-    dirty: HashSet<OwnedRow>,
+    index: SessionIndex,
+    /// Aggregate states by session slot.
+    states: GroupStates,
+    /// Values of the rows last written, by session slot (EMIT CHANGES).
+    written: WrittenRows,
     /// State rows, one per open session: the key columns, start, last, the aggregates'
     /// states, and the bounds and values it was last written with.
     codec: StateCodec,
     key_names: Vec<String>,
-}
-
-/// One output row to build: a key's session bounds, live or deleted.
-struct Pending {
-    key: OwnedRow,
-    bounds: (i64, i64),
-    kind: PendingKind,
-}
-
-enum PendingKind {
-    /// The current values of the session starting at this time.
-    Live(i64),
-    /// A tombstone of a row that was written, with the values it was written with.
-    Tombstone(Vec<ScalarValue>),
 }
 
 impl SessionAggregateOperator {
@@ -177,22 +172,22 @@ impl SessionAggregateOperator {
                 true,
             ));
         }
+        let states = GroupStates::new(&aggregates);
+        let written = WrittenRows::new(&aggregate_fields);
         Ok(Self {
             keys,
             time_expr,
             columns,
             aggregates,
             aggregate_fields,
-            dirty: HashSet::new(),
             codec: StateCodec::new(Arc::new(Schema::new(state_fields)))?,
             key_names,
             schema: Arc::new(output.as_arrow().clone()),
             gap_ms,
-            grace_ms: window.grace_ms,
             emit: *emit,
-            sessions: HashMap::new(),
-            session_count: 0,
-            by_close: BTreeSet::new(),
+            index: SessionIndex::new(gap_ms, window.grace_ms),
+            states,
+            written,
             having: having
                 .as_ref()
                 .map(|h| Having::new(h, output, NAME))
@@ -200,108 +195,139 @@ impl SessionAggregateOperator {
         })
     }
 
-    fn close_time(&self, last: i64) -> i64 {
-        last.saturating_add(self.gap_ms)
-            .saturating_add(self.grace_ms)
+    /// Number the keys of `keys`' rows and group the rows by key.
+    fn group_by_key(&mut self, keys: &BatchKeys) -> Result<RowsByKey> {
+        let n = keys.rows.num_rows();
+        let mut by_key = RowsByKey {
+            keys: vec![],
+            starts: vec![0],
+            rows: vec![0; n],
+        };
+        // Each row's position among the batch's keys.
+        let mut positions = Vec::with_capacity(n);
+        for r in 0..n {
+            let k = self.index.key_of(keys.rows.row(r).as_ref());
+            let k = match k {
+                Ok(k) => k,
+                Err(e) => {
+                    by_key
+                        .keys
+                        .iter()
+                        .for_each(|&(k, _)| self.index.set_batch_key(k, NONE));
+                    return Err(e);
+                }
+            };
+            let mut p = self.index.batch_key(k);
+            if p == NONE {
+                p = by_key.keys.len() as u32;
+                self.index.set_batch_key(k, p);
+                by_key.keys.push((k, r as u32));
+                by_key.starts.push(0);
+            }
+            by_key.starts[p as usize + 1] += 1;
+            positions.push(p);
+        }
+        for &(k, _) in &by_key.keys {
+            self.index.set_batch_key(k, NONE);
+        }
+        // A counting sort: a key's rows stay in arrival order.
+        for i in 1..by_key.starts.len() {
+            by_key.starts[i] += by_key.starts[i - 1];
+        }
+        let mut next = by_key.starts.clone();
+        for (r, &p) in positions.iter().enumerate() {
+            by_key.rows[next[p as usize] as usize] = r as u32;
+            next[p as usize] += 1;
+        }
+        Ok(by_key)
     }
 
-    /// Add the rows `indices` (sorted by time, at most a gap apart, from `first` to
-    /// `last`) of one key to its sessions, merging those within a gap. Rows written before
-    /// and no longer live go to `tombstones`.
+    /// Add the records of key `k` (at `position` among the batch's keys) from `first` to
+    /// `last`, at most a gap apart, to its sessions, merging those within a gap; returns
+    /// the session's slot. Rows written before and no longer live go to `tombstones`, the
+    /// slots merged away to `merged`.
     fn add_run(
         &mut self,
-        key: &OwnedRow,
-        (first, last): (i64, i64),
-        indices: Vec<u32>,
-        tombstones: &mut Vec<Pending>,
-    ) -> Result<()> {
-        let gap = self.gap_ms;
-        self.dirty.insert(key.clone());
-        let list = self.sessions.entry(key.clone()).or_default();
-        // Sessions within a gap of [first, last]: a contiguous range of the sorted list.
-        let lo = list.partition_point(|s| s.last.saturating_add(gap) < first);
-        let hi = list.partition_point(|s| s.start.saturating_sub(gap) <= last);
-        let merged: Vec<Session> = list.drain(lo..hi.max(lo)).collect();
-        for s in &merged {
-            let close = self.close_time(s.last);
-            self.by_close.remove(&(close, key.clone(), s.start));
+        (k, position): (u32, u32),
+        bounds: (i64, i64),
+        merged: &mut Vec<u32>,
+        tombstones: &mut Vec<Tombstone>,
+    ) -> Result<u32> {
+        let from = merged.len();
+        let join = self.index.join(k, bounds, merged);
+        let s = join.slot;
+        if join.new_slot {
+            self.states.push(&self.aggregates)?;
+            self.written.push();
         }
-        let mut merged = merged.into_iter();
-        let mut session = match merged.next() {
-            None => {
-                self.session_count += 1;
-                Session {
-                    start: first,
-                    last,
-                    accumulators: self.aggregates.create()?,
-                    emitted: None,
-                    dirty: true,
-                    batch_rows: vec![],
-                }
-            }
-            Some(mut base) => {
-                for mut other in merged {
-                    self.session_count -= 1;
-                    self.aggregates
-                        .merge(&mut base.accumulators, &mut other.accumulators)?;
-                    base.start = base.start.min(other.start);
-                    base.last = base.last.max(other.last);
-                    base.batch_rows.append(&mut other.batch_rows);
-                    if let Some(w) = other.emitted {
-                        tombstones.push(Pending {
-                            key: key.clone(),
-                            bounds: w.bounds,
-                            kind: PendingKind::Tombstone(w.values),
-                        });
-                    }
-                }
-                base.start = base.start.min(first);
-                base.last = base.last.max(last);
-                base
-            }
-        };
-        session.batch_rows.extend(indices);
-        session.dirty = true;
-        if let Some(w) = session.emitted.take() {
-            if w.bounds == (session.start, session.last) {
-                session.emitted = Some(w);
-            } else {
-                tombstones.push(Pending {
-                    key: key.clone(),
-                    bounds: w.bounds,
-                    kind: PendingKind::Tombstone(w.values),
-                });
-            }
+        for &other in &merged[from..] {
+            self.states.merge(&self.aggregates, s, other)?;
+            self.tombstone(position, other, tombstones);
         }
-        let close = self.close_time(session.last);
-        self.by_close.insert((close, key.clone(), session.start));
-        let list = self.sessions.entry(key.clone()).or_default();
-        list.insert(lo, session);
-        Ok(())
+        if self.index.has(s, WRITTEN) && self.index.written(s) != self.index.bounds(s) {
+            self.tombstone(position, s, tombstones);
+        }
+        self.index.set(s, CHANGED);
+        self.index.mark_dirty(k);
+        Ok(s)
     }
 
-    /// Feed each of `key`'s sessions the batch rows that joined it, in arrival order.
-    fn aggregate_batch_rows(&mut self, key: &OwnedRow, args: &BatchArgs) -> Result<()> {
-        let Some(list) = self.sessions.get_mut(key) else {
-            return Ok(());
-        };
-        for s in list.iter_mut().filter(|s| !s.batch_rows.is_empty()) {
-            let mut rows = std::mem::take(&mut s.batch_rows);
-            rows.sort_unstable();
-            self.aggregates
-                .update(&mut s.accumulators, args, &UInt32Array::from(rows))?;
+    /// A tombstone for slot `s`'s written row, if it has one.
+    fn tombstone(&mut self, position: u32, s: u32, tombstones: &mut Vec<Tombstone>) {
+        if self.index.has(s, WRITTEN) {
+            self.index.unset(s, WRITTEN);
+            tombstones.push(Tombstone {
+                position,
+                slot: s,
+                bounds: self.index.written(s),
+            });
         }
-        Ok(())
     }
 
-    /// Build the output rows for `pending`, in order.
-    fn build(&mut self, pending: &[Pending]) -> Result<Option<ChangeBatch>> {
-        if pending.is_empty() {
+    /// The output rows of `tombstones` (with their written values) followed by the live
+    /// sessions `live` (with their current values), given their key columns; HAVING
+    /// decides which live rows are written. With EMIT CHANGES, what is written is
+    /// remembered, so a later change can delete exactly that row.
+    fn write(
+        &mut self,
+        keys: Vec<ArrayRef>,
+        tombstones: &[Tombstone],
+        live: &[u32],
+    ) -> Result<Option<ChangeBatch>> {
+        let n = tombstones.len() + live.len();
+        if n == 0 {
             return Ok(None);
         }
-        let keys = self.keys.decode(pending.iter().map(|p| p.key.row()))?;
-        let starts: Vec<i64> = pending.iter().map(|p| p.bounds.0).collect();
-        let ends: Vec<i64> = pending.iter().map(|p| p.bounds.1).collect();
+        let mut starts = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n);
+        for (start, end) in tombstones
+            .iter()
+            .map(|t| t.bounds)
+            .chain(live.iter().map(|&s| self.index.bounds(s)))
+        {
+            starts.push(start);
+            ends.push(end);
+        }
+        let fields = &self.aggregate_fields;
+        let mut values: Vec<ArrayRef> = self
+            .states
+            .evaluate(&self.aggregates, live, fields)?
+            .into_iter()
+            .zip(fields)
+            .map(|(array, field)| self.fit(array, field))
+            .collect::<Result<_>>()?;
+        if !tombstones.is_empty() {
+            let slots: Vec<u32> = tombstones.iter().map(|t| t.slot).collect();
+            let old =
+                self.written
+                    .columns(&self.aggregates, &slots, &vec![true; slots.len()], fields)?;
+            values = old
+                .iter()
+                .zip(&values)
+                .map(|(old, new)| concat(&[old.as_ref(), new.as_ref()]))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(ExecError::arrow("building session results"))?;
+        }
         let mut columns: Vec<ArrayRef> = self
             .columns
             .iter()
@@ -323,72 +349,83 @@ impl SessionAggregateOperator {
                 }
             })
             .collect();
-        let mut values = vec![Vec::with_capacity(pending.len()); self.aggregates.len()];
-        let mut live_values = Vec::with_capacity(pending.len());
-        for p in pending {
-            let row = match &p.kind {
-                PendingKind::Live(start) => {
-                    let session = session_mut(&mut self.sessions, &p.key, *start)?;
-                    let row = self.aggregates.evaluate_row(&mut session.accumulators)?;
-                    live_values.push(Some(row.clone()));
-                    row
-                }
-                PendingKind::Tombstone(old) => {
-                    live_values.push(None);
-                    old.clone()
-                }
-            };
-            for (column, v) in values.iter_mut().zip(row) {
-                column.push(v);
-            }
-        }
-        columns.extend(self.aggregates.columns(values, &self.aggregate_fields)?);
+        columns.extend(values);
         let rows = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(ExecError::arrow("building session results"))?;
         let passes = match &self.having {
             Some(h) => h.passes(&rows)?,
-            None => vec![true; rows.num_rows()],
+            None => vec![true; n],
         };
-        // Remember what was written, so a later change can delete exactly that row.
         let remember = self.emit == Emit::Changes;
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for ((p, pass), row) in pending.iter().zip(passes).zip(live_values) {
-            let outcome = match (&p.kind, row) {
-                (PendingKind::Tombstone(_), _) => Outcome::Tombstone,
-                (PendingKind::Live(start), Some(values)) => {
-                    let session = session_mut(&mut self.sessions, &p.key, *start)?;
-                    if pass {
-                        if remember {
-                            session.emitted = Some(Written {
-                                bounds: p.bounds,
-                                values,
-                            });
-                        }
-                        Outcome::Row
-                    } else if session.emitted.take().is_some() {
-                        Outcome::Tombstone
-                    } else {
-                        Outcome::Dropped
-                    }
+        let values = &rows.columns()[self.columns.len()..];
+        let mut outcomes = vec![Outcome::Tombstone; tombstones.len()];
+        let mut written = vec![];
+        for ((row, &s), pass) in (tombstones.len()..)
+            .zip(live)
+            .zip(&passes[tombstones.len()..])
+        {
+            outcomes.push(if *pass {
+                if remember {
+                    self.index.set_written(s, (starts[row], ends[row]));
+                    written.push((s, row));
                 }
-                (PendingKind::Live(_), None) => Outcome::Dropped,
-            };
-            outcomes.push(outcome);
+                Outcome::Row
+            } else if self.index.has(s, WRITTEN) {
+                self.index.unset(s, WRITTEN);
+                Outcome::Tombstone
+            } else {
+                Outcome::Dropped
+            });
         }
+        self.written.record(&written, values)?;
         changes(rows, &outcomes)
     }
-}
 
-/// The open session of `key` starting at `start`.
-fn session_mut<'a>(
-    sessions: &'a mut HashMap<OwnedRow, Vec<Session>>,
-    key: &OwnedRow,
-    start: i64,
-) -> Result<&'a mut Session> {
-    sessions
-        .get_mut(key)
-        .and_then(|l| l.iter_mut().find(|s| s.start == start))
-        .ok_or_else(|| ExecError::internal(NAME, "emitting a session that is gone"))
+    /// `array`, results of an aggregate, typed as its output `field`; nulls where the
+    /// field cannot be null become the type's default (as [`Aggregates::column`]).
+    fn fit(&self, array: ArrayRef, field: &FieldRef) -> Result<ArrayRef> {
+        if array.data_type() == field.data_type()
+            && (field.is_nullable() || array.null_count() == 0)
+        {
+            return Ok(array);
+        }
+        if field.is_nullable() {
+            return cast(&array, field.data_type())
+                .map_err(ExecError::arrow("typing aggregate results"));
+        }
+        let values = (0..array.len())
+            .map(|i| ScalarValue::try_from_array(&array, i))
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(ExecError::eval(NAME))?;
+        self.aggregates.column(values, field)
+    }
+
+    /// The key columns of the batch rows `rows` (of `keys`), or else of the keys `ks`.
+    fn key_columns(
+        &self,
+        keys: &BatchKeys,
+        rows: impl Iterator<Item = u32>,
+        ks: impl Iterator<Item = u32>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Taken from the batch when their types are the output's.
+        let same = self
+            .columns
+            .iter()
+            .zip(self.schema.fields())
+            .all(|(c, f)| match c {
+                GroupColumn::Key(i) => keys.columns[*i].data_type() == f.data_type(),
+                _ => true,
+            });
+        if !same {
+            return self.keys.decode_bytes(ks.map(|k| self.index.key_bytes(k)));
+        }
+        let rows = UInt32Array::from_iter_values(rows);
+        keys.columns
+            .iter()
+            .map(|c| take(c.as_ref(), &rows, None))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(ExecError::arrow("selecting group keys"))
+    }
 }
 
 impl Operator for SessionAggregateOperator {
@@ -398,106 +435,120 @@ impl Operator for SessionAggregateOperator {
 
     fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
         let batch = batch.rows;
+        let n = batch.num_rows();
         let times = self
             .time_expr
             .evaluate(&batch)
-            .and_then(|v| v.into_array(batch.num_rows()))
+            .and_then(|v| v.into_array(n))
             .map_err(ExecError::eval(NAME))?;
-        let times = times.as_primitive::<Int64Type>();
+        let times = times.as_primitive::<Int64Type>().values();
         let keys = self.keys.evaluate(&batch)?;
-        let order = keys.groups();
         let args = self.aggregates.evaluate_args(&batch)?;
+        let mut by_key = self.group_by_key(&keys)?;
+        let batch_keys = std::mem::take(&mut by_key.keys);
+        let time = |r: &u32| times[*r as usize];
+        let mut slots = vec![NONE; n];
+        let mut merged = vec![];
         let mut tombstones = vec![];
-        let mut touched = Vec::with_capacity(order.len());
-        for (row, mut indices) in order {
-            let key = row.owned();
-            indices.sort_by_key(|&i| times.value(i as usize));
+        for (p, &(k, _)) in batch_keys.iter().enumerate() {
+            let rows = by_key.rows_mut(p);
+            if rows.windows(2).any(|w| time(&w[0]) > time(&w[1])) {
+                rows.sort_by_key(time);
+            }
             // Runs of rows at most a gap apart.
-            let mut run: Vec<u32> = vec![];
-            let (mut first, mut prev) = (0i64, 0i64);
-            for i in indices {
-                let t = times.value(i as usize);
-                if !run.is_empty() && t.saturating_sub(prev) > self.gap_ms {
-                    let done = std::mem::take(&mut run);
-                    self.add_run(&key, (first, prev), done, &mut tombstones)?;
+            let mut i = 0;
+            while i < rows.len() {
+                let (first, mut last) = (time(&rows[i]), time(&rows[i]));
+                let mut j = i + 1;
+                while j < rows.len() && time(&rows[j]).saturating_sub(last) <= self.gap_ms {
+                    last = time(&rows[j]);
+                    j += 1;
                 }
-                if run.is_empty() {
-                    first = t;
+                let s = self.add_run((k, p as u32), (first, last), &mut merged, &mut tombstones)?;
+                for &r in &rows[i..j] {
+                    slots[r as usize] = s;
                 }
-                prev = t;
-                run.push(i);
+                i = j;
             }
-            if !run.is_empty() {
-                self.add_run(&key, (first, prev), run, &mut tombstones)?;
-            }
-            self.aggregate_batch_rows(&key, &args)?;
-            touched.push(key);
         }
+        // Rows reach their sessions once the batch's merges are done: keys in batch
+        // order, each key's sessions by start, each session's rows in arrival order.
+        if !merged.is_empty() {
+            for s in &mut slots {
+                *s = self.index.resolve(*s);
+            }
+            self.index.end_batch(&merged);
+        }
+        for p in 0..batch_keys.len() {
+            let rows = by_key.rows_mut(p);
+            if rows.len() > 1 {
+                rows.sort_unstable_by_key(|&r| (self.index.bounds(slots[r as usize]).0, r));
+            }
+        }
+        let groups: Vec<u32> = by_key.rows.iter().map(|&r| slots[r as usize]).collect();
+        self.states
+            .update_grouped(&self.aggregates, &args, &by_key.rows, &groups)?;
         if self.emit == Emit::Final {
             return Ok(None);
         }
-        let mut pending = tombstones;
-        for key in touched {
-            if let Some(list) = self.sessions.get_mut(&key) {
-                for s in list.iter_mut() {
-                    if s.dirty {
-                        s.dirty = false;
-                        pending.push(Pending {
-                            key: key.clone(),
-                            bounds: (s.start, s.last),
-                            kind: PendingKind::Live(s.start),
-                        });
-                    }
+        let mut live = vec![];
+        let mut positions = vec![];
+        for (p, &(k, _)) in batch_keys.iter().enumerate() {
+            for s in self.index.sessions(k) {
+                if self.index.has(s, CHANGED) {
+                    live.push(s);
+                    positions.push(p);
                 }
             }
         }
-        self.build(&pending)
+        for &s in &live {
+            self.index.unset(s, CHANGED);
+        }
+        let positions = tombstones
+            .iter()
+            .map(|t| t.position as usize)
+            .chain(positions);
+        let key_columns = self.key_columns(
+            &keys,
+            positions.clone().map(|p| batch_keys[p].1),
+            positions.map(|p| batch_keys[p].0),
+        )?;
+        self.write(key_columns, &tombstones, &live)
     }
 
     fn advance_watermark(&mut self, watermark_ms: i64) -> Result<Option<ChangeBatch>> {
-        let mut closed: Vec<(OwnedRow, i64)> = vec![];
-        // A session is closed once the watermark passes last + gap + grace; the end of
-        // the stream (i64::MAX) closes every session, even one whose close time saturated.
-        while let Some((close, _, _)) = self.by_close.first() {
-            if *close >= watermark_ms && watermark_ms != i64::MAX {
-                break;
-            }
-            if let Some((_, key, start)) = self.by_close.pop_first() {
-                closed.push((key, start));
-            }
-        }
+        let (mut closed, mut released) = (vec![], vec![]);
+        self.index.close(watermark_ms, &mut closed, &mut released);
         let out = match self.emit {
-            Emit::Final => {
-                let pending: Vec<Pending> = closed
-                    .iter()
-                    .filter_map(|(key, start)| {
-                        let s = self.sessions.get(key)?.iter().find(|s| s.start == *start)?;
-                        Some(Pending {
-                            key: key.clone(),
-                            bounds: (s.start, s.last),
-                            kind: PendingKind::Live(s.start),
-                        })
-                    })
-                    .collect();
-                self.build(&pending)?
+            Emit::Final if !closed.is_empty() => {
+                // In order of close time, key and start.
+                let index = &self.index;
+                closed.sort_by(|&a, &b| {
+                    let order = |s: u32| {
+                        let (start, last) = index.bounds(s);
+                        (index.close_time(last), index.key_bytes(index.key(s)), start)
+                    };
+                    order(a).cmp(&order(b))
+                });
+                let keys = self
+                    .keys
+                    .decode_bytes(closed.iter().map(|&s| index.key_bytes(index.key(s))))?;
+                self.write(keys, &[], &closed)?
             }
-            Emit::Changes => None,
+            _ => None,
         };
-        for (key, start) in closed {
-            if let Some(list) = self.sessions.get_mut(&key) {
-                list.retain(|s| s.start != start);
-                self.session_count -= 1;
-                if list.is_empty() {
-                    self.sessions.remove(&key);
-                }
-            }
-            self.dirty.insert(key);
+        for &s in closed.iter().chain(&released) {
+            self.states.clear(&self.aggregates, s)?;
+            self.written.clear(s);
         }
+        self.index.release(&closed);
+        self.index.release(&released);
+        self.index.compact()?;
         Ok(out)
     }
 
     fn state_groups(&self) -> usize {
-        self.session_count
+        self.index.open()
     }
 
     fn is_stateful(&self) -> bool {
@@ -505,72 +556,63 @@ impl Operator for SessionAggregateOperator {
     }
 
     fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
-        if self.dirty.is_empty() {
+        let keys = self.index.take_dirty();
+        if keys.is_empty() {
             return Ok(vec![]);
         }
-        let keys: Vec<OwnedRow> = self.dirty.drain().collect();
-        let key_columns = self.keys.decode(keys.iter().map(|k| k.row()))?;
+        let key_columns = self
+            .keys
+            .decode_bytes(keys.iter().map(|&k| self.index.key_bytes(k)))?;
         let changelog_keys = json_keys(&key_columns, &self.key_names, keys.len())?;
         // One record per key holding all its open sessions; no sessions: deleted.
-        let n_states = self.codec.schema().fields().len()
-            - key_columns.len()
-            - 4
-            - self.aggregate_fields.len();
         let mut take_keys = vec![];
-        let (mut starts, mut lasts) = (vec![], vec![]);
-        let mut states = vec![vec![]; n_states];
-        let (mut written_starts, mut written_lasts) = (vec![], vec![]);
-        let mut written = vec![vec![]; self.aggregate_fields.len()];
+        let mut slots = vec![];
         let mut ranges: Vec<Option<(usize, usize)>> = vec![None; keys.len()];
-        for (k, key) in keys.iter().enumerate() {
-            let Some(list) = self.sessions.get_mut(key).filter(|l| !l.is_empty()) else {
-                continue;
-            };
-            ranges[k] = Some((starts.len(), list.len()));
-            for session in list.iter_mut() {
-                take_keys.push(k as u32);
-                starts.push(session.start);
-                lasts.push(session.last);
-                for (column, v) in states
-                    .iter_mut()
-                    .zip(self.aggregates.checkpoint(&mut session.accumulators)?)
-                {
-                    column.push(v);
-                }
-                written_starts.push(session.emitted.as_ref().map(|w| w.bounds.0));
-                written_lasts.push(session.emitted.as_ref().map(|w| w.bounds.1));
-                for (i, column) in written.iter_mut().enumerate() {
-                    column.push(
-                        session
-                            .emitted
-                            .as_ref()
-                            .map_or(ScalarValue::Null, |w| w.values[i].clone()),
-                    );
-                }
+        for (i, &k) in keys.iter().enumerate() {
+            let from = slots.len();
+            slots.extend(self.index.sessions(k));
+            if slots.len() > from {
+                ranges[i] = Some((from, slots.len() - from));
+                take_keys.resize(slots.len(), i as u32);
             }
         }
         let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-        if !starts.is_empty() {
+        if !slots.is_empty() {
             let indices = UInt32Array::from(take_keys);
             let mut columns: Vec<ArrayRef> = key_columns
                 .iter()
-                .map(|c| datafusion::arrow::compute::take(c, &indices, None))
+                .map(|c| take(c, &indices, None))
                 .collect::<std::result::Result<_, _>>()
                 .map_err(ExecError::arrow("selecting state keys"))?;
-            columns.push(Arc::new(Int64Array::from(starts)));
-            columns.push(Arc::new(Int64Array::from(lasts)));
+            let bounds: Vec<(i64, i64)> = slots.iter().map(|&s| self.index.bounds(s)).collect();
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                bounds.iter().map(|b| b.0),
+            )));
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                bounds.iter().map(|b| b.1),
+            )));
             let fields = self.codec.schema().fields().clone();
             let first_state = key_columns.len() + 2;
-            columns.extend(
-                self.aggregates
-                    .columns(states, &fields[first_state..first_state + n_states])?,
-            );
-            columns.push(Arc::new(Int64Array::from(written_starts)));
-            columns.push(Arc::new(Int64Array::from(written_lasts)));
-            columns.extend(
-                self.aggregates
-                    .columns(written, &fields[first_state + n_states + 2..])?,
-            );
+            let n_states = fields.len() - first_state - 2 - self.aggregate_fields.len();
+            columns.extend(self.states.checkpoint(
+                &self.aggregates,
+                &slots,
+                &fields[first_state..first_state + n_states],
+            )?);
+            let written: Vec<bool> = slots.iter().map(|&s| self.index.has(s, WRITTEN)).collect();
+            let written_bounds = |i: usize| written[i].then(|| self.index.written(slots[i]));
+            columns.push(Arc::new(Int64Array::from_iter(
+                (0..slots.len()).map(|i| written_bounds(i).map(|b| b.0)),
+            )));
+            columns.push(Arc::new(Int64Array::from_iter(
+                (0..slots.len()).map(|i| written_bounds(i).map(|b| b.1)),
+            )));
+            columns.extend(self.written.columns(
+                &self.aggregates,
+                &slots,
+                &written,
+                &fields[first_state + n_states + 2..],
+            )?);
             let batch = RecordBatch::try_new(self.codec.schema().clone(), columns)
                 .map_err(ExecError::arrow("building state rows"))?;
             let live: Vec<(usize, (usize, usize))> = ranges
@@ -585,6 +627,7 @@ impl Operator for SessionAggregateOperator {
                 values[k] = Some(message);
             }
         }
+        self.index.compact()?;
         Ok(changelog_keys
             .into_iter()
             .zip(values)
@@ -606,36 +649,23 @@ impl Operator for SessionAggregateOperator {
         let written_lasts = batch
             .column(n_keys + 3 + n_states)
             .as_primitive::<Int64Type>();
-        let written = &batch.columns()[n_keys + 4 + n_states..];
+        let mut written = vec![];
         for (i, row) in rows.iter().enumerate() {
-            let key = row.owned();
-            let emitted = if written_starts.is_valid(i) {
-                Some(Written {
-                    bounds: (written_starts.value(i), written_lasts.value(i)),
-                    values: written
-                        .iter()
-                        .map(|c| ScalarValue::try_from_array(c, i))
-                        .collect::<datafusion::error::Result<_>>()
-                        .map_err(ExecError::eval(NAME))?,
-                })
-            } else {
-                None
-            };
-            let session = Session {
-                start: starts.value(i),
-                last: lasts.value(i),
-                accumulators: self.aggregates.restore(state, i)?,
-                emitted,
-                dirty: false,
-                batch_rows: vec![],
-            };
-            let close = self.close_time(session.last);
-            self.by_close.insert((close, key.clone(), session.start));
-            let list = self.sessions.entry(key).or_default();
-            let at = list.partition_point(|s| s.start < session.start);
-            list.insert(at, session);
-            self.session_count += 1;
+            let k = self.index.key_of(row.as_ref())?;
+            let join = self.index.insert(k, (starts.value(i), lasts.value(i)));
+            let s = join.slot;
+            if join.new_slot {
+                self.states.push(&self.aggregates)?;
+                self.written.push();
+            }
+            self.states.restore(&self.aggregates, s, state, i)?;
+            if written_starts.is_valid(i) {
+                self.index
+                    .set_written(s, (written_starts.value(i), written_lasts.value(i)));
+                written.push((s, i));
+            }
         }
-        Ok(())
+        self.written
+            .record(&written, &batch.columns()[n_keys + 4 + n_states..])
     }
 }
