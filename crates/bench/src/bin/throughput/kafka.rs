@@ -178,6 +178,42 @@ pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<f64> {
     Ok(count as f64 / seconds)
 }
 
+/// Delete the topics benchmark runs left behind: each query's sink (`<QUERY>_<run>`,
+/// `STARTUP_<run>`), changelog and its server's command topic (named after its service
+/// id, `bench_<run>_…`). A run leaves gigabytes (the HOP changelogs most); the preloaded
+/// input topics stay. Returns how many were deleted.
+pub async fn delete_leftovers(bootstrap: &str, query_names: &[&str]) -> Result<usize> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let is_run = |s: &str| s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    let sink = |name: &str| {
+        name.rsplit_once('_').is_some_and(|(query, run)| {
+            is_run(run)
+                && (query == "STARTUP" || query_names.iter().any(|q| q.to_uppercase() == query))
+        })
+    };
+    let leftovers: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with("bench_") || n.starts_with("_sluice-bench_") || sink(n))
+        .collect();
+    if leftovers.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<&str> = leftovers.iter().map(String::as_str).collect();
+    for result in admin.delete_topics(&names, &AdminOptions::new()).await? {
+        if let Err((topic, e)) = result {
+            eprintln!("could not delete the leftover topic {topic}: {e}");
+        }
+    }
+    Ok(leftovers.len())
+}
+
 /// A `sluice server` process, killed when dropped.
 pub struct Server {
     child: Child,

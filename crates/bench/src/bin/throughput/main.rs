@@ -159,6 +159,11 @@ async fn main() -> Result<()> {
         log,
         properties: args.properties.clone(),
     };
+    let names: Vec<&str> = queries().iter().map(|q| q.name).collect();
+    let deleted = kafka::delete_leftovers(&bootstrap, &names).await?;
+    if deleted > 0 {
+        println!("deleted {deleted} topics earlier runs left behind");
+    }
     let mut topics = HashMap::new();
     let mut raw = HashMap::new();
     for source in [Source::Fraud, Source::Nexmark] {
@@ -189,6 +194,8 @@ async fn main() -> Result<()> {
     }
     for q in selected.iter().filter(|q| !q.engine_only) {
         let r = bench.run_query(q, &topics[&q.source]).await?;
+        // Its sink, changelog and command topic: gigabytes, not needed again.
+        kafka::delete_leftovers(&bootstrap, &names).await?;
         let (p50, p99, n) = r
             .latency
             .map_or(("–".to_string(), "–".to_string(), 0), |(a, b, n)| {
@@ -204,6 +211,7 @@ async fn main() -> Result<()> {
     }
     if let Some(topic) = topics.get(&Source::Fraud) {
         let (answering, running) = bench.startup(topic).await?;
+        kafka::delete_leftovers(&bootstrap, &names).await?;
         println!(
             "\nrestart: the REST API answered {answering:.0} ms after the server was started, \
              and its persistent query wrote a new event's result {running:.0} ms after it"
