@@ -326,6 +326,16 @@ enum Settled {
     Failed,
 }
 
+/// What settling the batch being written means for the loop.
+enum After {
+    /// Nothing was being written, or it was committed with the partitions in place.
+    Go,
+    /// It was committed, but the partitions moved meanwhile: its records.
+    Moved(Vec<RawRecord>),
+    /// It was not committed: its records, to be processed again.
+    Failed(Vec<RawRecord>),
+}
+
 /// The query loop's own state that settling a written batch changes.
 struct Loop<'a> {
     query_id: &'a str,
@@ -382,14 +392,24 @@ async fn process(
     let mut consumer_errors = 0u32;
     let mut seen_assignment = None;
     let mut in_flight: Option<InFlight> = None;
+    // Leave the loop with an error; the batch being written is still waited for.
+    macro_rules! tri {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(e) => break Err(e),
+            }
+        };
+    }
     // The pipeline's state is read back from the changelog (its records are read again).
     macro_rules! read_state_back {
         () => {
-            match retry(query_id, "reading state back", stats, shutdown, || {
-                start_pipeline(config, plan, partitions, changelog)
-            })
-            .await?
-            {
+            match tri!(
+                retry(query_id, "reading state back", stats, shutdown, || {
+                    start_pipeline(config, plan, partitions, changelog)
+                })
+                .await
+            ) {
                 Some(fresh) => {
                     pipeline = fresh;
                     seen_assignment = None;
@@ -398,27 +418,29 @@ async fn process(
             }
         };
     }
-    // Wait for the batch being written and settle it: `Some(records)` of a batch that
-    // was not committed, `None` when it was (and `reader` resumes where it should).
+    // Settle the batch being written (`written` is its outcome, once it is), if any.
     macro_rules! settle_in_flight {
         ($written:expr) => {{
-            let written = $written;
-            match in_flight.take() {
-                Some(before) => {
-                    let Some(outcome) = state.settle(&before, written, shutdown, output).await?
+            // `written` is evaluated only while something is being written, and before
+            // it is taken out (waiting for it needs it in place).
+            let written = match in_flight.is_some() {
+                true => Some($written),
+                false => None,
+            };
+            match (in_flight.take(), written) {
+                (Some(before), Some(written)) => {
+                    let Some(outcome) =
+                        tri!(state.settle(&before, written, shutdown, output).await)
                     else {
                         break Ok(());
                     };
                     match outcome {
-                        Settled::Committed => None,
-                        Settled::CommittedMoved => {
-                            reader.resume();
-                            None
-                        }
-                        Settled::Failed => Some(before.records),
+                        Settled::Committed => After::Go,
+                        Settled::CommittedMoved => After::Moved(before.records),
+                        Settled::Failed => After::Failed(before.records),
                     }
                 }
-                None => None,
+                _ => After::Go,
             }
         }};
     }
@@ -431,9 +453,14 @@ async fn process(
             _ = tokio::time::sleep(TICK) => None,
             // Nothing new to read yet: settle the batch being written.
             written = joined(&mut in_flight), if in_flight.is_some() => {
-                if let Some(failed) = settle_in_flight!(written) {
-                    reader.rewind(&failed);
-                    read_state_back!();
+                let now = revocations.load(Ordering::SeqCst);
+                match settle_in_flight!(written) {
+                    After::Go => {}
+                    After::Moved(committed) => reader.reposition(now, &[], &committed),
+                    After::Failed(failed) => {
+                        reader.reposition(now, &failed, &[]);
+                        read_state_back!();
+                    }
                 }
                 continue;
             }
@@ -491,14 +518,15 @@ async fn process(
                     query_id,
                     "partitions were reassigned while a batch was read; reading it again"
                 );
-                let written = joined(&mut in_flight).await;
-                match settle_in_flight!(written) {
-                    Some(mut failed) => {
+                let now = revocations.load(Ordering::SeqCst);
+                match settle_in_flight!(joined(&mut in_flight).await) {
+                    After::Go => reader.reposition(now, &records, &[]),
+                    After::Moved(committed) => reader.reposition(now, &records, &committed),
+                    After::Failed(mut failed) => {
                         failed.extend(records);
-                        reader.rewind(&failed);
+                        reader.reposition(now, &failed, &[]);
                         read_state_back!();
                     }
-                    None => reader.rewind(&records),
                 }
                 continue;
             }
@@ -519,11 +547,11 @@ async fn process(
             }
         }
         let process_started = Instant::now();
-        let batches = if records.is_empty() {
-            pipeline.tick(std::time::Instant::now(), stats)?
+        let batches = tri!(if records.is_empty() {
+            pipeline.tick(std::time::Instant::now(), stats)
         } else {
-            pipeline.process(&records, stats)?
-        };
+            pipeline.process(&records, stats)
+        });
         if let Output::Client(client) = output {
             if !send(client, batches, stats, shutdown).await {
                 break Ok(());
@@ -531,32 +559,27 @@ async fn process(
             continue;
         }
         let changes = match changelog {
-            Some(_) => pipeline.take_state_changes()?,
+            Some(_) => tri!(pipeline.take_state_changes()),
             None => vec![],
         };
         let processed = process_started.elapsed();
         // The batch before must be committed before this one is written.
-        if in_flight.is_some() {
-            let written = joined(&mut in_flight).await;
-            let moved_before = in_flight
-                .as_ref()
-                .is_some_and(|b| revocations.load(Ordering::SeqCst) != b.generation);
-            match settle_in_flight!(written) {
-                Some(mut failed) => {
-                    // This batch was processed on top of one that was not committed.
-                    failed.extend(records);
-                    reader.rewind(&failed);
-                    read_state_back!();
-                    continue;
-                }
-                None if moved_before => {
-                    // Read while the partitions moved: read it again, from the state
-                    // after the batch before.
-                    reader.rewind(&records);
-                    read_state_back!();
-                    continue;
-                }
-                None => {}
+        let now = revocations.load(Ordering::SeqCst);
+        match settle_in_flight!(joined(&mut in_flight).await) {
+            After::Go => {}
+            After::Moved(committed) => {
+                // The partitions moved while the batch before was written: read this one
+                // again, after it, from the state after it.
+                reader.reposition(now, &records, &committed);
+                read_state_back!();
+                continue;
+            }
+            After::Failed(mut failed) => {
+                // This batch was processed on top of one that was not committed.
+                failed.extend(records);
+                reader.reposition(now, &failed, &[]);
+                read_state_back!();
+                continue;
             }
         }
         if batches.is_empty() && changes.is_empty() && records.is_empty() {
@@ -572,7 +595,12 @@ async fn process(
             process_ms = processed.as_millis() as u64,
             "batch processed"
         );
-        let outgoing = Outgoing::new(&plan.source.topic, &records, batches, changes)?;
+        let outgoing = tri!(Outgoing::new(
+            &plan.source.topic,
+            &records,
+            batches,
+            changes
+        ));
         let (writer, producer) = (delivery.clone(), producer.clone());
         let task = tokio::spawn(async move {
             let started = Instant::now();

@@ -5,7 +5,8 @@
 //! waiting) through a channel of [`CHUNKS`] chunks. While the query processes and writes
 //! a batch, the next one is read; when the channel is full the thread waits, and input
 //! waits in Kafka, not in memory. The thread also serves the consumer's callbacks
-//! (rebalances, commit results, errors), as its polls are the only ones.
+//! (rebalances, commit results, errors), as its polls are the only ones; not while it
+//! waits for room in the channel (see `docs/semantics.md` on a slow sink).
 //!
 //! When the query must read records again (a failed commit, a rebalance during a batch),
 //! it asks the thread to move the partitions and starts a new *epoch*: the thread moves
@@ -66,8 +67,9 @@ pub(crate) struct Reader {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     epoch: u64,
-    /// Per partition, the offset after the last record taken in this epoch.
-    taken: BTreeMap<i32, i64>,
+    /// Per partition, the offset after the last record taken in this epoch, and the
+    /// revocation count it was read under.
+    taken: BTreeMap<i32, (i64, u64)>,
     /// Records of a chunk beyond what the last [`Reader::next`] asked for.
     rest: Option<(u64, Vec<RawRecord>)>,
 }
@@ -126,7 +128,7 @@ impl Reader {
                     self.rest = Some((generation, rest));
                 }
                 for r in &records {
-                    self.taken.insert(r.partition, r.offset + 1);
+                    self.taken.insert(r.partition, (r.offset + 1, generation));
                 }
                 Polled::Records {
                     generation,
@@ -137,24 +139,34 @@ impl Reader {
         })
     }
 
-    /// Read `records` again, and whatever was read after them: each partition goes
-    /// back to its first record in `records`, or to after the last record taken.
-    pub(crate) fn rewind(&mut self, records: &[RawRecord]) {
-        let mut positions = std::mem::take(&mut self.taken);
-        for r in records.iter().rev() {
+    /// Start a new epoch: read `again` again (each of its partitions goes back to its
+    /// first record in it) and continue right after `committed` (each of its partitions
+    /// goes to after its last record in it, whatever `again` says); any other partition
+    /// goes back to after its last record taken under revocation count `generation`, or
+    /// else to its first record read since. Whatever was read and not taken is read
+    /// again.
+    pub(crate) fn reposition(
+        &mut self,
+        generation: u64,
+        again: &[RawRecord],
+        committed: &[RawRecord],
+    ) {
+        // Taken under an older assignment: the partition may have moved on (or back to
+        // its committed offset) since; where it is now is right.
+        let mut positions: BTreeMap<i32, i64> = std::mem::take(&mut self.taken)
+            .into_iter()
+            .filter(|(_, (_, g))| *g == generation)
+            .map(|(p, (offset, _))| (p, offset))
+            .collect();
+        for r in again.iter().rev() {
             positions.insert(r.partition, r.offset);
         }
-        self.reposition(positions);
-    }
-
-    /// Read again whatever was read but not taken yet: each partition goes back to
-    /// after its last record taken.
-    pub(crate) fn resume(&mut self) {
-        let positions = std::mem::take(&mut self.taken);
-        self.reposition(positions);
-    }
-
-    fn reposition(&mut self, positions: BTreeMap<i32, i64>) {
+        let mut after: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in committed {
+            let next = after.entry(r.partition).or_insert(r.offset + 1);
+            *next = (*next).max(r.offset + 1);
+        }
+        positions.extend(after);
         self.epoch += 1;
         self.rest = None;
         let _ = self.repositions.send(Reposition {
