@@ -14,12 +14,11 @@ use rdkafka::TopicPartitionList;
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::oneshot;
 
+use crate::consumer::{next_offsets, QueryConsumer};
 use crate::error::{ExecError, Result};
 use crate::json_encoder::encode_batch;
 use crate::operator::ChangeBatch;
-use crate::query_runner::{
-    next_offsets, QueryConfig, QueryConsumer, SLOW_ACKS, TRANSACTION_TIMEOUT,
-};
+use crate::query_runner::{QueryConfig, SLOW_ACKS, TRANSACTION_TIMEOUT};
 use crate::record::RawRecord;
 use crate::state::StateChange;
 use crate::stats::QueryStats;

@@ -17,6 +17,7 @@
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
 
 pub mod changelog;
+mod consumer;
 mod delivery;
 pub mod embedded_broker;
 pub mod error;

@@ -3,22 +3,19 @@
 //! topic, waits for the broker to acknowledge them, then commits the consumer offsets
 //! (at-least-once). A push query sends them to its client and commits nothing.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
 use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
+use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Subscribed};
 use crate::delivery::{transaction, AckContext, Delivery, Outgoing, QueryProducer};
 use crate::error::{ExecError, Result};
 use crate::materialized::MaterializedTable;
@@ -189,36 +186,11 @@ async fn run(
     let query_id = config.query_id.as_str();
     let topic = plan.source.topic.as_str();
     let persistent = matches!(output, Output::Topic(_));
-    let revocations = Arc::new(AtomicU64::new(0));
-    let assignment = Arc::new(std::sync::Mutex::new(Assignment::default()));
-    let mut consumer_config = ClientConfig::new();
-    consumer_config
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", &config.auto_offset_reset)
-        .set("session.timeout.ms", "10000")
-        .set("isolation.level", "read_committed")
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        // Prefetched input is capped: while a batch is written (a slow sink, a broker
-        // outage), input waits in Kafka, not in memory.
-        .set("queued.max.messages.kbytes", "32768")
-        // Once that prefetch queue is full, librdkafka waits this long before fetching
-        // again (default 1 s). A batch being written leaves the queue full, so the default
-        // stalled the consumer for most of a second after each one.
-        .set("fetch.queue.backoff.ms", "10");
-    let consumer: Arc<QueryConsumer> = consumer_config
-        .create_with_context(RebalanceWatch {
-            revocations: revocations.clone(),
-            stats: stats.clone(),
-            topic: topic.to_string(),
-            assignment: assignment.clone(),
-        })
-        .map(Arc::new)
-        .map_err(|e| ExecError::kafka("creating the consumer", e))?;
-    consumer
-        .subscribe(&[topic])
-        .map_err(|e| ExecError::kafka(format!("subscribing to {topic}"), e))?;
+    let Subscribed {
+        consumer,
+        revocations,
+        assignment,
+    } = subscribe(&config, topic, &stats)?;
     let partitions: Vec<i32> = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
         Ok(metadata) => metadata
             .topics()
@@ -745,76 +717,6 @@ where
     }
 }
 
-/// The source partitions the consumer holds, and a version that changes with them.
-#[derive(Debug, Default)]
-struct Assignment {
-    version: u64,
-    partitions: std::collections::HashSet<i32>,
-}
-
-/// Tell `pipeline` which partitions the consumer holds, when that changed since `seen`.
-fn sync_assignment(
-    pipeline: &mut Pipeline,
-    assignment: &std::sync::Mutex<Assignment>,
-    seen: &mut Option<u64>,
-) {
-    let a = assignment.lock().unwrap_or_else(|p| p.into_inner());
-    if *seen != Some(a.version) {
-        pipeline.set_assigned(&a.partitions, std::time::Instant::now());
-        *seen = Some(a.version);
-    }
-}
-
-/// Counts partition revocations, so a batch read or committed across a rebalance is
-/// noticed; keeps the current assignment, so partitions held by another group member (a
-/// dead one whose session has not expired yet, say) are not taken for idle; and reports
-/// the consumer's Kafka errors (all brokers down, say) to the query's statistics.
-pub(crate) struct RebalanceWatch {
-    revocations: Arc<AtomicU64>,
-    stats: Arc<QueryStats>,
-    topic: String,
-    assignment: Arc<std::sync::Mutex<Assignment>>,
-}
-
-impl RebalanceWatch {
-    fn partitions<'a>(&'a self, list: &'a TopicPartitionList) -> impl Iterator<Item = i32> + 'a {
-        list.elements()
-            .into_iter()
-            .filter(|e| e.topic() == self.topic)
-            .map(|e| e.partition())
-    }
-}
-
-impl ClientContext for RebalanceWatch {
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "consumer error");
-        self.stats.kafka_failed(format!("{error}: {reason}"));
-    }
-}
-
-impl ConsumerContext for RebalanceWatch {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            self.revocations.fetch_add(1, Ordering::SeqCst);
-            let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
-            for p in self.partitions(list).collect::<Vec<_>>() {
-                a.partitions.remove(&p);
-            }
-            a.version += 1;
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
-            a.partitions.extend(self.partitions(list));
-            a.version += 1;
-        }
-    }
-}
-
-pub(crate) type QueryConsumer = BaseConsumer<RebalanceWatch>;
-
 /// A fresh pipeline over `partitions`, its state read back from `changelog`.
 async fn start_pipeline(
     config: &QueryConfig,
@@ -831,27 +733,6 @@ async fn start_pipeline(
         tracing::info!(query_id = %config.query_id, entries = state.len(), changelog, "state read back");
     }
     Ok(pipeline)
-}
-
-/// Per partition of `records`, the offsets of its first and last record in them.
-fn offset_ranges(records: &[RawRecord]) -> BTreeMap<i32, (i64, i64)> {
-    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for r in records {
-        let range = ranges.entry(r.partition).or_insert((r.offset, r.offset));
-        range.0 = range.0.min(r.offset);
-        range.1 = range.1.max(r.offset);
-    }
-    ranges
-}
-
-/// Per partition of `records`, the offset after its last record: what a commit records.
-pub(crate) fn next_offsets(topic: &str, records: &[RawRecord]) -> Result<TopicPartitionList> {
-    let mut list = TopicPartitionList::new();
-    for (p, (_, last)) in offset_ranges(records) {
-        list.add_partition_offset(topic, p, Offset::Offset(last + 1))
-            .map_err(|e| ExecError::kafka("listing offsets", e))?;
-    }
-    Ok(list)
 }
 
 /// Send a push query's `batches` to its client; `false` when the client has gone away or

@@ -25,7 +25,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
 use tokio::sync::mpsc;
 
-use crate::query_runner::QueryConsumer;
+use crate::consumer::QueryConsumer;
 use crate::record::RawRecord;
 
 /// A chunk holds at most this many records...
