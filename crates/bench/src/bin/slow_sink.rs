@@ -24,6 +24,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{json, Value};
+use sluice_bench::{broker, proc_mb, sluice_beside_me};
 
 const RECORDS: i64 = 1_500_000;
 const THROTTLED: Duration = Duration::from_secs(30);
@@ -105,29 +106,13 @@ fn config_command(libs: &std::path::Path, bootstrap: &str, change: &[&str]) -> R
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    proc_mb(pid, "VmRSS:")
 }
 
 async fn ksql(url: &str, sql: &str) -> Result<Value> {
-    let r = reqwest::Client::new()
-        .post(format!("{url}/ksql"))
-        .json(&json!({"ksql": sql, "streamsProperties": {"auto.offset.reset": "earliest"}}))
-        .send()
-        .await?;
-    let status = r.status();
-    let body: Value = r.json().await?;
-    if !status.is_success() {
-        bail!("{sql}: {body}");
-    }
-    Ok(body)
+    let mut properties = serde_json::Map::new();
+    properties.insert("auto.offset.reset".into(), "earliest".into());
+    sluice_bench::ksql(url, sql, properties).await
 }
 
 /// The copy query's records in and out.
@@ -142,21 +127,8 @@ async fn counters(url: &str, sink: &str) -> Result<(u64, u64)> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let bootstrap =
-        std::env::var("SLUICE_BENCH_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    if std::net::TcpStream::connect(&bootstrap).is_err() {
-        bail!("no broker at {bootstrap}: start one with scripts/kafka-local start");
-    }
-    let sluice = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .join("sluice");
-    if !sluice.exists() {
-        bail!(
-            "{} is missing: cargo build -p sluice-cli first",
-            sluice.display()
-        );
-    }
+    let bootstrap = broker()?;
+    let sluice = sluice_beside_me("cargo build -p sluice-cli")?;
     let cache = std::env::var("SLUICE_CACHE").map_or_else(
         |_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice"),
         PathBuf::from,

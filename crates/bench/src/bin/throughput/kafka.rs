@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::workload::{bid_json, BenchQuery, BidGenerator, FraudGenerator, Source, FRAUD_STEP_US};
 
@@ -297,17 +297,7 @@ impl Server {
         for (k, v) in properties {
             props.insert(k.clone(), v.clone().into());
         }
-        let r = reqwest::Client::new()
-            .post(format!("{}/ksql", self.url))
-            .json(&json!({"ksql": sql, "streamsProperties": props}))
-            .send()
-            .await?;
-        let status = r.status();
-        let body: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("{sql}: {body}");
-        }
-        Ok(body)
+        sluice_bench::ksql(&self.url, sql, props).await
     }
 
     /// Records the query writing `sink` has read.
@@ -319,19 +309,6 @@ impl Server {
                 .unwrap_or(0),
         )
     }
-}
-
-/// A line of `/proc/<pid>/status` in MB (`VmRSS`, `VmHWM`).
-pub fn proc_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// What one query measured against Kafka.
@@ -391,7 +368,7 @@ impl KafkaBench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let seconds = (finished - first.unwrap_or(submitted)).as_secs_f64();
-        let peak_rss_mb = proc_mb(server.pid(), "VmHWM:");
+        let peak_rss_mb = sluice_bench::proc_mb(server.pid(), "VmHWM:");
         // Earlier runs' latency events follow the preloaded ones: read them too first.
         while server.records_in(&sink).await? < total {
             if Instant::now() > deadline {

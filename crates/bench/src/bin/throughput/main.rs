@@ -39,7 +39,7 @@ use workload::{queries, Source};
 
 /// Resident memory of process `pid` in MB.
 pub fn rss_mb(pid: u32) -> f64 {
-    kafka::proc_mb(pid, "VmRSS:")
+    sluice_bench::proc_mb(pid, "VmRSS:")
 }
 
 struct Args {
@@ -130,21 +130,8 @@ async fn main() -> Result<()> {
     if args.engine_only {
         return engine_only(&args, &selected);
     }
-    let bootstrap =
-        std::env::var("SLUICE_BENCH_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    if std::net::TcpStream::connect(&bootstrap).is_err() {
-        bail!("no broker at {bootstrap}: start one with scripts/kafka-local start");
-    }
-    let sluice = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .join("sluice");
-    if !sluice.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p sluice-cli first",
-            sluice.display()
-        );
-    }
+    let bootstrap = sluice_bench::broker()?;
+    let sluice = sluice_bench::sluice_beside_me("cargo build --release -p sluice-cli")?;
     let events = args.events.unwrap_or(2_000_000);
     let run = kafka::now_ms().to_string();
     let log = std::env::temp_dir().join(format!("sluice-bench-{run}.log"));

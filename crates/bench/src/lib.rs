@@ -1,0 +1,60 @@
+//! What the benchmark programs share: finding the broker and the `sluice` binary, talking
+//! to a server's REST API, and reading a process's memory.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+
+/// The broker to run against (`SLUICE_BENCH_BOOTSTRAP`, else `scripts/kafka-local`'s),
+/// once it accepts connections.
+pub fn broker() -> Result<String> {
+    let bootstrap =
+        std::env::var("SLUICE_BENCH_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if std::net::TcpStream::connect(&bootstrap).is_err() {
+        bail!("no broker at {bootstrap}: start one with scripts/kafka-local start");
+    }
+    Ok(bootstrap)
+}
+
+/// The `sluice` binary beside this program (built with the same profile); `build` is
+/// the command that makes it, for the error when it is missing.
+pub fn sluice_beside_me(build: &str) -> Result<PathBuf> {
+    let sluice = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .join("sluice");
+    if !sluice.exists() {
+        bail!("{} is missing: {build} first", sluice.display());
+    }
+    Ok(sluice)
+}
+
+/// Run `sql` through the server at `url` with `properties` (`streamsProperties`); a
+/// non-2xx answer is an error with its body.
+pub async fn ksql(url: &str, sql: &str, properties: Map<String, Value>) -> Result<Value> {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/ksql"))
+        .json(&json!({"ksql": sql, "streamsProperties": properties}))
+        .send()
+        .await?;
+    let status = r.status();
+    let body: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("{sql}: {body}");
+    }
+    Ok(body)
+}
+
+/// A line of `/proc/<pid>/status` in MB (`VmRSS:`, `VmHWM:`); 0 when unreadable.
+pub fn proc_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
