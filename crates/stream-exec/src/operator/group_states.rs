@@ -475,9 +475,9 @@ mod tests {
 
     use super::*;
 
-    /// The fast states give DataFusion's accumulators' results and states exactly.
-    #[test]
-    fn fast_states_match_datafusion_accumulators() {
+    /// Columns `i` (BIGINT) and `f` (DOUBLE), and every fast aggregate over them, then
+    /// `last`.
+    fn fast_aggregates(last: Expr) -> (Schema, Vec<Expr>, Aggregates) {
         let schema = Schema::new(vec![
             Field::new("i", DataType::Int64, true),
             Field::new("f", DataType::Float64, true),
@@ -493,9 +493,16 @@ mod tests {
             min(col("f")),
             max(col("f")),
             avg(col("f")),
-            avg(cast(col("i"), DataType::Float64)),
+            last,
         ];
         let aggregates = Aggregates::new(&exprs, &input, "test").unwrap();
+        (schema, exprs, aggregates)
+    }
+
+    /// The fast states give DataFusion's accumulators' results and states exactly.
+    #[test]
+    fn fast_states_match_datafusion_accumulators() {
+        let (schema, exprs, aggregates) = fast_aggregates(avg(cast(col("i"), DataType::Float64)));
         let kinds: Vec<Kind> = (0..exprs.len()).map(|a| aggregates.kind(a)).collect();
         assert!(!kinds.contains(&Kind::Accumulator), "{kinds:?}");
         let ints = [
@@ -592,24 +599,7 @@ mod tests {
     /// accumulators give after `merge_batch`, results and states; a cleared group is new.
     #[test]
     fn merged_fast_states_match_datafusion_merged_accumulators() {
-        let schema = Schema::new(vec![
-            Field::new("i", DataType::Int64, true),
-            Field::new("f", DataType::Float64, true),
-        ]);
-        let input = DFSchema::try_from(schema.clone()).unwrap();
-        let exprs: Vec<Expr> = vec![
-            count_all(),
-            count(col("i")),
-            sum(col("i")),
-            min(col("i")),
-            max(col("i")),
-            sum(col("f")),
-            min(col("f")),
-            max(col("f")),
-            avg(col("f")),
-            stddev(col("f")),
-        ];
-        let aggregates = Aggregates::new(&exprs, &input, "test").unwrap();
+        let (schema, exprs, aggregates) = fast_aggregates(stddev(col("f")));
         assert_eq!(aggregates.kind(9), Kind::Accumulator);
         let ints = [Some(3), None, Some(i64::MAX), Some(-7), Some(2), None];
         let floats = [
