@@ -175,7 +175,7 @@ fn json_lines(batch: &RecordBatch) -> Result<Lines> {
     // JSON escapes newlines inside strings, so each line is one row.
     let mut ranges = Vec::with_capacity(batch.num_rows());
     let mut start = 0;
-    for end in memchr_newlines(&buf) {
+    for end in memchr::memchr_iter(b'\n', &buf) {
         if end > start {
             ranges.push(start..end);
         }
@@ -188,13 +188,6 @@ fn json_lines(batch: &RecordBatch) -> Result<Lines> {
         ));
     }
     Ok(Lines { buf, ranges })
-}
-
-fn memchr_newlines(buf: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    buf.iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'\n')
-        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
