@@ -196,16 +196,17 @@ impl Delivery {
         for batch in batches {
             let rows = encode_batch(batch, &self.plan.key_columns)?;
             for i in 0..rows.len() {
-                send_record(producer, &acks, sink, rows.key(i), rows.value(i)).await?;
+                send_record(producer, &acks, (sink, None), rows.key(i), rows.value(i)).await?;
                 produced += 1;
             }
         }
         if let Some(changelog) = self.changelog.as_deref() {
             for change in changes {
+                // A changelog has one partition (see `changelog::ensure_changelog`).
                 send_record(
                     producer,
                     &acks,
-                    changelog,
+                    (changelog, Some(0)),
                     Some(&change.key),
                     change.value.as_deref(),
                 )
@@ -240,16 +241,20 @@ impl Delivery {
     }
 }
 
-/// Queue one record for `topic`, counted in `acks`; while the producer's queue is full,
-/// wait for it to drain.
+/// Queue one record for `topic` (to `partition`, else where the partitioner puts its key),
+/// counted in `acks`; while the producer's queue is full, wait for it to drain.
 async fn send_record(
     producer: &QueryProducer,
     acks: &Arc<Acks>,
-    topic: &str,
+    (topic, partition): (&str, Option<i32>),
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<()> {
     let mut record = BaseRecord::<[u8], [u8], Arc<Acks>>::with_opaque_to(topic, acks.clone());
+    if let Some(p) = partition {
+        // No partitioner run (it hashes the key).
+        record = record.partition(p);
+    }
     if let Some(v) = value {
         record = record.payload(v);
     }

@@ -10,6 +10,7 @@
 //! A windowed table forgets windows that ended more than its retention before the newest
 //! window end it has seen, so it stays bounded on an unbounded stream.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
@@ -46,11 +47,18 @@ impl Rows {
     fn upsert(&mut self, key: Vec<u8>, row: OwnedRow, end: Option<i64>) {
         if let Some(end) = end {
             self.newest_end = self.newest_end.max(end);
-            if !self.by_key.contains_key(&key) {
-                self.by_end.entry(end).or_default().push(key.clone());
+        }
+        match self.by_key.entry(key) {
+            Entry::Occupied(mut e) => {
+                e.insert(row);
+            }
+            Entry::Vacant(e) => {
+                if let Some(end) = end {
+                    self.by_end.entry(end).or_default().push(e.key().clone());
+                }
+                e.insert(row);
             }
         }
-        self.by_key.insert(key, row);
     }
 }
 
