@@ -127,8 +127,15 @@ impl Reader {
                     let rest = records.split_off(max.max(1));
                     self.rest = Some((generation, rest));
                 }
-                for r in &records {
-                    self.taken.insert(r.partition, (r.offset + 1, generation));
+                // Each partition's last record in the chunk (a chunk is mostly one
+                // partition's run, so this is one map update, not one per record).
+                for (i, r) in records.iter().enumerate() {
+                    if records
+                        .get(i + 1)
+                        .is_none_or(|n| n.partition != r.partition)
+                    {
+                        self.taken.insert(r.partition, (r.offset + 1, generation));
+                    }
                 }
                 Polled::Records {
                     generation,
