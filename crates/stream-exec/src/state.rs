@@ -163,52 +163,41 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn messages_read_back_as_the_rows_they_hold() {
+    /// A batch of a non-null string key `k` and a nullable count `n`.
+    fn keys_and_counts(keys: &[&str], counts: &[Option<i64>]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, false),
             Field::new("n", DataType::Int64, true),
         ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
+        RecordBatch::try_new(
+            schema,
             vec![
-                Arc::new(StringArray::from(vec!["a", "b", "c"])),
-                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Int64Array::from(counts.to_vec())),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn messages_read_back_as_the_rows_they_hold() {
+        let batch = keys_and_counts(&["a", "b", "c"], &[Some(1), None, Some(3)]);
+        let schema = batch.schema();
         let codec = StateCodec::new(schema).unwrap();
         let messages = codec.encode(&batch, &[(0, 1), (1, 2)]).unwrap();
         assert_eq!(messages.len(), 2);
         let back = codec
             .decode([messages[1].as_slice(), messages[0].as_slice()])
             .unwrap();
-        let expected = RecordBatch::try_new(
-            batch.schema(),
-            vec![
-                Arc::new(StringArray::from(vec!["b", "c", "a"])),
-                Arc::new(Int64Array::from(vec![None, Some(3), Some(1)])),
-            ],
-        )
-        .unwrap();
+        let expected = keys_and_counts(&["b", "c", "a"], &[None, Some(3), Some(1)]);
         assert_eq!(back, expected);
         assert!(codec.decode([]).unwrap().num_rows() == 0);
     }
 
     #[test]
     fn ipc_records_of_an_older_changelog_still_read_back_beside_compact_ones() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, false),
-            Field::new("n", DataType::Int64, true),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(StringArray::from(vec!["a", "b"])),
-                Arc::new(Int64Array::from(vec![Some(1), None])),
-            ],
-        )
-        .unwrap();
+        let batch = keys_and_counts(&["a", "b"], &[Some(1), None]);
+        let schema = batch.schema();
         let compact = StateCodec::new(schema.clone()).unwrap();
         let mut ipc = StateCodec::new(schema).unwrap();
         ipc.rows = None;

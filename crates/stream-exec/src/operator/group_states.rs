@@ -499,6 +499,22 @@ mod tests {
         (schema, exprs, aggregates)
     }
 
+    /// A batch of `fast_aggregates`' schema.
+    fn ints_and_floats(
+        schema: Schema,
+        ints: &[Option<i64>],
+        floats: &[Option<f64>],
+    ) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(ints.to_vec())) as ArrayRef,
+                Arc::new(Float64Array::from(floats.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
     /// The fast states give DataFusion's accumulators' results and states exactly.
     #[test]
     fn fast_states_match_datafusion_accumulators() {
@@ -525,14 +541,7 @@ mod tests {
             None,
             Some(f64::INFINITY),
         ];
-        let batch = RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(Int64Array::from(ints.to_vec())) as ArrayRef,
-                Arc::new(Float64Array::from(floats.to_vec())),
-            ],
-        )
-        .unwrap();
+        let batch = ints_and_floats(schema, &ints, &floats);
         let args = aggregates.evaluate_args(&batch).unwrap();
         // Four groups; group 3 gets no rows, group 2 only nulls and one value.
         let rows: Vec<u32> = (0..8).collect();
@@ -610,14 +619,7 @@ mod tests {
             None,
             Some(f64::NAN),
         ];
-        let batch = RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(Int64Array::from(ints.to_vec())) as ArrayRef,
-                Arc::new(Float64Array::from(floats.to_vec())),
-            ],
-        )
-        .unwrap();
+        let batch = ints_and_floats(schema, &ints, &floats);
         let args = aggregates.evaluate_args(&batch).unwrap();
         // Pairs (into, from) with rows in both, only in `from`, only in `into`, in neither.
         let rows: Vec<u32> = (0..6).collect();
