@@ -20,14 +20,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, FieldRef, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::json::writer::{make_encoder, EncoderOptions, NullableEncoder};
+use datafusion::common::ScalarValue;
 
 use crate::error::{ExecError, Result};
-use crate::json_encoder::encode_keys;
 use crate::state_rows::{RowCodec, FORMAT};
 
 /// One changelog record: a state entry's key and its value, `None` when it was removed.
@@ -39,28 +40,108 @@ pub struct StateChange {
     pub value: Option<Vec<u8>>,
 }
 
-/// The changelog key of each row of `columns` (named `names`): the columns as JSON, as a
-/// result's Kafka key is written; `[]` when there are none (a single global group).
+/// One column of changelog keys: a value per row, or one value for every row (a window's
+/// bound, which is the same for all of the window's groups).
+pub(crate) enum KeyColumn<'a> {
+    Rows(&'a ArrayRef),
+    Same(&'a ScalarValue),
+}
+
+/// The changelog key of each of `rows` rows: the `columns` (named `names`) as one JSON
+/// object, byte for byte as arrow's JSON writer writes a row with explicit nulls (keys
+/// written before must still match); `[]` when there are none (a single global group).
+/// A `Same` column is encoded once, which matters for window bounds: a timestamp goes
+/// through arrow's display formatting, by far the slowest part otherwise.
 pub(crate) fn json_keys(
-    columns: &[ArrayRef],
+    columns: &[KeyColumn<'_>],
     names: &[String],
     rows: usize,
 ) -> Result<Vec<Vec<u8>>> {
     if columns.is_empty() {
         return Ok(vec![b"[]".to_vec(); rows]);
     }
-    let fields: Vec<Field> = columns
+    let options = EncoderOptions::default().with_explicit_nulls(true);
+    let same: Vec<Option<ArrayRef>> = columns
         .iter()
+        .map(|c| match c {
+            KeyColumn::Same(v) => v
+                .to_array_of_size(1)
+                .map(Some)
+                .map_err(ExecError::eval("state")),
+            KeyColumn::Rows(_) => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    let fields: Vec<FieldRef> = columns
+        .iter()
+        .zip(&same)
         .zip(names)
-        .map(|(c, n)| Field::new(n, c.data_type().clone(), true))
+        .map(|((c, one), name)| {
+            let data_type = match (c, one) {
+                (_, Some(one)) => one.data_type().clone(),
+                (KeyColumn::Rows(array), None) => array.data_type().clone(),
+                (KeyColumn::Same(v), None) => v.data_type(),
+            };
+            Arc::new(Field::new(name, data_type, true))
+        })
         .collect();
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.to_vec())
-        .map_err(ExecError::arrow("encoding state keys"))?;
-    let all: Vec<usize> = (0..columns.len()).collect();
-    Ok(encode_keys(&batch, &all)?
-        .into_iter()
-        .map(Option::unwrap_or_default)
-        .collect())
+    // Per column: `,"name":` (no comma first), then the one value or an encoder.
+    let mut parts = Vec::with_capacity(columns.len());
+    for (i, ((c, one), field)) in columns.iter().zip(&same).zip(&fields).enumerate() {
+        let mut prefix = if i == 0 { vec![] } else { vec![b','] };
+        serde_json::to_writer(&mut prefix, field.name())
+            .map_err(|e| ExecError::internal("state", &format!("encoding a key name: {e}")))?;
+        prefix.push(b':');
+        let array: &dyn Array = match (c, one) {
+            (_, Some(one)) => one.as_ref(),
+            (KeyColumn::Rows(array), None) => array.as_ref(),
+            (KeyColumn::Same(_), None) => {
+                return Err(ExecError::internal("state", "a key value was not encoded"))
+            }
+        };
+        let mut encoder =
+            make_encoder(field, array, &options).map_err(ExecError::arrow("encoding keys"))?;
+        let part = if one.is_some() {
+            let mut value = prefix;
+            write_value(&mut encoder, 0, &mut value);
+            KeyPart::Same(value)
+        } else {
+            KeyPart::Rows(prefix, encoder)
+        };
+        parts.push(part);
+    }
+    let mut keys = Vec::with_capacity(rows);
+    let mut width = 16;
+    for row in 0..rows {
+        let mut key = Vec::with_capacity(width);
+        key.push(b'{');
+        for part in &mut parts {
+            match part {
+                KeyPart::Same(bytes) => key.extend_from_slice(bytes),
+                KeyPart::Rows(prefix, encoder) => {
+                    key.extend_from_slice(prefix);
+                    write_value(encoder, row, &mut key);
+                }
+            }
+        }
+        key.push(b'}');
+        width = width.max(key.len());
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// A key column ready to write: the name and the one value, or the name and an encoder.
+enum KeyPart<'a> {
+    Same(Vec<u8>),
+    Rows(Vec<u8>, NullableEncoder<'a>),
+}
+
+fn write_value(encoder: &mut NullableEncoder<'_>, row: usize, out: &mut Vec<u8>) {
+    if encoder.is_null(row) {
+        out.extend_from_slice(b"null");
+    } else {
+        encoder.encode(row, out);
+    }
 }
 
 /// Encodes state rows of one schema as messages, and reads them back (see the module
@@ -158,10 +239,76 @@ impl StateCodec {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::DataType;
+    use datafusion::arrow::array::TimestampMillisecondArray;
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Schema};
 
     use super::*;
+    use crate::json_encoder::encode_keys;
+
+    #[test]
+    fn keys_are_written_as_arrows_json_writer_writes_rows() {
+        let k: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("card-1"),
+            None,
+            Some("quote \" and \\ and \n and \u{1} and é"),
+        ]));
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(-7), Some(0), None]));
+        let x: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.5), Some(f64::NAN), None]));
+        let start = ScalarValue::TimestampMillisecond(Some(1_700_000_040_700), None);
+        let end = ScalarValue::Int64(Some(1_700_000_100_000));
+        let none = ScalarValue::Utf8(None);
+        let names: Vec<String> = ["K", "ws", "N", "WINDOWEND", "x", "nothing"]
+            .map(String::from)
+            .to_vec();
+        let keys = json_keys(
+            &[
+                KeyColumn::Rows(&k),
+                KeyColumn::Same(&start),
+                KeyColumn::Rows(&n),
+                KeyColumn::Same(&end),
+                KeyColumn::Rows(&x),
+                KeyColumn::Same(&none),
+            ],
+            &names,
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&keys[0]),
+            r#"{"K":"card-1","ws":"2023-11-14T22:14:00.700","N":-7,"WINDOWEND":1700000100000,"x":1.5,"nothing":null}"#
+        );
+        // The same bytes as the writer that made the keys before.
+        let columns: Vec<ArrayRef> = vec![
+            k.clone(),
+            start.to_array_of_size(3).unwrap(),
+            n.clone(),
+            end.to_array_of_size(3).unwrap(),
+            x.clone(),
+            none.to_array_of_size(3).unwrap(),
+        ];
+        let fields: Vec<Field> = columns
+            .iter()
+            .zip(&names)
+            .map(|(c, name)| Field::new(name, c.data_type().clone(), true))
+            .collect();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let before: Vec<Vec<u8>> = encode_keys(&batch, &[0, 1, 2, 3, 4, 5])
+            .unwrap()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        assert_eq!(keys, before);
+        let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![
+            Some(0),
+            None,
+            Some(1),
+        ]));
+        let rows = json_keys(&[KeyColumn::Rows(&ts)], &names[1..2], 3).unwrap();
+        assert_eq!(rows[0], br#"{"ws":"1970-01-01T00:00:00"}"#.to_vec());
+        assert_eq!(rows[1], br#"{"ws":null}"#.to_vec());
+        assert_eq!(json_keys(&[], &[], 2).unwrap(), vec![b"[]".to_vec(); 2]);
+    }
 
     /// A batch of a non-null string key `k` and a nullable count `n`.
     fn keys_and_counts(keys: &[&str], counts: &[Option<i64>]) -> RecordBatch {

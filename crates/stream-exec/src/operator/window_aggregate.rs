@@ -33,7 +33,7 @@ use super::group_index::{hash_key, GroupIndex};
 use super::group_states::GroupStates;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
-use crate::state::{json_keys, StateChange, StateCodec};
+use crate::state::{json_keys, KeyColumn, StateChange, StateCodec};
 
 const NAME: &str = "WindowAggregate";
 
@@ -108,6 +108,30 @@ impl Bounds {
             .into_iter()
             .map(|c| c.ok_or_else(|| ExecError::internal(NAME, "a group column is missing")))
             .collect()
+    }
+
+    /// The changelog keys of `rows` groups of one window: `keys` and the window's `bounds`
+    /// (encoded once) as [`json_keys`] writes them.
+    fn json_keys(
+        &self,
+        keys: &[ArrayRef],
+        bounds: &[ScalarValue],
+        names: &[String],
+        rows: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut columns: Vec<Option<KeyColumn<'_>>> = Vec::new();
+        columns.resize_with(self.keys.len() + bounds.len(), || None);
+        for (&p, c) in self.keys.iter().zip(keys) {
+            columns[p] = Some(KeyColumn::Rows(c));
+        }
+        for (&p, b) in self.positions.iter().zip(bounds) {
+            columns[p] = Some(KeyColumn::Same(b));
+        }
+        let columns = columns
+            .into_iter()
+            .map(|c| c.ok_or_else(|| ExecError::internal(NAME, "a group column is missing")))
+            .collect::<Result<Vec<_>>>()?;
+        json_keys(&columns, names, rows)
     }
 
     /// Row `row`'s values of the bound columns among `columns` (in GROUP BY order).
@@ -452,8 +476,9 @@ impl Operator for WindowAggregateOperator {
             let keys = self
                 .keys
                 .decode_bytes((0..index.len() as u32).map(|g| index.key(g)))?;
-            let columns = self.bounds.columns(keys, &bounds, index.len())?;
-            let keys = json_keys(&columns, &self.group_names, index.len())?;
+            let keys = self
+                .bounds
+                .json_keys(&keys, &bounds, &self.group_names, index.len())?;
             out.extend(keys.into_iter().map(|key| StateChange { key, value: None }));
         }
         let fields = self.codec.schema().fields().clone();
@@ -473,8 +498,10 @@ impl Operator for WindowAggregateOperator {
             let keys = self
                 .keys
                 .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
+            let changelog_keys =
+                self.bounds
+                    .json_keys(&keys, &window.bounds, &self.group_names, groups.len())?;
             let mut columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
-            let keys = json_keys(&columns, &self.group_names, groups.len())?;
             columns.extend(
                 window
                     .states
@@ -485,7 +512,8 @@ impl Operator for WindowAggregateOperator {
                 .map_err(ExecError::arrow("building state rows"))?;
             let ranges: Vec<(usize, usize)> = (0..groups.len()).map(|i| (i, 1)).collect();
             out.extend(
-                keys.into_iter()
+                changelog_keys
+                    .into_iter()
                     .zip(self.codec.encode(&batch, &ranges)?)
                     .map(|(key, value)| StateChange {
                         key,

@@ -110,6 +110,11 @@ fn machine() -> String {
     )
 }
 
+/// mimalloc keeps freed memory for reuse, where glibc's allocator unmaps each batch's
+/// large buffers and faults them in again for the next (measured in `docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
