@@ -87,11 +87,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// mimalloc keeps freed memory for reuse, where glibc's allocator unmaps each batch's
-/// large buffers and faults them in again for the next (measured in `docs/benchmarks.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

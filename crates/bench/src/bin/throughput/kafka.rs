@@ -149,8 +149,9 @@ pub async fn preload(bootstrap: &str, source: Source, events: usize) -> Result<S
 }
 
 /// librdkafka's own consume rate on `topic`: a `BaseConsumer` polling one message at a
-/// time from the beginning, touching each payload, in messages per second.
-pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<f64> {
+/// time from the beginning, touching each payload: messages per second, and the CPU time
+/// this process (the consumer and librdkafka's threads) used per message, in µs.
+pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<(f64, f64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("sluice_bench_raw_{}", now_ms()))
@@ -161,6 +162,7 @@ pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<f64> {
     consumer.assign(&list)?;
     let (mut count, mut bytes) = (0usize, 0usize);
     let mut first = None;
+    let mut cpu_at_first = 0.0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while count < events {
         if Instant::now() > deadline {
@@ -168,14 +170,18 @@ pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<f64> {
         }
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
-            first.get_or_insert_with(Instant::now);
+            if first.is_none() {
+                first = Some(Instant::now());
+                cpu_at_first = sluice_bench::cpu_seconds("self");
+            }
             bytes += m.payload().map_or(0, <[u8]>::len);
             count += 1;
         }
     }
     let seconds = first.map_or(1.0, |t| t.elapsed().as_secs_f64());
+    let cpu = sluice_bench::cpu_seconds("self") - cpu_at_first;
     std::hint::black_box(bytes);
-    Ok(count as f64 / seconds)
+    Ok((count as f64 / seconds, cpu * 1e6 / count.max(1) as f64))
 }
 
 /// Delete the topics benchmark runs left behind: each query's sink (`<QUERY>_<run>`,
@@ -314,6 +320,8 @@ impl Server {
 /// What one query measured against Kafka.
 pub struct QueryResult {
     pub events_per_s: f64,
+    /// The server's CPU time per event while it read them, in µs.
+    pub cpu_us_per_event: f64,
     pub peak_rss_mb: f64,
     pub latency: Option<(f64, f64, usize)>,
 }
@@ -346,16 +354,20 @@ impl KafkaBench {
             .await?;
         let mut first: Option<Instant> = None;
         let mut previous = submitted;
+        let pid = server.pid().to_string();
+        let (mut previous_cpu, mut cpu_at_first) = (sluice_bench::cpu_seconds(&pid), 0.0);
         let deadline = submitted + Duration::from_secs(600);
-        let finished = loop {
+        let (finished, cpu_at_end) = loop {
             let seen = server.records_in(&sink).await?;
             let now = Instant::now();
+            let cpu = sluice_bench::cpu_seconds(&pid);
             if seen > 0 && first.is_none() {
                 // Between this sample and the one before.
                 first = Some(previous + (now - previous) / 2);
+                cpu_at_first = (previous_cpu + cpu) / 2.0;
             }
             if seen >= self.events as u64 {
-                break now;
+                break (now, cpu);
             }
             if now > deadline {
                 bail!(
@@ -365,6 +377,7 @@ impl KafkaBench {
                 );
             }
             previous = now;
+            previous_cpu = cpu;
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let seconds = (finished - first.unwrap_or(submitted)).as_secs_f64();
@@ -380,6 +393,7 @@ impl KafkaBench {
         drop(server);
         Ok(QueryResult {
             events_per_s: self.events as f64 / seconds,
+            cpu_us_per_event: (cpu_at_end - cpu_at_first) * 1e6 / self.events as f64,
             peak_rss_mb,
             latency,
         })

@@ -110,11 +110,6 @@ fn machine() -> String {
     )
 }
 
-/// mimalloc keeps freed memory for reuse, where glibc's allocator unmaps each batch's
-/// large buffers and faults them in again for the next (measured in `docs/benchmarks.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
@@ -167,20 +162,21 @@ async fn main() -> Result<()> {
         }
         let topic = kafka::preload(&bootstrap, source, events).await?;
         let (b, t) = (bootstrap.clone(), topic.clone());
-        let rate = tokio::task::spawn_blocking(move || kafka::raw_rate(&b, &t, events)).await??;
+        let (rate, cpu) =
+            tokio::task::spawn_blocking(move || kafka::raw_rate(&b, &t, events)).await??;
         println!("{topic}: librdkafka consumes {rate:.0} messages/s");
         topics.insert(source, topic);
-        raw.insert(source, rate);
+        raw.insert(source, (rate, cpu));
     }
     println!(
         "\n{events} events per query; latency: {} events/s for {} s; properties: {:?}\n",
         args.latency_rate, args.latency_seconds, args.properties
     );
-    println!("| query | events/s | ratio to raw | p50 latency (ms) | p99 latency (ms) | latency rows | peak RSS (MB) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (source, rate) in &raw {
+    println!("| query | events/s | ratio to raw | CPU (µs/event) | p50 latency (ms) | p99 latency (ms) | latency rows | peak RSS (MB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (source, (rate, cpu)) in &raw {
         println!(
-            "| raw librdkafka consume ({}) | {rate:.0} | 1.00 | | | | |",
+            "| raw librdkafka consume ({}) | {rate:.0} | 1.00 | {cpu:.2} | | | | |",
             source.name()
         );
     }
@@ -194,10 +190,11 @@ async fn main() -> Result<()> {
                 (format!("{a:.0}"), format!("{b:.0}"), n)
             });
         println!(
-            "| {} | {:.0} | {:.2} | {p50} | {p99} | {n} | {:.0} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {p50} | {p99} | {n} | {:.0} |",
             q.name,
             r.events_per_s,
-            r.events_per_s / raw[&q.source],
+            r.events_per_s / raw[&q.source].0,
+            r.cpu_us_per_event,
             r.peak_rss_mb
         );
     }
