@@ -8,7 +8,9 @@
 //! The data is seeded, so every run sees the same events. Batches hold 4096 records (the
 //! Kafka loop's batches hold 1024 to 262,144); throughput is in events (criterion's `elem/s`).
 //!
-//! - `decode/4096`: [`JsonDecoder::decode`] of 4096 JSON values into one Arrow batch.
+//! - `decode/4096`: [`JsonDecoder::decode`] of 4096 JSON values into one Arrow batch (its
+//!   fast path, as these plain events take it); `decode/arrow_json/4096`: the same values
+//!   through arrow-json alone, the path a batch the fast path gives up on takes.
 //! - `window_aggregate/tumble_changes`, `…/tumble_final`, `…/session_changes`: a
 //!   [`Pipeline`] for a `CREATE TABLE … AS SELECT card_id, COUNT(*), SUM(amount) … GROUP
 //!   BY card_id` with a 1-minute tumbling window (EMIT CHANGES, EMIT FINAL) or a 30-second
@@ -236,10 +238,19 @@ fn decode(c: &mut Criterion) {
         "decode: {BATCH} values, {} bytes each on average",
         bytes / BATCH
     );
+    let fast = decoder.decode_fast(&refs).expect("decodes");
+    assert!(fast.is_some(), "the fast path takes the generated events");
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function(BenchmarkId::from_parameter(BATCH), |b| {
         b.iter(|| decoder.decode(black_box(&refs)).expect("decodes"))
+    });
+    group.bench_function(BenchmarkId::new("arrow_json", BATCH), |b| {
+        b.iter(|| {
+            decoder
+                .decode_with_arrow_json(black_box(&refs))
+                .expect("decodes")
+        })
     });
     group.finish();
 }

@@ -1,8 +1,11 @@
 //! JSON record values to Arrow: many records into one `RecordBatch`, with every record
 //! that cannot be decoded reported by index instead of failing the batch.
 //!
-//! The fast path feeds all values to one arrow-json decoder. Only when that fails is the
-//! batch decoded again record by record, to find and skip the bad ones.
+//! The fast path is `json_flat::FlatDecoder`: flat objects read in one pass straight into Arrow
+//! builders, for schemas of plain types. It gives up on a batch unless its result is
+//! certain to be arrow-json's. Then all values go to one arrow-json decoder, and only
+//! when that fails is the batch decoded again record by record, to find and skip the bad
+//! ones.
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
@@ -10,11 +13,14 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::json::reader::{Decoder, ReaderBuilder};
 
 use crate::error::{ExecError, Result};
+use crate::json_flat::FlatDecoder;
 
 /// Decodes JSON objects into batches of one schema.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
     schema: SchemaRef,
+    /// The fast path, when the schema's types allow it.
+    flat: Option<FlatDecoder>,
 }
 
 /// The result of decoding a set of values.
@@ -32,7 +38,8 @@ impl JsonDecoder {
     /// A decoder for objects with the fields of `schema` (missing fields are null,
     /// extra fields are ignored).
     pub fn new(schema: SchemaRef) -> Self {
-        Self { schema }
+        let flat = FlatDecoder::for_schema(&schema);
+        Self { schema, flat }
     }
 
     fn decoder(&self, batch_size: usize) -> Result<Decoder> {
@@ -44,12 +51,28 @@ impl JsonDecoder {
 
     /// Decode `values`; bad ones are listed in [`Decoded::errors`].
     pub fn decode(&self, values: &[&[u8]]) -> Result<Decoded> {
+        match self.decode_fast(values)? {
+            Some(batch) => Ok(all_rows(batch, values.len())),
+            None => self.decode_with_arrow_json(values),
+        }
+    }
+
+    /// The fast path alone: `None` when it gave up on `values` (or the schema). Public
+    /// for tests and benches, which check that it is taken and agrees with arrow-json.
+    #[doc(hidden)]
+    pub fn decode_fast(&self, values: &[&[u8]]) -> Result<Option<RecordBatch>> {
+        match &self.flat {
+            Some(flat) => flat.decode(values),
+            None => Ok(None),
+        }
+    }
+
+    /// `values` decoded by arrow-json alone, as before the fast path. Public for tests
+    /// and benches, which compare the two.
+    #[doc(hidden)]
+    pub fn decode_with_arrow_json(&self, values: &[&[u8]]) -> Result<Decoded> {
         if let Some(batch) = self.decode_all(values)? {
-            return Ok(Decoded {
-                batch,
-                rows: (0..values.len()).collect(),
-                errors: vec![],
-            });
+            return Ok(all_rows(batch, values.len()));
         }
         let mut batches = Vec::with_capacity(values.len());
         let mut rows = Vec::with_capacity(values.len());
@@ -115,6 +138,15 @@ impl JsonDecoder {
             Ok(_) => Err("the value must hold exactly one JSON object".to_string()),
             Err(e) => Err(describe(e)),
         })
+    }
+}
+
+/// A batch that holds every one of `n` values, in order.
+fn all_rows(batch: RecordBatch, n: usize) -> Decoded {
+    Decoded {
+        batch,
+        rows: (0..n).collect(),
+        errors: vec![],
     }
 }
 

@@ -9,6 +9,7 @@
 //!   DataFusion physical expressions and accumulators.
 //! - [`watermark`]: stream time per partition and the watermark that closes windows.
 //! - `delivery`: a persistent query's batch written to Kafka (results, state, offsets).
+//! - `json_flat`: [`json_decoder`]'s one-pass fast path for flat schemas.
 //! - [`json_encoder`]: result rows to Kafka keys and JSON values.
 //! - [`materialized`]: a CTAS table's current rows, for pull queries.
 //! - [`changelog`]: reading a query's changelog and result topic back at start.
@@ -23,6 +24,7 @@ pub mod embedded_broker;
 pub mod error;
 pub mod json_decoder;
 pub mod json_encoder;
+mod json_flat;
 pub mod materialized;
 pub mod operator;
 pub mod pipeline;
