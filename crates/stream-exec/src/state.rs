@@ -61,53 +61,37 @@ pub(crate) fn json_keys(
         return Ok(vec![b"[]".to_vec(); rows]);
     }
     let options = EncoderOptions::default().with_explicit_nulls(true);
-    let same: Vec<Option<ArrayRef>> = columns
+    // Each column as an array (a one-row array for a `Same` one) and whether it is `Same`.
+    let arrays: Vec<(ArrayRef, bool)> = columns
         .iter()
         .map(|c| match c {
-            KeyColumn::Same(v) => v
-                .to_array_of_size(1)
-                .map(Some)
-                .map_err(ExecError::eval("state")),
-            KeyColumn::Rows(_) => Ok(None),
+            KeyColumn::Rows(array) => Ok((Arc::clone(array), false)),
+            KeyColumn::Same(v) => Ok((
+                v.to_array_of_size(1).map_err(ExecError::eval("state"))?,
+                true,
+            )),
         })
         .collect::<Result<_>>()?;
-    let fields: Vec<FieldRef> = columns
+    let fields: Vec<FieldRef> = arrays
         .iter()
-        .zip(&same)
         .zip(names)
-        .map(|((c, one), name)| {
-            let data_type = match (c, one) {
-                (_, Some(one)) => one.data_type().clone(),
-                (KeyColumn::Rows(array), None) => array.data_type().clone(),
-                (KeyColumn::Same(v), None) => v.data_type(),
-            };
-            Arc::new(Field::new(name, data_type, true))
-        })
+        .map(|((array, _), name)| Arc::new(Field::new(name, array.data_type().clone(), true)))
         .collect();
     // Per column: `,"name":` (no comma first), then the one value or an encoder.
     let mut parts = Vec::with_capacity(columns.len());
-    for (i, ((c, one), field)) in columns.iter().zip(&same).zip(&fields).enumerate() {
+    for (i, ((array, same), field)) in arrays.iter().zip(&fields).enumerate() {
         let mut prefix = if i == 0 { vec![] } else { vec![b','] };
         serde_json::to_writer(&mut prefix, field.name())
             .map_err(|e| ExecError::internal("state", &format!("encoding a key name: {e}")))?;
         prefix.push(b':');
-        let array: &dyn Array = match (c, one) {
-            (_, Some(one)) => one.as_ref(),
-            (KeyColumn::Rows(array), None) => array.as_ref(),
-            (KeyColumn::Same(_), None) => {
-                return Err(ExecError::internal("state", "a key value was not encoded"))
-            }
-        };
-        let mut encoder =
-            make_encoder(field, array, &options).map_err(ExecError::arrow("encoding keys"))?;
-        let part = if one.is_some() {
-            let mut value = prefix;
-            write_value(&mut encoder, 0, &mut value);
-            KeyPart::Same(value)
+        let mut encoder = make_encoder(field, array.as_ref(), &options)
+            .map_err(ExecError::arrow("encoding keys"))?;
+        parts.push(if *same {
+            write_value(&mut encoder, 0, &mut prefix);
+            KeyPart::Same(prefix)
         } else {
             KeyPart::Rows(prefix, encoder)
-        };
-        parts.push(part);
+        });
     }
     let mut keys = Vec::with_capacity(rows);
     let mut width = 16;
