@@ -18,6 +18,9 @@ use memchr::memchr2;
 /// are refused (the batch goes to arrow-json) rather than tracked on the heap.
 const MAX_SKIP_DEPTH: u32 = 128;
 
+/// Bytes of a string scanned by a plain loop before memchr is called.
+const SHORT_STRING: usize = 16;
+
 /// A position in one JSON value.
 pub(super) struct Cursor<'a> {
     text: &'a str,
@@ -97,7 +100,7 @@ impl<'a> Cursor<'a> {
         'a: 's,
     {
         let start = self.pos;
-        let end = start + memchr2(b'"', b'\\', self.bytes.get(start..)?)?;
+        let end = self.string_stop(start)?;
         self.pos = end + 1;
         if self.bytes[end] == b'"' {
             return self.text.get(start..end);
@@ -108,13 +111,41 @@ impl<'a> Cursor<'a> {
         Some(scratch.as_str())
     }
 
+    /// The position of the first `"` or `\\` from `start`. Most strings in events are
+    /// short (keys, ids, codes), where a plain loop beats memchr's call and setup, so
+    /// memchr only takes over after the first few bytes.
+    #[inline]
+    fn string_stop(&self, start: usize) -> Option<usize> {
+        let rest = self.bytes.get(start..)?;
+        let head = rest.len().min(SHORT_STRING);
+        if let Some(i) = rest[..head].iter().position(|&b| b == b'"' || b == b'\\') {
+            return Some(start + i);
+        }
+        let tail = rest.get(head..)?;
+        memchr2(b'"', b'\\', tail).map(|i| start + head + i)
+    }
+
+    /// Consumes `name` and its closing quote if the key at the cursor (its opening
+    /// quote consumed) is exactly `name`, written without escapes. For names that hold
+    /// no `"` or `\\`, which the caller checks; then it is the same as reading the key.
+    #[inline]
+    pub(super) fn eat_plain_key(&mut self, name: &[u8]) -> bool {
+        let end = self.pos + name.len();
+        if self.bytes.get(end) == Some(&b'"') && self.bytes.get(self.pos..end) == Some(name) {
+            self.pos = end + 1;
+            true
+        } else {
+            false
+        }
+    }
+
     /// The rest of a string after its first backslash (consumed): escapes and the
     /// plain runs between them go to `out` until the closing quote.
     fn escaped_rest(&mut self, out: &mut String) -> Option<()> {
         loop {
             self.escape(out)?;
             let start = self.pos;
-            let end = start + memchr2(b'"', b'\\', self.bytes.get(start..)?)?;
+            let end = self.string_stop(start)?;
             out.push_str(self.text.get(start..end)?);
             self.pos = end + 1;
             if self.bytes[end] == b'"' {

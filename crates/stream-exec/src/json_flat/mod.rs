@@ -45,6 +45,8 @@ pub struct FlatDecoder {
 #[derive(Debug, Clone)]
 struct FlatField {
     name: String,
+    /// The name holds no `"` or `\\`, so in JSON it can be written as it is.
+    plain_name: bool,
     kind: Kind,
     nullable: bool,
 }
@@ -60,6 +62,7 @@ impl FlatDecoder {
             .map(|f| {
                 Some(FlatField {
                     name: f.name().clone(),
+                    plain_name: !f.name().contains(['"', '\\']),
                     kind: Kind::of(f.data_type())?,
                     nullable: f.is_nullable(),
                 })
@@ -97,6 +100,15 @@ impl FlatDecoder {
             }
         }
         batch.finish().map(Some)
+    }
+
+    /// `Some(hint)` when the key at the cursor is field `hint`'s name as it is, read
+    /// with its closing quote; `None` (nothing read) otherwise. Records usually list
+    /// their fields in one order, so this skips scanning and looking up most keys.
+    #[inline]
+    fn expected_key(&self, c: &mut Cursor<'_>, hint: usize) -> Option<usize> {
+        let field = self.fields.get(hint)?;
+        (field.plain_name && c.eat_plain_key(field.name.as_bytes())).then_some(hint)
     }
 
     /// The index of the field named `key`, trying `hint` first: records usually list
@@ -177,9 +189,12 @@ impl<'d> BatchBuilder<'d> {
             if !c.eat(b'"') {
                 return None;
             }
-            let field = {
-                let key = c.string(&mut self.scratch)?;
-                self.decoder.field_index(key, hint)
+            let field = match self.decoder.expected_key(c, hint) {
+                Some(i) => Some(i),
+                None => {
+                    let key = c.string(&mut self.scratch)?;
+                    self.decoder.field_index(key, hint)
+                }
             };
             c.skip_ws();
             if !c.eat(b':') {

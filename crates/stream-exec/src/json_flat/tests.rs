@@ -155,6 +155,10 @@ fn keys_match_as_arrow_json_matches_them() {
     assert_eq!(batch.column(0).as_string::<i32>().value(0), "x");
     let batch = check(&d, &[br#"{"TS":5,"ts ":6}"#]).expect("fast path");
     assert!(batch.column(4).is_null(0), "names match exactly");
+    // The expected next key is card_id, then amount: a longer or escaped key is not it.
+    let batch = check(&d, &[br#"{"card_idx":"a","amoun\u0074":1.5}"#]).expect("fast path");
+    assert!(batch.column(0).is_null(0));
+    assert_eq!(batch.column(1).as_primitive::<Float64Type>().value(0), 1.5);
 }
 
 #[test]
