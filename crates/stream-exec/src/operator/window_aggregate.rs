@@ -97,17 +97,11 @@ impl Bounds {
         bounds: &[ScalarValue],
         rows: usize,
     ) -> Result<Vec<ArrayRef>> {
-        let mut columns: Vec<Option<ArrayRef>> = vec![None; self.keys.len() + bounds.len()];
-        for (&p, c) in self.keys.iter().zip(keys) {
-            columns[p] = Some(c);
-        }
-        for (&p, b) in self.positions.iter().zip(bounds) {
-            columns[p] = Some(b.to_array_of_size(rows).map_err(ExecError::eval(NAME))?);
-        }
-        columns
-            .into_iter()
-            .map(|c| c.ok_or_else(|| ExecError::internal(NAME, "a group column is missing")))
-            .collect()
+        let bounds = bounds
+            .iter()
+            .map(|b| b.to_array_of_size(rows).map_err(ExecError::eval(NAME)))
+            .collect::<Result<Vec<_>>>()?;
+        self.in_group_order(keys, bounds)
     }
 
     /// The changelog keys of `rows` groups of one window: `keys` and the window's `bounds`
@@ -119,19 +113,31 @@ impl Bounds {
         names: &[String],
         rows: usize,
     ) -> Result<Vec<Vec<u8>>> {
-        let mut columns: Vec<Option<KeyColumn<'_>>> = Vec::new();
-        columns.resize_with(self.keys.len() + bounds.len(), || None);
+        let columns = self.in_group_order(
+            keys.iter().map(KeyColumn::Rows),
+            bounds.iter().map(KeyColumn::Same),
+        )?;
+        json_keys(&columns, names, rows)
+    }
+
+    /// Key and bound columns (each in its own order) put in GROUP BY order.
+    fn in_group_order<T>(
+        &self,
+        keys: impl IntoIterator<Item = T>,
+        bounds: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<T>> {
+        let mut columns: Vec<Option<T>> = Vec::new();
+        columns.resize_with(self.keys.len() + self.positions.len(), || None);
         for (&p, c) in self.keys.iter().zip(keys) {
-            columns[p] = Some(KeyColumn::Rows(c));
+            columns[p] = Some(c);
         }
         for (&p, b) in self.positions.iter().zip(bounds) {
-            columns[p] = Some(KeyColumn::Same(b));
+            columns[p] = Some(b);
         }
-        let columns = columns
+        columns
             .into_iter()
             .map(|c| c.ok_or_else(|| ExecError::internal(NAME, "a group column is missing")))
-            .collect::<Result<Vec<_>>>()?;
-        json_keys(&columns, names, rows)
+            .collect()
     }
 
     /// Row `row`'s values of the bound columns among `columns` (in GROUP BY order).
