@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::consumer::{next_offsets, QueryConsumer};
 use crate::error::{ExecError, Result};
-use crate::json_encoder::encode_batch;
+use crate::json_encoder::{encode_batch, EncodedRows};
 use crate::operator::ChangeBatch;
 use crate::query_runner::{QueryConfig, SLOW_ACKS, TRANSACTION_TIMEOUT};
 use crate::record::RawRecord;
@@ -138,13 +138,16 @@ impl Delivery {
                 p.begin_transaction()
             })
             .await?;
-            if let Err(e) = self.produce(producer, batches, changes).await {
-                let _ = transaction(producer, "aborting a transaction", |p| {
-                    p.abort_transaction(TRANSACTION_TIMEOUT)
-                })
-                .await;
-                return Err(e);
-            }
+            let encoded = match self.produce(producer, batches, changes).await {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    let _ = transaction(producer, "aborting a transaction", |p| {
+                        p.abort_transaction(TRANSACTION_TIMEOUT)
+                    })
+                    .await;
+                    return Err(e);
+                }
+            };
             let group = consumer.group_metadata().ok_or_else(|| {
                 ExecError::internal("query loop", "the consumer has no group metadata")
             })?;
@@ -170,35 +173,38 @@ impl Delivery {
                 }
                 Err(e) => return Err(e),
             }
+            materialize(config, batches, &encoded)?;
         } else {
-            self.produce(producer, batches, changes).await?;
+            let encoded = self.produce(producer, batches, changes).await?;
             if offsets.count() > 0 {
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                     tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
                 }
             }
+            materialize(config, batches, &encoded)?;
         }
-        materialize(config, batches)?;
         Ok(true)
     }
 
     /// Write `batches` to the sink and `changes` to the changelog, and wait until the
-    /// broker has them all.
+    /// broker has them all. Returns the records written for `batches`, one per batch.
     async fn produce(
         &self,
         producer: &QueryProducer,
         batches: &[ChangeBatch],
         changes: &[StateChange],
-    ) -> Result<()> {
+    ) -> Result<Vec<EncodedRows>> {
         let sink = self.config.sink_topic.as_str();
         let (acks, done) = Acks::new();
         let mut produced = 0u64;
+        let mut encoded = Vec::with_capacity(batches.len());
         for batch in batches {
             let rows = encode_batch(batch, &self.plan.key_columns)?;
             for i in 0..rows.len() {
                 send_record(producer, &acks, (sink, None), rows.key(i), rows.value(i)).await?;
                 produced += 1;
             }
+            encoded.push(rows);
         }
         if let Some(changelog) = self.changelog.as_deref() {
             for change in changes {
@@ -237,7 +243,7 @@ impl Delivery {
             return Err(ExecError::kafka(format!("producing to {sink}"), e));
         }
         self.stats.add_out(produced);
-        Ok(())
+        Ok(encoded)
     }
 }
 
@@ -291,10 +297,17 @@ pub(crate) async fn transaction(
         .map_err(|e| ExecError::kafka(context, e))
 }
 
-/// Apply written `batches` to the table's materialization, if it has one.
-fn materialize(config: &QueryConfig, batches: &[ChangeBatch]) -> Result<()> {
-    match &config.materialized {
-        Some(table) if !batches.is_empty() => table.apply(batches),
-        _ => Ok(()),
+/// Apply written `batches`, whose records were `encoded`, to the table's
+/// materialization, if it has one.
+fn materialize(
+    config: &QueryConfig,
+    batches: &[ChangeBatch],
+    encoded: &[EncodedRows],
+) -> Result<()> {
+    if let Some(table) = &config.materialized {
+        for (batch, records) in batches.iter().zip(encoded) {
+            table.apply_encoded(batch, records)?;
+        }
     }
+    Ok(())
 }

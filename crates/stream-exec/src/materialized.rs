@@ -10,18 +10,19 @@
 //! A windowed table forgets windows that ended more than its retention before the newest
 //! window end it has seen, so it stays bounded on an unbounded stream.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_map::EntryRef;
 use datafusion::common::hash_utils::RandomState;
+use datafusion::common::HashMap;
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
-use crate::json_encoder::encode_keys;
+use crate::json_encoder::{encode_batch, EncodedRows};
 use crate::operator::ChangeBatch;
 
 /// A table's current rows by key. Cheap to share; reads take a snapshot.
@@ -36,7 +37,9 @@ pub struct MaterializedTable {
 
 #[derive(Default)]
 struct Rows {
-    by_key: HashMap<Vec<u8>, OwnedRow, RandomState>,
+    /// Each key's row, in arrow's row format. A row that replaces another is written
+    /// into its buffer: updating a key allocates nothing.
+    by_key: HashMap<Vec<u8>, Vec<u8>, RandomState>,
     /// Keys by window end, for windowed tables.
     by_end: BTreeMap<i64, Vec<Vec<u8>>>,
     newest_end: i64,
@@ -44,19 +47,21 @@ struct Rows {
 
 impl Rows {
     /// Insert or replace the row of `key`, whose window ends at `end` (windowed tables).
-    fn upsert(&mut self, key: Vec<u8>, row: OwnedRow, end: Option<i64>) {
+    fn upsert(&mut self, key: &[u8], row: &[u8], end: Option<i64>) {
         if let Some(end) = end {
             self.newest_end = self.newest_end.max(end);
         }
-        match self.by_key.entry(key) {
-            Entry::Occupied(mut e) => {
-                e.insert(row);
+        match self.by_key.entry_ref(key) {
+            EntryRef::Occupied(mut e) => {
+                let held = e.get_mut();
+                held.clear();
+                held.extend_from_slice(row);
             }
-            Entry::Vacant(e) => {
+            EntryRef::Vacant(e) => {
+                e.insert(row.to_vec());
                 if let Some(end) = end {
-                    self.by_end.entry(end).or_default().push(e.key().clone());
+                    self.by_end.entry(end).or_default().push(key.to_vec());
                 }
-                e.insert(row);
             }
         }
     }
@@ -121,22 +126,28 @@ impl MaterializedTable {
     /// Apply result batches, in order: rows upsert by key, tombstones delete.
     pub fn apply(&self, batches: &[ChangeBatch]) -> Result<()> {
         for batch in batches {
-            let keys = encode_keys(&batch.rows, &self.key_columns)?;
-            let (rows, ends) = self.encode(&batch.rows)?;
-            let ends = ends
-                .as_ref()
-                .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
-            let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
-            for (i, key) in keys.into_iter().enumerate() {
-                let key = key.unwrap_or_default();
-                if batch.is_tombstone(i) {
-                    table.by_key.remove(&key);
-                    continue;
-                }
-                table.upsert(key, rows.row(i).owned(), ends.map(|e| e.value(i)));
-            }
-            self.evict(&mut table);
+            self.apply_encoded(batch, &encode_batch(batch, &self.key_columns)?)?;
         }
+        Ok(())
+    }
+
+    /// Apply one result batch whose Kafka records are `encoded` (as
+    /// [`encode_batch`] wrote them for this table's key columns): its keys are theirs.
+    pub fn apply_encoded(&self, batch: &ChangeBatch, encoded: &EncodedRows) -> Result<()> {
+        let (rows, ends) = self.encode(&batch.rows)?;
+        let ends = ends
+            .as_ref()
+            .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
+        let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
+        for i in 0..batch.rows.num_rows() {
+            let key = encoded.key(i).unwrap_or_default();
+            if batch.is_tombstone(i) {
+                table.by_key.remove(key);
+                continue;
+            }
+            table.upsert(key, rows.row(i).data(), ends.map(|e| e.value(i)));
+        }
+        self.evict(&mut table);
         Ok(())
     }
 
@@ -157,8 +168,8 @@ impl MaterializedTable {
         let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
         for (row, &input) in decoded.rows.iter().enumerate() {
             table.upsert(
-                keys[input].clone(),
-                rows.row(row).owned(),
+                keys[input],
+                rows.row(row).data(),
                 ends.map(|e| e.value(row)),
             );
         }
@@ -201,7 +212,7 @@ impl MaterializedTable {
                     break;
                 }
                 for key in entry.remove() {
-                    table.by_key.remove(&key);
+                    table.by_key.remove(key.as_slice());
                 }
             }
         }
@@ -210,11 +221,12 @@ impl MaterializedTable {
     /// The current rows, in key order.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let table = self.rows.read().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(&Vec<u8>, &OwnedRow)> = table.by_key.iter().collect();
+        let mut rows: Vec<(&Vec<u8>, &Vec<u8>)> = table.by_key.iter().collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let parser = self.converter.parser();
         let columns = self
             .converter
-            .convert_rows(rows.into_iter().map(|(_, r)| r.row()))
+            .convert_rows(rows.into_iter().map(|(_, r)| parser.parse(r)))
             .map_err(ExecError::arrow("decoding table rows"))?;
         drop(table);
         RecordBatch::try_new(self.schema.clone(), columns)

@@ -99,8 +99,10 @@ impl Pipeline {
     pub fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
         let mut out = vec![];
         for (i, op) in self.operators.iter_mut().enumerate() {
+            let prefix = format!("{i}:");
             for change in op.take_state_changes()? {
-                let mut key = format!("{i}:").into_bytes();
+                let mut key = Vec::with_capacity(prefix.len() + change.key.len());
+                key.extend_from_slice(prefix.as_bytes());
                 key.extend_from_slice(&change.key);
                 out.push(StateChange {
                     key,

@@ -119,6 +119,7 @@ async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
     producer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
         .set("acks", "all")
         // A broker outage fails a batch within this time (then it is retried), well
         // inside the transaction timeout.

@@ -10,8 +10,8 @@
 //!
 //! When the query must read records again (a failed commit, a rebalance during a batch),
 //! it asks the thread to move the partitions and starts a new *epoch*: the thread moves
-//! them between two polls, so everything it reads after belongs to the new epoch, and
-//! chunks of older epochs still in the channel are dropped.
+//! them between two chunks, so everything it reads after belongs to the new epoch, and
+//! chunks of older epochs (still in the channel, or read before it looked) are dropped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -211,13 +211,19 @@ fn read(
     // Per partition, the first offset read in this epoch and generation: where it goes
     // back to when the query has taken none of it.
     let mut first_read: HashMap<i32, i64> = HashMap::new();
+    // The partition of the last record read, when `first_read` has it already.
+    let mut noted: Option<i32> = None;
     let mut generation = revocations.load(Ordering::SeqCst);
     let mut records: Vec<RawRecord> = Vec::with_capacity(CHUNK_RECORDS);
     let mut bytes = 0;
     while !stop.load(Ordering::SeqCst) {
-        while let Ok(request) = requests.try_recv() {
-            records.clear();
-            bytes = 0;
+        // Between chunks only: what is read before a request is handled belongs to the
+        // epoch before, and the query drops it.
+        while records.is_empty() {
+            let Ok(request) = requests.try_recv() else {
+                break;
+            };
+            noted = None;
             let mut positions = request.positions;
             for (p, first) in first_read.drain() {
                 positions.entry(p).or_insert(first);
@@ -245,12 +251,16 @@ fn read(
             }
             bytes = 0;
             first_read.clear();
+            noted = None;
             generation = now;
         }
         match polled {
             Some(Ok(m)) => {
                 let r = raw(&m);
-                first_read.entry(r.partition).or_insert(r.offset);
+                if noted != Some(r.partition) {
+                    first_read.entry(r.partition).or_insert(r.offset);
+                    noted = Some(r.partition);
+                }
                 bytes += r.size();
                 records.push(r);
                 if records.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
