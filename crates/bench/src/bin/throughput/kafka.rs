@@ -527,6 +527,20 @@ fn tail(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
         }
     }
     consumer.assign(&list)?;
+    // Until the end offsets are looked up and the fetches run: a record polled before
+    // would be a timing artifact of this consumer, not of the query.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        consumer.poll(Duration::from_millis(10));
+        let position = consumer.position()?;
+        let resolved = position
+            .elements()
+            .iter()
+            .all(|e| matches!(e.offset(), Offset::Offset(_)));
+        if resolved || Instant::now() > deadline {
+            break;
+        }
+    }
     for _ in 0..20 {
         consumer.poll(Duration::from_millis(10));
     }

@@ -6,7 +6,7 @@
 //! 1. preloads two single-partition topics, once (later runs reuse them): fraud-style
 //!    card transactions, ~120 bytes of JSON each, 100,000 cards, and Nexmark bids from the
 //!    `nexmark` crate (its default configuration), as JSON;
-//! 2. measures librdkafka's own consume rate on each topic;
+//! 2. measures librdkafka's own consume rate on each topic (the fastest of three passes);
 //! 3. runs each query in a fresh `sluice server` (the release binary beside this one),
 //!    from the beginning of its topic, and reports events/s from its first record read to
 //!    its last preloaded one (the query's `records_in` counter, sampled every 20 ms), the
@@ -110,6 +110,9 @@ fn machine() -> String {
     )
 }
 
+/// Passes of the raw consumer over each topic; the fastest is the raw rate.
+const RAW_PASSES: usize = 3;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = args()?;
@@ -161,10 +164,26 @@ async fn main() -> Result<()> {
             continue;
         }
         let topic = kafka::preload(&bootstrap, source, events).await?;
-        let (b, t) = (bootstrap.clone(), topic.clone());
-        let (rate, cpu) =
-            tokio::task::spawn_blocking(move || kafka::raw_rate(&b, &t, events)).await??;
-        println!("{topic}: librdkafka consumes {rate:.0} messages/s");
+        // The fastest of a few passes: the raw rate moves by a third from one pass to the
+        // next on a shared machine, and a slow pass would flatter the ratios.
+        let mut passes = vec![];
+        for _ in 0..RAW_PASSES {
+            let (b, t) = (bootstrap.clone(), topic.clone());
+            passes
+                .push(tokio::task::spawn_blocking(move || kafka::raw_rate(&b, &t, events)).await??);
+        }
+        println!(
+            "{topic}: librdkafka consumes {} messages/s",
+            passes
+                .iter()
+                .map(|(rate, _)| format!("{rate:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let (rate, cpu) = passes
+            .into_iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("at least one pass");
         topics.insert(source, topic);
         raw.insert(source, (rate, cpu));
     }
