@@ -156,6 +156,9 @@ pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<(f64, f64
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("sluice_bench_raw_{}", now_ms()))
         .set("enable.auto.commit", "false")
+        // As the query's consumer: with the default (1 s), a full prefetch queue stops
+        // fetching for a second, and the rate depends on when that happens.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Beginning)?;
@@ -518,6 +521,10 @@ fn tail(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
+        // The sink's last catch-up batch may still come in after the end offset is looked
+        // up, and fill the prefetch queue: with the default (1 s), fetching would then
+        // stop for a second, and the latency events' results wait for it.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut list = TopicPartitionList::new();
