@@ -311,9 +311,18 @@ impl Server {
 
     /// Records the query writing `sink` has read.
     pub async fn records_in(&self, sink: &str) -> Result<u64> {
+        self.statistic(sink, "records_in").await
+    }
+
+    /// The records the query writing `sink` has written to it.
+    pub async fn records_out(&self, sink: &str) -> Result<u64> {
+        self.statistic(sink, "records_out").await
+    }
+
+    async fn statistic(&self, sink: &str, name: &str) -> Result<u64> {
         let d = self.ksql(&format!("DESCRIBE {sink};")).await?;
         Ok(
-            d[0]["sourceDescription"]["writeQueries"][0]["statistics"]["records_in"]
+            d[0]["sourceDescription"]["writeQueries"][0]["statistics"][name]
                 .as_u64()
                 .unwrap_or(0),
         )
@@ -391,6 +400,15 @@ impl KafkaBench {
                 bail!("{}: did not catch up with {topic}", query.name);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ...and written what it read: the last batches of a windowed query take a while.
+        let mut written = (server.records_out(&sink).await?, Instant::now());
+        while written.1.elapsed() < Duration::from_millis(500) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = server.records_out(&sink).await?;
+            if now != written.0 {
+                written = (now, Instant::now());
+            }
         }
         let latency = self.latency(query, &sink).await?;
         drop(server);
@@ -534,20 +552,6 @@ fn tail(bootstrap: &str, topic: &str) -> Result<BaseConsumer> {
         }
     }
     consumer.assign(&list)?;
-    // Until the end offsets are looked up and the fetches run: a record polled before
-    // would be a timing artifact of this consumer, not of the query.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        consumer.poll(Duration::from_millis(10));
-        let position = consumer.position()?;
-        let resolved = position
-            .elements()
-            .iter()
-            .all(|e| matches!(e.offset(), Offset::Offset(_)));
-        if resolved || Instant::now() > deadline {
-            break;
-        }
-    }
     for _ in 0..20 {
         consumer.poll(Duration::from_millis(10));
     }
