@@ -119,6 +119,8 @@ async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
     producer_config
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("linger.ms", "5")
+        // A batch's result and changelog records (over 100,000 for a HOP query) are
+        // queued at once; with the default (100,000) the writer waited for room.
         .set("queue.buffering.max.messages", "1000000")
         .set("acks", "all")
         // A broker outage fails a batch within this time (then it is retried), well
