@@ -577,12 +577,8 @@ impl Engine {
         let (shutdown, rx) = watch::channel(false);
         let materialized = if plan.aggregates {
             let table = Arc::new(
-                MaterializedTable::new(
-                    plan.output_schema.clone(),
-                    plan.key_columns.clone(),
-                    plan.window_retention,
-                )
-                .map_err(|e| ApiError::internal(format!("cannot materialize {sink}: {e}")))?,
+                MaterializedTable::new(plan.output_schema.clone(), plan.window_retention)
+                    .map_err(|e| ApiError::internal(format!("cannot materialize {sink}: {e}")))?,
             );
             self.materialized.insert(sink.to_string(), table.clone());
             Some(table)

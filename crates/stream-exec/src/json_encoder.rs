@@ -95,16 +95,6 @@ pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<Enc
     Ok(encode_batch(batch, key_columns)?.to_vec())
 }
 
-/// The Kafka key of each row of `rows`: `key_columns` as JSON; `None` without key columns.
-pub fn encode_keys(rows: &RecordBatch, key_columns: &[usize]) -> Result<Vec<Option<Vec<u8>>>> {
-    Ok(match key_lines(rows, key_columns)? {
-        None => vec![None; rows.num_rows()],
-        Some(keys) => (0..rows.num_rows())
-            .map(|i| Some(keys.get(i).to_vec()))
-            .collect(),
-    })
-}
-
 /// The keys of `rows` in one buffer; `None` without key columns.
 fn key_lines(rows: &RecordBatch, key_columns: &[usize]) -> Result<Option<Lines>> {
     Ok(match key_columns {

@@ -22,13 +22,12 @@ use datafusion::common::HashMap;
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
-use crate::json_encoder::{encode_batch, EncodedRows};
+use crate::json_encoder::EncodedRows;
 use crate::operator::ChangeBatch;
 
 /// A table's current rows by key. Cheap to share; reads take a snapshot.
 pub struct MaterializedTable {
     schema: SchemaRef,
-    key_columns: Vec<usize>,
     converter: RowConverter,
     rows: RwLock<Rows>,
     /// For windowed tables: the window end column and the retention in ms.
@@ -77,13 +76,10 @@ impl std::fmt::Debug for MaterializedTable {
 }
 
 impl MaterializedTable {
-    /// An empty table of result rows with `schema`, keyed by `key_columns`; `window` is
-    /// the window end column and retention of a windowed table.
-    pub fn new(
-        schema: SchemaRef,
-        key_columns: Vec<usize>,
-        window: Option<(usize, i64)>,
-    ) -> Result<Self> {
+    /// An empty table of result rows with `schema`, keyed by the Kafka keys of the records
+    /// they are written as; `window` is the window end column and retention of a windowed
+    /// table.
+    pub fn new(schema: SchemaRef, window: Option<(usize, i64)>) -> Result<Self> {
         let converter = RowConverter::new(
             schema
                 .fields()
@@ -94,7 +90,6 @@ impl MaterializedTable {
         .map_err(ExecError::arrow("encoding table rows"))?;
         Ok(Self {
             schema,
-            key_columns,
             converter,
             rows: RwLock::new(Rows {
                 newest_end: i64::MIN,
@@ -123,16 +118,9 @@ impl MaterializedTable {
         self.len() == 0
     }
 
-    /// Apply result batches, in order: rows upsert by key, tombstones delete.
-    pub fn apply(&self, batches: &[ChangeBatch]) -> Result<()> {
-        for batch in batches {
-            self.apply_encoded(batch, &encode_batch(batch, &self.key_columns)?)?;
-        }
-        Ok(())
-    }
-
     /// Apply one result batch whose Kafka records are `encoded` (as
-    /// [`encode_batch`] wrote them for this table's key columns): its keys are theirs.
+    /// [`encode_batch`](crate::json_encoder::encode_batch) wrote them for this table's
+    /// key columns): rows upsert by their records' keys, tombstones delete.
     pub fn apply_encoded(&self, batch: &ChangeBatch, encoded: &EncodedRows) -> Result<()> {
         let (rows, ends) = self.encode(&batch.rows)?;
         let ends = ends
@@ -242,6 +230,15 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
+    use crate::json_encoder::encode_batch;
+
+    /// Apply `batches` in order, keyed by `table`'s first column, as a query writes them.
+    fn apply(table: &MaterializedTable, batches: &[ChangeBatch]) {
+        for b in batches {
+            let encoded = encode_batch(b, &[0]).expect("encode");
+            table.apply_encoded(b, &encoded).expect("apply");
+        }
+    }
 
     fn batch(keys: &[&str], n: &[i64], tombstones: Option<Vec<bool>>) -> ChangeBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -264,11 +261,12 @@ mod tests {
     #[test]
     fn rows_upsert_by_key_and_tombstones_delete() {
         let first = batch(&["a", "b", "a"], &[1, 1, 2], None);
-        let table = MaterializedTable::new(first.rows.schema(), vec![0], None).expect("table");
-        table.apply(&[first]).expect("apply");
-        table
-            .apply(&[batch(&["b", "c"], &[0, 5], Some(vec![true, false]))])
-            .expect("apply");
+        let table = MaterializedTable::new(first.rows.schema(), None).expect("table");
+        apply(&table, &[first]);
+        apply(
+            &table,
+            &[batch(&["b", "c"], &[0, 5], Some(vec![true, false]))],
+        );
         let snap = table.snapshot().expect("snapshot");
         let keys = snap
             .column(0)
@@ -292,13 +290,10 @@ mod tests {
     fn windows_older_than_the_retention_are_forgotten() {
         // Column 1 holds the window end here; the key is the window (column 0).
         let first = batch(&["w1", "w2"], &[1_000, 2_000], None);
-        let table =
-            MaterializedTable::new(first.rows.schema(), vec![0], Some((1, 1_500))).expect("table");
-        table.apply(&[first]).expect("apply");
+        let table = MaterializedTable::new(first.rows.schema(), Some((1, 1_500))).expect("table");
+        apply(&table, &[first]);
         assert_eq!(table.len(), 2);
-        table
-            .apply(&[batch(&["w3"], &[3_000], None)])
-            .expect("apply");
+        apply(&table, &[batch(&["w3"], &[3_000], None)]);
         // Newest end 3000, retention 1500: w1 (ended 1000) is gone, w2 (2000) stays.
         assert_eq!(table.len(), 2);
         let snap = table.snapshot().expect("snapshot");

@@ -228,7 +228,8 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Schema};
 
     use super::*;
-    use crate::json_encoder::encode_keys;
+    use crate::json_encoder::encode_batch;
+    use crate::operator::ChangeBatch;
 
     #[test]
     fn keys_are_written_as_arrows_json_writer_writes_rows() {
@@ -277,10 +278,9 @@ mod tests {
             .map(|(c, name)| Field::new(name, c.data_type().clone(), true))
             .collect();
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-        let before: Vec<Vec<u8>> = encode_keys(&batch, &[0, 1, 2, 3, 4, 5])
-            .unwrap()
-            .into_iter()
-            .map(Option::unwrap_or_default)
+        let written = encode_batch(&ChangeBatch::rows(batch), &[0, 1, 2, 3, 4, 5]).unwrap();
+        let before: Vec<Vec<u8>> = (0..written.len())
+            .map(|i| written.key(i).unwrap_or_default().to_vec())
             .collect();
         assert_eq!(keys, before);
         let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![
