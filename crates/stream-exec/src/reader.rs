@@ -52,6 +52,8 @@ pub(crate) enum Polled {
 struct Chunk {
     epoch: u64,
     polled: Polled,
+    /// Handed over because it was full: more records were waiting.
+    full: bool,
 }
 
 /// Move partitions to these offsets, and start `epoch`.
@@ -72,6 +74,8 @@ pub(crate) struct Reader {
     taken: BTreeMap<i32, (i64, u64)>,
     /// Records of a chunk beyond what the last [`Reader::next`] asked for.
     rest: Option<(u64, Vec<RawRecord>)>,
+    /// Whether the last chunk taken was full: the thread had more records waiting.
+    behind: bool,
 }
 
 impl Reader {
@@ -100,7 +104,14 @@ impl Reader {
             epoch: 0,
             taken: BTreeMap::new(),
             rest: None,
+            behind: false,
         })
+    }
+
+    /// Whether more records are waiting to be read: the query is behind its input (a
+    /// backlog, a restart), not caught up with it.
+    pub(crate) fn behind(&self) -> bool {
+        self.behind || self.rest.is_some()
     }
 
     /// Up to `max` records of the current epoch (or an error), waiting for them; `None`
@@ -114,6 +125,7 @@ impl Reader {
             None => loop {
                 let chunk = self.chunks.recv().await?;
                 if chunk.epoch == self.epoch {
+                    self.behind = chunk.full;
                     break chunk.polled;
                 }
             },
@@ -246,7 +258,7 @@ fn read(
         let now = revocations.load(Ordering::SeqCst);
         if now != generation {
             // A rebalance: what was read before is not part of what is read after.
-            if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records) {
+            if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records, false) {
                 return;
             }
             bytes = 0;
@@ -264,27 +276,28 @@ fn read(
                 bytes += r.size();
                 records.push(r);
                 if records.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
-                    if !hand_over(tx, epoch, generation, &mut records) {
+                    if !hand_over(tx, epoch, generation, &mut records, true) {
                         return;
                     }
                     bytes = 0;
                 }
             }
             Some(Err(e)) => {
-                if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records) {
+                if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records, false) {
                     return;
                 }
                 bytes = 0;
                 let error = Chunk {
                     epoch,
                     polled: Polled::Error(e),
+                    full: false,
                 };
                 if tx.blocking_send(error).is_err() {
                     return;
                 }
             }
             None => {
-                if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records) {
+                if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records, false) {
                     return;
                 }
                 bytes = 0;
@@ -299,6 +312,7 @@ fn hand_over(
     epoch: u64,
     generation: u64,
     records: &mut Vec<RawRecord>,
+    full: bool,
 ) -> bool {
     let records = std::mem::replace(records, Vec::with_capacity(CHUNK_RECORDS));
     tx.blocking_send(Chunk {
@@ -307,6 +321,7 @@ fn hand_over(
             generation,
             records,
         },
+        full,
     })
     .is_ok()
 }
