@@ -79,6 +79,41 @@ fn topic_size(bootstrap: &str, topic: &str) -> Result<Option<i64>> {
     Ok(Some(high - low))
 }
 
+/// The offset a consumer group has committed on partition 0 of a topic.
+struct Committed {
+    consumer: BaseConsumer,
+    partitions: TopicPartitionList,
+    topic: String,
+}
+
+impl Committed {
+    fn new(bootstrap: &str, group: &str, topic: &str) -> Result<Self> {
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition(topic, 0);
+        Ok(Self {
+            consumer: ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("group.id", group)
+                .create()?,
+            partitions,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// The committed offset; 0 before the first commit.
+    fn get(&self) -> Result<i64> {
+        let committed = self
+            .consumer
+            .committed_offsets(self.partitions.clone(), Duration::from_secs(10))?;
+        Ok(
+            match committed.find_partition(&self.topic, 0).map(|p| p.offset()) {
+                Some(Offset::Offset(offset)) => offset,
+                _ => 0,
+            },
+        )
+    }
+}
+
 /// The preloaded topic of `events` events of `source`: made once, kept for later runs.
 pub async fn preload(bootstrap: &str, source: Source, events: usize) -> Result<String> {
     let topic = format!("sluice_bench_{}_{events}_v1", source.name());
@@ -314,9 +349,13 @@ impl Server {
         self.statistic(sink, "records_in").await
     }
 
-    /// The records the query writing `sink` has written to it.
-    pub async fn records_out(&self, sink: &str) -> Result<u64> {
-        self.statistic(sink, "records_out").await
+    /// The id of the query writing `sink`.
+    pub async fn query_id(&self, sink: &str) -> Result<String> {
+        let d = self.ksql(&format!("DESCRIBE {sink};")).await?;
+        d[0]["sourceDescription"]["writeQueries"][0]["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no query writes {sink}: {d}"))
     }
 
     async fn statistic(&self, sink: &str, name: &str) -> Result<u64> {
@@ -359,56 +398,64 @@ impl KafkaBench {
         let server = Server::start(&self.sluice, &self.bootstrap, &service_id, &self.log).await?;
         let sink = format!("{}_{}", query.name, self.run).to_uppercase();
         server.ksql(&query.source.ddl(topic)).await?;
-        let total = topic_size(&self.bootstrap, topic)?.unwrap_or(0) as u64;
         let submitted = Instant::now();
         server
             .ksql_with(&query.statement(&sink), "earliest", &self.properties)
             .await?;
-        let mut first: Option<Instant> = None;
-        let mut previous = submitted;
         let pid = server.pid().to_string();
-        let (mut previous_cpu, mut cpu_at_first) = (sluice_bench::cpu_seconds(&pid), 0.0);
         let deadline = submitted + Duration::from_secs(600);
-        let (finished, cpu_at_end) = loop {
+        // From the first record read (the query's `records_in`)...
+        let mut previous = (submitted, sluice_bench::cpu_seconds(&pid));
+        let (first, cpu_at_first) = loop {
             let seen = server.records_in(&sink).await?;
-            let now = Instant::now();
-            let cpu = sluice_bench::cpu_seconds(&pid);
-            if seen > 0 && first.is_none() {
+            let now = (Instant::now(), sluice_bench::cpu_seconds(&pid));
+            if seen > 0 {
                 // Between this sample and the one before.
-                first = Some(previous + (now - previous) / 2);
-                cpu_at_first = (previous_cpu + cpu) / 2.0;
+                break (
+                    previous.0 + (now.0 - previous.0) / 2,
+                    (previous.1 + now.1) / 2.0,
+                );
             }
-            if seen >= self.events as u64 {
-                break (now, cpu);
+            if now.0 > deadline {
+                bail!("{}: read nothing in 600 s", query.name);
             }
-            if now > deadline {
+            previous = now;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // ...to the commit of the last preloaded one: its results are written then. (A
+        // batch counts its records in when it starts; a windowed query's last batch can
+        // take over a second to process and write.)
+        let group = format!("{service_id}query_{}", server.query_id(&sink).await?);
+        let offsets = Committed::new(&self.bootstrap, &group, topic)?;
+        let (finished, cpu_at_end) = loop {
+            let committed = offsets.get()?;
+            let now = (Instant::now(), sluice_bench::cpu_seconds(&pid));
+            if committed >= self.events as i64 {
+                break now;
+            }
+            if now.0 > deadline {
                 bail!(
-                    "{}: read {seen} of {} events in 600 s",
+                    "{}: committed {committed} of {} events in 600 s",
                     query.name,
                     self.events
                 );
             }
-            previous = now;
-            previous_cpu = cpu;
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let seconds = (finished - first.unwrap_or(submitted)).as_secs_f64();
+        let seconds = (finished - first).as_secs_f64();
         let peak_rss_mb = sluice_bench::proc_mb(server.pid(), "VmHWM:");
-        // Earlier runs' latency events follow the preloaded ones: read them too first.
-        while server.records_in(&sink).await? < total {
+        // Earlier runs' latency events follow the preloaded ones: the query commits them
+        // too before the latency phase starts.
+        let end = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create::<BaseConsumer>()?
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))?
+            .1;
+        while offsets.get()? < end {
             if Instant::now() > deadline {
                 bail!("{}: did not catch up with {topic}", query.name);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // ...and written what it read: the last batches of a windowed query take a while.
-        let mut written = (server.records_out(&sink).await?, Instant::now());
-        while written.1.elapsed() < Duration::from_millis(500) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = server.records_out(&sink).await?;
-            if now != written.0 {
-                written = (now, Instant::now());
-            }
         }
         let latency = self.latency(query, &sink).await?;
         drop(server);
