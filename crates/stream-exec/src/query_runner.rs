@@ -39,17 +39,17 @@ use crate::stats::QueryStats;
 /// query's state changes and `EMIT CHANGES` rows per changed group over more events: with
 /// 100,000 keys, most groups change in every batch, so each batch writes about one
 /// changelog record per group whatever its size. Going past the commit interval when
-/// behind, with limits of 1M records and 128 MB rather than 262,144 and 32 MB, cut the
-/// server's CPU per event over 6,000,000 events in `throughput` by about a quarter for
-/// HOP ... EMIT FINAL (its rate rose by half) and a tenth for TUMBLE ... EMIT CHANGES,
-/// left TUMBLE and SESSION ... EMIT FINAL as they were, and took 0.3–0.5 GB more peak
-/// memory. A slow sink (a throttled or
-/// struggling broker) gets small batches, which stay well inside the producer's delivery
-/// timeout.
+/// behind, with limits of 524,288 records and 64 MB rather than 262,144 and 32 MB, cut
+/// the server's CPU per event over 6,000,000 events in `throughput` by about a quarter
+/// for HOP ... EMIT FINAL (its rate rose by half) and a few percent for TUMBLE ... EMIT
+/// CHANGES, left TUMBLE and SESSION ... EMIT FINAL as they were, and took 0.1–0.3 GB
+/// more peak memory. Limits of 1M records and 128 MB did no better and took 0.1 GB more.
+/// A slow sink (a throttled or struggling broker) gets small batches, which stay well
+/// inside the producer's delivery timeout.
 const MIN_BATCH: usize = 1024;
 const FIRST_BATCH: usize = 8192;
-const MAX_BATCH: usize = 1_048_576;
-const MAX_BATCH_BYTES: usize = 128 << 20;
+const MAX_BATCH: usize = 524_288;
+const MAX_BATCH_BYTES: usize = 64 << 20;
 const FAST_DELIVERY: Duration = Duration::from_millis(500);
 const SLOW_DELIVERY: Duration = Duration::from_secs(3);
 /// How long a batch behind its input waits for the next chunk past the commit interval.
