@@ -100,6 +100,14 @@ impl Committed {
         })
     }
 
+    /// The partition's end: the offset the next record written will get.
+    fn end(&self) -> Result<i64> {
+        Ok(self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, Duration::from_secs(10))?
+            .1)
+    }
+
     /// The committed offset; 0 before the first commit.
     fn get(&self) -> Result<i64> {
         let committed = self
@@ -446,11 +454,7 @@ impl KafkaBench {
         let peak_rss_mb = sluice_bench::proc_mb(server.pid(), "VmHWM:");
         // Earlier runs' latency events follow the preloaded ones: the query commits them
         // too before the latency phase starts.
-        let end = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create::<BaseConsumer>()?
-            .fetch_watermarks(topic, 0, Duration::from_secs(10))?
-            .1;
+        let end = offsets.end()?;
         while offsets.get()? < end {
             if Instant::now() > deadline {
                 bail!("{}: did not catch up with {topic}", query.name);

@@ -8,8 +8,9 @@
 //!    `nexmark` crate (its default configuration), as JSON;
 //! 2. measures librdkafka's own consume rate on each topic (the fastest of three passes);
 //! 3. runs each query in a fresh `sluice server` (the release binary beside this one),
-//!    from the beginning of its topic, and reports events/s from its first record read to
-//!    its last preloaded one (the query's `records_in` counter, sampled every 20 ms), the
+//!    from the beginning of its topic, and reports events/s from its first record read
+//!    (the query's `records_in` counter, sampled every 20 ms) to the commit of its last
+//!    preloaded one (its consumer group's committed offset, sampled every 20 ms), the
 //!    ratio to the raw rate, and the server's peak resident memory (`VmHWM`);
 //! 4. then produces new events at a fixed rate, with the current time as event time, and
 //!    reports p50/p99 latency from event time to the result read by a read_committed
