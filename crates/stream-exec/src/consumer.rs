@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
+use crate::fetch::FetchQueue;
 use crate::pipeline::Pipeline;
 use crate::query_runner::QueryConfig;
 use crate::record::RawRecord;
@@ -20,6 +21,8 @@ use crate::stats::QueryStats;
 /// A query's consumer, subscribed to its source, with what its context keeps up to date.
 pub(crate) struct Subscribed {
     pub(crate) consumer: Arc<QueryConsumer>,
+    /// Where the source partitions' records go, once assigned.
+    pub(crate) fetch: Arc<FetchQueue>,
     /// Partition revocations so far.
     pub(crate) revocations: Arc<AtomicU64>,
     /// The partitions it holds.
@@ -56,14 +59,21 @@ pub(crate) fn subscribe(
             stats: stats.clone(),
             topic: topic.to_string(),
             assignment: assignment.clone(),
+            fetch: OnceLock::new(),
         })
         .map(Arc::new)
         .map_err(|e| ExecError::kafka("creating the consumer", e))?;
+    let fetch = FetchQueue::new(consumer.clone())
+        .map(Arc::new)
+        .ok_or_else(|| ExecError::internal("creating the consumer", "librdkafka made no queue"))?;
+    // Before subscribing, so every assignment is forwarded.
+    let _ = consumer.context().fetch.set(Arc::downgrade(&fetch));
     consumer
         .subscribe(&[topic])
         .map_err(|e| ExecError::kafka(format!("subscribing to {topic}"), e))?;
     Ok(Subscribed {
         consumer,
+        fetch,
         revocations,
         assignment,
     })
@@ -91,13 +101,17 @@ pub(crate) fn sync_assignment(
 
 /// Counts partition revocations, so a batch read or committed across a rebalance is
 /// noticed; keeps the current assignment, so partitions held by another group member (a
-/// dead one whose session has not expired yet, say) are not taken for idle; and reports
-/// the consumer's Kafka errors (all brokers down, say) to the query's statistics.
+/// dead one whose session has not expired yet, say) are not taken for idle; forwards
+/// each assigned partition's records to the query's [`FetchQueue`] before they are
+/// fetched; and reports the consumer's Kafka errors (all brokers down, say) to the
+/// query's statistics.
 pub(crate) struct RebalanceWatch {
     revocations: Arc<AtomicU64>,
     stats: Arc<QueryStats>,
     topic: String,
     assignment: Arc<Mutex<Assignment>>,
+    /// Not a strong reference: the queue holds the consumer.
+    fetch: OnceLock<Weak<FetchQueue>>,
 }
 
 impl RebalanceWatch {
@@ -118,6 +132,17 @@ impl ClientContext for RebalanceWatch {
 
 impl ConsumerContext for RebalanceWatch {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            // Only the reading thread polls the consumer (and so runs this), and it holds
+            // the queue: this is not the last reference.
+            if let Some(fetch) = self.fetch.get().and_then(Weak::upgrade) {
+                for p in self.partitions(list) {
+                    if !fetch.forward(&self.topic, p) {
+                        tracing::warn!(topic = %self.topic, partition = p, "partition not forwarded; its records are polled one at a time");
+                    }
+                }
+            }
+        }
         if let Rebalance::Revoke(list) = rebalance {
             self.revocations.fetch_add(1, Ordering::SeqCst);
             let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());

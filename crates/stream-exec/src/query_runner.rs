@@ -204,6 +204,7 @@ async fn run(
     let persistent = matches!(output, Output::Topic(_));
     let Subscribed {
         consumer,
+        fetch,
         revocations,
         assignment,
     } = subscribe(&config, topic, &stats)?;
@@ -261,7 +262,7 @@ async fn run(
         tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
     }
     tracing::info!(query_id, topic, sink = %config.sink_topic, "query started");
-    let mut reader = Reader::start(consumer.clone(), topic, revocations.clone())
+    let mut reader = Reader::start(consumer.clone(), fetch, topic, revocations.clone())
         .map_err(|e| ExecError::internal("query loop", &format!("starting the reader: {e}")))?;
     let stopped = process(
         &config,

@@ -1,12 +1,14 @@
 //! Reading a query's source on a thread of its own.
 //!
-//! The thread polls the consumer and hands its records over in chunks (up to
+//! The thread takes the consumer's records in batches (from a [`FetchQueue`] the
+//! assigned partitions are forwarded to) and hands them over in chunks (up to
 //! [`CHUNK_RECORDS`] records or [`CHUNK_BYTES`] of payload, or fewer when no more are
 //! waiting) through a channel of [`CHUNKS`] chunks. While the query processes and writes
 //! a batch, the next one is read; when the channel is full the thread waits, and input
 //! waits in Kafka, not in memory. The thread also serves the consumer's callbacks
-//! (rebalances, commit results, errors), as its polls are the only ones; not while it
-//! waits for room in the channel (see `docs/semantics.md` on a slow sink).
+//! (rebalances, commit results, errors), polling its queue between batches, as its polls
+//! are the only ones; not while it waits for room in the channel (see
+//! `docs/semantics.md` on a slow sink).
 //!
 //! When the query must read records again (a failed commit, a rebalance during a batch),
 //! it asks the thread to move the partitions and starts a new *epoch*: the thread moves
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -26,6 +28,7 @@ use rdkafka::Offset;
 use tokio::sync::mpsc;
 
 use crate::consumer::QueryConsumer;
+use crate::fetch::FetchQueue;
 use crate::record::RawRecord;
 
 /// A chunk holds at most this many records...
@@ -36,6 +39,11 @@ const CHUNK_BYTES: usize = 256 << 10;
 const CHUNKS: usize = 64;
 /// How long a poll waits when there is nothing to hand over.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How often the assigned partitions are forwarded to the fetch queue again. The context
+/// forwards each partition as it is assigned; this is a safety net should librdkafka ever
+/// drop a forwarding after that (it does when a partition's fetching stops), so that a
+/// partition cannot stall.
+const FORWARD_AGAIN: Duration = Duration::from_secs(1);
 
 /// What the thread hands over.
 pub(crate) enum Polled {
@@ -83,6 +91,7 @@ impl Reader {
     /// the consumer's count of partition revocations.
     pub(crate) fn start(
         consumer: Arc<QueryConsumer>,
+        fetch: Arc<FetchQueue>,
         topic: &str,
         revocations: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
@@ -94,7 +103,17 @@ impl Reader {
             let topic = topic.to_string();
             std::thread::Builder::new()
                 .name("sluice-reader".into())
-                .spawn(move || read(&consumer, &topic, &revocations, &stop, &tx, &requests))?
+                .spawn(move || {
+                    read(
+                        &consumer,
+                        &fetch,
+                        &topic,
+                        &revocations,
+                        &stop,
+                        &tx,
+                        &requests,
+                    );
+                })?
         };
         Ok(Self {
             chunks,
@@ -210,34 +229,45 @@ impl Drop for Reader {
     }
 }
 
-/// The reading thread: poll, hand over in chunks, move partitions when asked.
+/// The reading thread: take records, hand them over in chunks, move partitions when asked.
 fn read(
     consumer: &QueryConsumer,
+    fetch: &FetchQueue,
     topic: &str,
     revocations: &AtomicU64,
     stop: &AtomicBool,
     tx: &mpsc::Sender<Chunk>,
     requests: &std_mpsc::Receiver<Reposition>,
 ) {
-    let mut epoch = 0;
-    // Per partition, the first offset read in this epoch and generation: where it goes
-    // back to when the query has taken none of it.
-    let mut first_read: HashMap<i32, i64> = HashMap::new();
-    // The partition of the last record read, when `first_read` has it already.
-    let mut noted: Option<i32> = None;
-    let mut generation = revocations.load(Ordering::SeqCst);
-    let mut records: Vec<RawRecord> = Vec::with_capacity(CHUNK_RECORDS);
-    let mut bytes = 0;
-    while !stop.load(Ordering::SeqCst) {
+    let mut chunker = Chunker {
+        tx,
+        epoch: 0,
+        generation: revocations.load(Ordering::SeqCst),
+        records: Vec::with_capacity(CHUNK_RECORDS),
+        bytes: 0,
+        first_read: HashMap::new(),
+        noted: None,
+        closed: false,
+    };
+    let mut forwarded = Instant::now();
+    while !stop.load(Ordering::SeqCst) && !chunker.closed {
+        if forwarded.elapsed() >= FORWARD_AGAIN {
+            forwarded = Instant::now();
+            if let Ok(assigned) = consumer.assignment() {
+                for e in assigned.elements_for_topic(topic) {
+                    fetch.forward(topic, e.partition());
+                }
+            }
+        }
         // Between chunks only: what is read before a request is handled belongs to the
         // epoch before, and the query drops it.
-        while records.is_empty() {
+        while chunker.records.is_empty() {
             let Ok(request) = requests.try_recv() else {
                 break;
             };
-            noted = None;
+            chunker.noted = None;
             let mut positions = request.positions;
-            for (p, first) in first_read.drain() {
+            for (p, first) in chunker.first_read.drain() {
                 positions.entry(p).or_insert(first);
             }
             for (p, offset) in positions {
@@ -247,83 +277,110 @@ fn read(
                     tracing::debug!(topic, partition = p, error = %e, "not repositioned");
                 }
             }
-            epoch = request.epoch;
+            chunker.epoch = request.epoch;
         }
-        let wait = if records.is_empty() {
-            POLL_WAIT
-        } else {
-            Duration::ZERO
-        };
-        let polled = consumer.poll(wait);
+        // The consumer's own queue, without waiting: rebalances (its context forwards
+        // newly assigned partitions to `fetch`), errors, commit results, and the records
+        // of a partition that could not be forwarded.
+        let polled = consumer.poll(Duration::ZERO).map(|p| p.map(|m| raw(&m)));
         let now = revocations.load(Ordering::SeqCst);
-        if now != generation {
+        if now != chunker.generation {
             // A rebalance: what was read before is not part of what is read after.
-            if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records, false) {
-                return;
-            }
-            bytes = 0;
-            first_read.clear();
-            noted = None;
-            generation = now;
+            chunker.send(false);
+            chunker.first_read.clear();
+            chunker.noted = None;
+            chunker.generation = now;
         }
-        match polled {
-            Some(Ok(m)) => {
-                let r = raw(&m);
-                if noted != Some(r.partition) {
-                    first_read.entry(r.partition).or_insert(r.offset);
-                    noted = Some(r.partition);
-                }
-                bytes += r.size();
-                records.push(r);
-                if records.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
-                    if !hand_over(tx, epoch, generation, &mut records, true) {
-                        return;
-                    }
-                    bytes = 0;
-                }
-            }
-            Some(Err(e)) => {
-                if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records, false) {
-                    return;
-                }
-                bytes = 0;
-                let error = Chunk {
-                    epoch,
-                    polled: Polled::Error(e),
-                    full: false,
-                };
-                if tx.blocking_send(error).is_err() {
-                    return;
-                }
-            }
-            None => {
-                if !records.is_empty() && !hand_over(tx, epoch, generation, &mut records, false) {
-                    return;
-                }
-                bytes = 0;
+        let polled_any = polled.is_some();
+        if let Some(polled) = polled {
+            chunker.take(polled);
+        }
+        if chunker.closed {
+            return;
+        }
+        // Whatever is waiting, up to a full chunk, without waiting.
+        let room = CHUNK_RECORDS - chunker.records.len();
+        if fetch.take(Duration::ZERO, room, &mut |r| chunker.take(r)) == 0 && !polled_any {
+            if chunker.records.is_empty() {
+                // Nothing to hand over: wait for one record (a batch take waits until
+                // it has all it asked for), then take the rest of what came.
+                fetch.take(POLL_WAIT, 1, &mut |r| chunker.take(r));
+            } else {
+                // Nothing more is waiting.
+                chunker.send(false);
             }
         }
     }
 }
 
-/// Send `records` as a chunk; `false` when the query has stopped listening.
-fn hand_over(
-    tx: &mpsc::Sender<Chunk>,
+/// Records read and not handed over yet, and where they were read.
+struct Chunker<'a> {
+    tx: &'a mpsc::Sender<Chunk>,
     epoch: u64,
+    /// The consumer's revocation count the records were read under.
     generation: u64,
-    records: &mut Vec<RawRecord>,
-    full: bool,
-) -> bool {
-    let records = std::mem::replace(records, Vec::with_capacity(CHUNK_RECORDS));
-    tx.blocking_send(Chunk {
-        epoch,
-        polled: Polled::Records {
-            generation,
-            records,
-        },
-        full,
-    })
-    .is_ok()
+    records: Vec<RawRecord>,
+    /// Payload bytes in `records`, about.
+    bytes: usize,
+    /// Per partition, the first offset read in this epoch and generation: where it goes
+    /// back to when the query has taken none of it.
+    first_read: HashMap<i32, i64>,
+    /// The partition of the last record read, when `first_read` has it already.
+    noted: Option<i32>,
+    /// The query stopped listening.
+    closed: bool,
+}
+
+impl Chunker<'_> {
+    /// Add a record read (handing the chunk over once full), or hand over what was read
+    /// and then the consumer error.
+    fn take(&mut self, polled: Result<RawRecord, KafkaError>) {
+        match polled {
+            Ok(r) => {
+                if self.noted != Some(r.partition) {
+                    self.first_read.entry(r.partition).or_insert(r.offset);
+                    self.noted = Some(r.partition);
+                }
+                self.bytes += r.size();
+                self.records.push(r);
+                if self.records.len() >= CHUNK_RECORDS || self.bytes >= CHUNK_BYTES {
+                    self.send(true);
+                }
+            }
+            Err(e) => {
+                self.send(false);
+                let error = Chunk {
+                    epoch: self.epoch,
+                    polled: Polled::Error(e),
+                    full: false,
+                };
+                if !self.closed && self.tx.blocking_send(error).is_err() {
+                    self.closed = true;
+                }
+            }
+        }
+    }
+
+    /// Hand the records read over as a chunk, if there are any; `full` when more were
+    /// waiting.
+    fn send(&mut self, full: bool) {
+        self.bytes = 0;
+        if self.records.is_empty() || self.closed {
+            return;
+        }
+        let records = std::mem::replace(&mut self.records, Vec::with_capacity(CHUNK_RECORDS));
+        let chunk = Chunk {
+            epoch: self.epoch,
+            polled: Polled::Records {
+                generation: self.generation,
+                records,
+            },
+            full,
+        };
+        if self.tx.blocking_send(chunk).is_err() {
+            self.closed = true;
+        }
+    }
 }
 
 fn raw(m: &BorrowedMessage<'_>) -> RawRecord {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -16,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
+use sluice_stream_exec::fetch::FetchQueue;
 
 use crate::workload::{bid_json, BenchQuery, BidGenerator, FraudGenerator, Source, FRAUD_STEP_US};
 
@@ -191,18 +192,41 @@ pub async fn preload(bootstrap: &str, source: Source, events: usize) -> Result<S
     Ok(topic)
 }
 
-/// librdkafka's own consume rate on `topic`: a `BaseConsumer` polling one message at a
-/// time from the beginning, touching each payload: messages per second, and the CPU time
-/// this process (the consumer and librdkafka's threads) used per message, in µs.
-pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<(f64, f64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("sluice_bench_raw_{}", now_ms()))
-        .set("enable.auto.commit", "false")
-        // As the query's consumer: with the default (1 s), a full prefetch queue stops
-        // fetching for a second, and the rate depends on when that happens.
-        .set("fetch.queue.backoff.ms", "10")
-        .create()?;
+/// How the raw consumer takes its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMode {
+    /// rust-rdkafka's `poll`, one message at a time.
+    Poll,
+    /// librdkafka's batch consume (`rd_kafka_consume_batch_queue`, 1024 at a time) from a
+    /// queue the partition is forwarded to: what a query's reading thread does.
+    Batch,
+}
+
+/// librdkafka's own consume rate on `topic`: a `BaseConsumer` reading from the beginning
+/// as `mode` says, touching each payload (copying it out, in batch mode, as a query
+/// does): messages per second, and the CPU time this process (the consumer and
+/// librdkafka's threads) used per message, in µs.
+pub fn raw_rate(bootstrap: &str, topic: &str, events: usize, mode: RawMode) -> Result<(f64, f64)> {
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("sluice_bench_raw_{}", now_ms()))
+            .set("enable.auto.commit", "false")
+            // As the query's consumer: with the default (1 s), a full prefetch queue stops
+            // fetching for a second, and the rate depends on when that happens.
+            .set("fetch.queue.backoff.ms", "10")
+            .create()?,
+    );
+    let fetch = match mode {
+        RawMode::Poll => None,
+        RawMode::Batch => {
+            let fetch = FetchQueue::new(consumer.clone())
+                .ok_or_else(|| anyhow!("librdkafka made no queue"))?;
+            // Before the assignment starts fetching, as a query's consumer does.
+            ensure!(fetch.forward(topic, 0), "{topic} [0] not forwarded");
+            Some(fetch)
+        }
+    };
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&list)?;
@@ -210,18 +234,36 @@ pub fn raw_rate(bootstrap: &str, topic: &str, events: usize) -> Result<(f64, f64
     let mut first = None;
     let mut cpu_at_first = 0.0;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while count < events {
-        if Instant::now() > deadline {
-            bail!("raw consume of {topic} read only {count} of {events} messages");
+    let mut each = |payload: Option<usize>| {
+        if first.is_none() {
+            first = Some(Instant::now());
+            cpu_at_first = sluice_bench::cpu_seconds("self");
         }
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
-            if first.is_none() {
-                first = Some(Instant::now());
-                cpu_at_first = sluice_bench::cpu_seconds("self");
+        bytes += payload.unwrap_or(0);
+        count += 1;
+    };
+    let mut seen = 0;
+    while seen < events {
+        if Instant::now() > deadline {
+            bail!("raw consume of {topic} read only {seen} of {events} messages");
+        }
+        match &fetch {
+            None => {
+                if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                    each(Some(m?.payload().map_or(0, <[u8]>::len)));
+                    seen += 1;
+                }
             }
-            bytes += m.payload().map_or(0, <[u8]>::len);
-            count += 1;
+            Some(fetch) => {
+                let mut failed = None;
+                seen += fetch.take(Duration::from_millis(100), 1024, &mut |r| match r {
+                    Ok(r) => each(r.value.as_ref().map(Vec::len)),
+                    Err(e) => failed = Some(e),
+                });
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+            }
         }
     }
     let seconds = first.map_or(1.0, |t| t.elapsed().as_secs_f64());
