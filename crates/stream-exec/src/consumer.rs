@@ -12,7 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
-use crate::fetch::FetchQueue;
+use crate::native::FetchQueue;
 use crate::pipeline::Pipeline;
 use crate::query_runner::QueryConfig;
 use crate::record::RawRecord;

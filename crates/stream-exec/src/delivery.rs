@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::oneshot;
@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::consumer::{next_offsets, QueryConsumer};
 use crate::error::{ExecError, Result};
 use crate::json_encoder::{encode_batch, EncodedRows};
+use crate::native::{KeyValue, ProduceTopic};
 use crate::operator::ChangeBatch;
 use crate::query_runner::{QueryConfig, SLOW_ACKS, TRANSACTION_TIMEOUT};
 use crate::record::RawRecord;
@@ -200,24 +201,16 @@ impl Delivery {
         let mut encoded = Vec::with_capacity(batches.len());
         for batch in batches {
             let rows = encode_batch(batch, &self.plan.key_columns)?;
-            for i in 0..rows.len() {
-                send_record(producer, &acks, (sink, None), rows.key(i), rows.value(i)).await?;
-                produced += 1;
-            }
+            let records = (0..rows.len()).map(|i| (rows.key(i), rows.value(i)));
+            produced += queue_records(producer, &acks, sink, None, records).await?;
             encoded.push(rows);
         }
         if let Some(changelog) = self.changelog.as_deref() {
-            for change in changes {
-                // A changelog has one partition (see `changelog::ensure_changelog`).
-                send_record(
-                    producer,
-                    &acks,
-                    (changelog, Some(0)),
-                    Some(&change.key),
-                    change.value.as_deref(),
-                )
-                .await?;
-            }
+            // A changelog has one partition (see `changelog::ensure_changelog`).
+            let records = changes
+                .iter()
+                .map(|c| (Some(&c.key[..]), c.value.as_deref()));
+            queue_records(producer, &acks, changelog, Some(0), records).await?;
         }
         // Every record is queued: give up the writer's count.
         acks.settle(None);
@@ -247,38 +240,55 @@ impl Delivery {
     }
 }
 
-/// Queue one record for `topic` (to `partition`, else where the partitioner puts its key),
-/// counted in `acks`; while the producer's queue is full, wait for it to drain.
-async fn send_record(
+/// Records queued per `rd_kafka_produce_batch` call.
+const QUEUE_CHUNK: usize = 4096;
+
+/// Queue `records` (key, value) for `topic` in their order (to `partition`, else where
+/// the partitioner puts each key), each carrying `acks` to its delivery report; while the
+/// producer's queue is full, wait for room. Returns how many were queued.
+async fn queue_records<'r>(
     producer: &QueryProducer,
     acks: &Arc<Acks>,
-    (topic, partition): (&str, Option<i32>),
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-) -> Result<()> {
-    let mut record = BaseRecord::<[u8], [u8], Arc<Acks>>::with_opaque_to(topic, acks.clone());
-    if let Some(p) = partition {
-        // No partitioner run (it hashes the key).
-        record = record.partition(p);
-    }
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    acks.left.fetch_add(1, Ordering::AcqRel);
+    topic: &str,
+    partition: Option<i32>,
+    mut records: impl Iterator<Item = KeyValue<'r>>,
+) -> Result<u64> {
+    let handle = ProduceTopic::new(producer, topic).ok_or_else(|| {
+        ExecError::kafka(
+            format!("producing to {topic}"),
+            KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic),
+        )
+    })?;
+    let mut chunk = Vec::with_capacity(QUEUE_CHUNK);
+    let mut queued = 0u64;
     loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::time::sleep(QUEUE_FULL_WAIT).await;
-            }
-            Err((e, _)) => {
-                // Not queued: it will not be reported.
-                acks.left.fetch_sub(1, Ordering::AcqRel);
-                return Err(ExecError::kafka(format!("producing to {topic}"), e));
+        chunk.clear();
+        chunk.extend(records.by_ref().take(QUEUE_CHUNK));
+        if chunk.is_empty() {
+            return Ok(queued);
+        }
+        let mut from = 0;
+        while from < chunk.len() {
+            let rest = &chunk[from..];
+            // Counted before they are queued, so a quick report cannot end the batch.
+            acks.left.fetch_add(rest.len(), Ordering::AcqRel);
+            let done = handle.queue(partition, rest, || acks.clone());
+            // Those not queued will not be reported.
+            acks.left
+                .fetch_sub(rest.len() - done.queued, Ordering::AcqRel);
+            queued += done.queued as u64;
+            match done.failed {
+                None => from = chunk.len(),
+                Some((i, RDKafkaErrorCode::QueueFull)) => {
+                    from += i;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Some((_, code)) => {
+                    return Err(ExecError::kafka(
+                        format!("producing to {topic}"),
+                        KafkaError::MessageProduction(code),
+                    ))
+                }
             }
         }
     }

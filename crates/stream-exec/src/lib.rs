@@ -8,7 +8,8 @@
 //! - [`operator`]: `Filter`, `Project`, `WindowAggregate`, over Arrow batches with
 //!   DataFusion physical expressions and accumulators.
 //! - [`watermark`]: stream time per partition and the watermark that closes windows.
-//! - [`fetch`]: records taken from librdkafka in batches (the one `unsafe` module).
+//! - [`native`]: librdkafka's batch consume and batch produce, which rust-rdkafka does not
+//!   offer (the one module with `unsafe` code).
 //! - `delivery`: a persistent query's batch written to Kafka (results, state, offsets).
 //! - `json_flat`: [`json_decoder`]'s one-pass fast path for flat schemas.
 //! - [`json_encoder`]: result rows to Kafka keys and JSON values.
@@ -23,11 +24,11 @@ mod consumer;
 mod delivery;
 pub mod embedded_broker;
 pub mod error;
-pub mod fetch;
 pub mod json_decoder;
 pub mod json_encoder;
 mod json_flat;
 pub mod materialized;
+pub mod native;
 pub mod operator;
 pub mod pipeline;
 pub mod query_runner;

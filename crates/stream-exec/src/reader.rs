@@ -28,7 +28,7 @@ use rdkafka::Offset;
 use tokio::sync::mpsc;
 
 use crate::consumer::QueryConsumer;
-use crate::fetch::FetchQueue;
+use crate::native::FetchQueue;
 use crate::record::RawRecord;
 
 /// A chunk holds at most this many records...

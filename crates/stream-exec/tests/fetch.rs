@@ -11,7 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_stream_exec::fetch::FetchQueue;
+use sluice_stream_exec::native::FetchQueue;
 use sluice_stream_exec::{EmbeddedBroker, RawRecord};
 
 const TOPIC: &str = "fetch_batches";

@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
-use sluice_stream_exec::fetch::FetchQueue;
+use sluice_stream_exec::native::FetchQueue;
 
 use crate::workload::{bid_json, BenchQuery, BidGenerator, FraudGenerator, Source, FRAUD_STEP_US};
 
