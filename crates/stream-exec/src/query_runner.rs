@@ -488,9 +488,10 @@ async fn process(
                 // Behind its input (a backlog, a restart), a stateful query's batch goes
                 // on past the commit interval up to its limits: larger batches merge more
                 // updates per group. Caught up, it ends on time.
-                let until = match changelog.is_some() && reader.behind() {
-                    true => deadline.max(Instant::now() + BEHIND_WAIT),
-                    false => deadline,
+                let until = if changelog.is_some() && reader.behind() {
+                    deadline.max(Instant::now() + BEHIND_WAIT)
+                } else {
+                    deadline
                 };
                 match timeout_at(until, reader.next(batch_limit - records.len())).await {
                     Ok(Some(Polled::Records { records: r, .. })) => {
