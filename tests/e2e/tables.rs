@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_e2e::{batch_query, consume_until, produce, unique, TestServer};
+use sluice_e2e::{batch_query, consume_until, java_partition, produce, unique, TestServer};
 
 use crate::streams::{mixed, transactions, tx_schema, TX_COLUMNS};
 
@@ -65,6 +65,11 @@ async fn unwindowed_aggregation_is_an_updating_table_keyed_by_its_group_columns(
     for c in &records {
         let key = c.key.clone().expect("aggregation results have a key");
         assert_eq!(key, key_of(&c.value), "the key holds the group columns");
+        assert_eq!(
+            c.partition,
+            java_partition(key.as_bytes(), 3),
+            "a key goes where Kafka's Java producer would put it: {key}"
+        );
         latest.insert(key, c.value.clone());
     }
     assert_eq!(latest, want);

@@ -179,6 +179,39 @@ pub struct Consumed {
     pub key: Option<String>,
     /// Its value as JSON.
     pub value: Value,
+    /// The partition it was read from.
+    pub partition: i32,
+}
+
+/// The partition Kafka's Java producer (and so ksqlDB, Kafka Streams and Flink) picks for
+/// `key` among `partitions`: murmur2 of the key bytes (Kafka's `Utils.murmur2`), made
+/// positive, modulo the count.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in chunks.by_ref() {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, &b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
 }
 
 /// A file of the test crate (`tests/…`). The directory is read when the test runs (cargo
@@ -230,7 +263,11 @@ pub async fn consume_until_on(
                         .map(|p| serde_json::from_slice(p).expect("sink values are JSON"))
                         .unwrap_or(Value::Null);
                     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                    out.push(Consumed { key, value });
+                    out.push(Consumed {
+                        key,
+                        value,
+                        partition: m.partition(),
+                    });
                 }
                 Some(Err(_)) | None => {
                     if done(&out) {
@@ -373,4 +410,25 @@ pub fn epoch_ms(v: &Value) -> Option<i64> {
     datafusion::arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(v.as_str()?)
         .ok()
         .map(|ns| ns / 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn murmur2_matches_kafkas_own_test_vectors() {
+        // From Kafka's `UtilsTest.testMurmur2`.
+        for (text, want) in [
+            ("21", -973932308),
+            ("foobar", -790332482),
+            ("a-little-bit-long-string", -985981536),
+            ("a-little-bit-longer-string", -1486304829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58897971,
+            ),
+            ("abc", 479470107),
+        ] {
+            assert_eq!(super::murmur2(text.as_bytes()), want, "{text}");
+        }
+    }
 }

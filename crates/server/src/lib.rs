@@ -63,10 +63,13 @@ impl Server {
         let topics = topics::Topics::new(&bootstrap_servers, embedded.clone())?;
         let service_id = config.service_id.clone();
         let config_max_push = config.max_push_queries;
-        let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap_servers)
-            .set("acks", "all")
-            .set("allow.auto.create.topics", "false")
+        let producer: rdkafka::producer::FutureProducer =
+            sluice_stream_exec::query_runner::use_java_partitioner(
+                rdkafka::config::ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap_servers)
+                    .set("acks", "all")
+                    .set("allow.auto.create.topics", "false"),
+            )
             .create()
             .map_err(|e| ApiError::internal(format!("cannot create a Kafka producer: {e}")))?;
         let engine = Engine::new(config, topics.clone());

@@ -124,6 +124,18 @@ pub async fn run_query(
     }
 }
 
+/// Spread keyed records as Kafka's Java producer does (murmur2 of the key bytes), so a
+/// topic Sluice writes is partitioned like one ksqlDB, Kafka Streams or Flink writes, and
+/// joins with them stay co-partitioned; librdkafka's default hashes with CRC32. Records
+/// without a key go to a random partition each, rather than librdkafka's sticky
+/// partition, which looks the partition up and reads the clock per record (6 % of a
+/// stateless query's CPU).
+pub fn use_java_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
+    config
+        .set("partitioner", "murmur2_random")
+        .set("sticky.partitioning.linger.ms", "0")
+}
+
 /// The producer of a persistent query. Exactly-once: transactional, with the query's
 /// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
 /// run that died, or of this run before a Kafka failure) and aborts its open transaction.
@@ -139,6 +151,7 @@ async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
         // A broker outage fails a batch within this time (then it is retried), well
         // inside the transaction timeout.
         .set("message.timeout.ms", "30000");
+    use_java_partitioner(&mut producer_config);
     if config.exactly_once {
         producer_config
             .set("transactional.id", &config.group_id)
