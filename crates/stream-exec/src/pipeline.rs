@@ -153,7 +153,7 @@ impl Pipeline {
         }
         for (op, values) in self.operators.iter_mut().zip(per_operator) {
             if !values.is_empty() {
-                op.restore_state(&values)?;
+                op.restore_state(&values, self.last_watermark)?;
             }
         }
         Ok(())

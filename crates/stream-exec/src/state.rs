@@ -26,7 +26,6 @@ use datafusion::arrow::datatypes::{Field, FieldRef, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{make_encoder, EncoderOptions, NullableEncoder};
-use datafusion::common::ScalarValue;
 
 use crate::error::{ExecError, Result};
 use crate::state_rows::{RowCodec, FORMAT};
@@ -40,20 +39,11 @@ pub struct StateChange {
     pub value: Option<Vec<u8>>,
 }
 
-/// One column of changelog keys: a value per row, or one value for every row (a window's
-/// bound, which is the same for all of the window's groups).
-pub(crate) enum KeyColumn<'a> {
-    Rows(&'a ArrayRef),
-    Same(&'a ScalarValue),
-}
-
 /// The changelog key of each of `rows` rows: the `columns` (named `names`) as one JSON
 /// object, byte for byte as arrow's JSON writer writes a row with explicit nulls (keys
 /// written before must still match); `[]` when there are none (a single global group).
-/// A `Same` column is encoded once, which matters for window bounds: a timestamp goes
-/// through arrow's display formatting, by far the slowest part otherwise.
 pub(crate) fn json_keys(
-    columns: &[KeyColumn<'_>],
+    columns: &[ArrayRef],
     names: &[String],
     rows: usize,
 ) -> Result<Vec<Vec<u8>>> {
@@ -61,63 +51,36 @@ pub(crate) fn json_keys(
         return Ok(vec![b"[]".to_vec(); rows]);
     }
     let options = EncoderOptions::default().with_explicit_nulls(true);
-    // Each column as an array (a one-row array for a `Same` one) and whether it is `Same`.
-    let arrays: Vec<(ArrayRef, bool)> = columns
-        .iter()
-        .map(|c| match c {
-            KeyColumn::Rows(array) => Ok((Arc::clone(array), false)),
-            KeyColumn::Same(v) => Ok((
-                v.to_array_of_size(1).map_err(ExecError::eval("state"))?,
-                true,
-            )),
-        })
-        .collect::<Result<_>>()?;
-    let fields: Vec<FieldRef> = arrays
+    let fields: Vec<FieldRef> = columns
         .iter()
         .zip(names)
-        .map(|((array, _), name)| Arc::new(Field::new(name, array.data_type().clone(), true)))
+        .map(|(array, name)| Arc::new(Field::new(name, array.data_type().clone(), true)))
         .collect();
-    // Per column: `,"name":` (no comma first), then the one value or an encoder.
+    // Per column: `,"name":` (no comma first), and an encoder.
     let mut parts = Vec::with_capacity(columns.len());
-    for (i, ((array, same), field)) in arrays.iter().zip(&fields).enumerate() {
+    for (i, (array, field)) in columns.iter().zip(&fields).enumerate() {
         let mut prefix = if i == 0 { vec![] } else { vec![b','] };
         serde_json::to_writer(&mut prefix, field.name())
             .map_err(|e| ExecError::internal("state", &format!("encoding a key name: {e}")))?;
         prefix.push(b':');
-        let mut encoder = make_encoder(field, array.as_ref(), &options)
+        let encoder = make_encoder(field, array.as_ref(), &options)
             .map_err(ExecError::arrow("encoding keys"))?;
-        parts.push(if *same {
-            write_value(&mut encoder, 0, &mut prefix);
-            KeyPart::Same(prefix)
-        } else {
-            KeyPart::Rows(prefix, encoder)
-        });
+        parts.push((prefix, encoder));
     }
     let mut keys = Vec::with_capacity(rows);
     let mut width = 16;
     for row in 0..rows {
         let mut key = Vec::with_capacity(width);
         key.push(b'{');
-        for part in &mut parts {
-            match part {
-                KeyPart::Same(bytes) => key.extend_from_slice(bytes),
-                KeyPart::Rows(prefix, encoder) => {
-                    key.extend_from_slice(prefix);
-                    write_value(encoder, row, &mut key);
-                }
-            }
+        for (prefix, encoder) in &mut parts {
+            key.extend_from_slice(prefix);
+            write_value(encoder, row, &mut key);
         }
         key.push(b'}');
         width = width.max(key.len());
         keys.push(key);
     }
     Ok(keys)
-}
-
-/// A key column ready to write: the name and the one value, or the name and an encoder.
-enum KeyPart<'a> {
-    Same(Vec<u8>),
-    Rows(Vec<u8>, NullableEncoder<'a>),
 }
 
 fn write_value(encoder: &mut NullableEncoder<'_>, row: usize, out: &mut Vec<u8>) {
@@ -177,6 +140,34 @@ impl StateCodec {
         Ok(messages)
     }
 
+    /// A message of no rows, to [`StateCodec::append`] rows to.
+    pub(crate) fn empty_message(&self) -> Vec<u8> {
+        match self.rows {
+            Some(_) => vec![FORMAT],
+            None => vec![],
+        }
+    }
+
+    /// Row `i` of `batch` appended to `messages[owners[i]]`, each message begun as
+    /// [`StateCodec::empty_message`]: so one message can hold rows of several batches.
+    pub(crate) fn append(
+        &self,
+        batch: &RecordBatch,
+        owners: &[usize],
+        messages: &mut [Vec<u8>],
+    ) -> Result<()> {
+        if let Some(rows) = &self.rows {
+            rows.append(batch, owners, messages);
+            return Ok(());
+        }
+        // IPC: a message of one row per row; messages read back one after another.
+        let ranges: Vec<(usize, usize)> = (0..owners.len()).map(|i| (i, 1)).collect();
+        for (message, &owner) in self.encode(batch, &ranges)?.into_iter().zip(owners) {
+            messages[owner].extend_from_slice(&message);
+        }
+        Ok(())
+    }
+
     /// The rows of `messages`, in order, as one batch.
     pub(crate) fn decode<'a>(
         &self,
@@ -226,6 +217,7 @@ mod tests {
     use datafusion::arrow::array::TimestampMillisecondArray;
     use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Schema};
+    use datafusion::common::ScalarValue;
 
     use super::*;
     use crate::json_encoder::encode_batch;
@@ -246,23 +238,6 @@ mod tests {
         let names: Vec<String> = ["K", "ws", "N", "WINDOWEND", "x", "nothing"]
             .map(String::from)
             .to_vec();
-        let keys = json_keys(
-            &[
-                KeyColumn::Rows(&k),
-                KeyColumn::Same(&start),
-                KeyColumn::Rows(&n),
-                KeyColumn::Same(&end),
-                KeyColumn::Rows(&x),
-                KeyColumn::Same(&none),
-            ],
-            &names,
-            3,
-        )
-        .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&keys[0]),
-            r#"{"K":"card-1","ws":"2023-11-14T22:14:00.700","N":-7,"WINDOWEND":1700000100000,"x":1.5,"nothing":null}"#
-        );
         // The same bytes as the writer that made the keys before.
         let columns: Vec<ArrayRef> = vec![
             k.clone(),
@@ -277,6 +252,11 @@ mod tests {
             .zip(&names)
             .map(|(c, name)| Field::new(name, c.data_type().clone(), true))
             .collect();
+        let keys = json_keys(&columns, &names, 3).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&keys[0]),
+            r#"{"K":"card-1","ws":"2023-11-14T22:14:00.700","N":-7,"WINDOWEND":1700000100000,"x":1.5,"nothing":null}"#
+        );
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
         let written = encode_batch(&ChangeBatch::rows(batch), &[0, 1, 2, 3, 4, 5]).unwrap();
         let before: Vec<Vec<u8>> = (0..written.len())
@@ -288,7 +268,7 @@ mod tests {
             None,
             Some(1),
         ]));
-        let rows = json_keys(&[KeyColumn::Rows(&ts)], &names[1..2], 3).unwrap();
+        let rows = json_keys(&[ts], &names[1..2], 3).unwrap();
         assert_eq!(rows[0], br#"{"ws":"1970-01-01T00:00:00"}"#.to_vec());
         assert_eq!(rows[1], br#"{"ws":null}"#.to_vec());
         assert_eq!(json_keys(&[], &[], 2).unwrap(), vec![b"[]".to_vec(); 2]);

@@ -74,43 +74,34 @@ impl RowCodec {
         batch: &RecordBatch,
         ranges: &[(usize, usize)],
     ) -> Result<Vec<Vec<u8>>> {
-        let columns: Vec<(Kind, &ArrayRef, ArrayData)> = self
-            .kinds
-            .iter()
-            .zip(batch.columns())
-            .map(|(k, c)| (*k, c, c.to_data()))
-            .collect();
+        let columns = self.columns(batch);
         let mut messages = Vec::with_capacity(ranges.len());
         for &(offset, length) in ranges {
             let mut out = Vec::with_capacity(1 + length * 32);
             out.push(FORMAT);
             for row in offset..offset + length {
-                for (kind, column, data) in &columns {
-                    if column.is_null(row) {
-                        out.push(0);
-                        continue;
-                    }
-                    out.push(1);
-                    match kind {
-                        Kind::Fixed(width) => {
-                            let at = (data.offset() + row) * width;
-                            out.extend_from_slice(&data.buffers()[0].as_slice()[at..at + width]);
-                        }
-                        Kind::Boolean => out.push(column.as_boolean().value(row) as u8),
-                        Kind::Utf8 => put_bytes(&mut out, column.as_string::<i32>().value(row)),
-                        Kind::LargeUtf8 => {
-                            put_bytes(&mut out, column.as_string::<i64>().value(row))
-                        }
-                        Kind::Binary => put_bytes(&mut out, column.as_binary::<i32>().value(row)),
-                        Kind::LargeBinary => {
-                            put_bytes(&mut out, column.as_binary::<i64>().value(row))
-                        }
-                    }
-                }
+                write_row(&columns, row, &mut out);
             }
             messages.push(out);
         }
         Ok(messages)
+    }
+
+    /// Row `i` of `batch` appended to `messages[owners[i]]` (each started with
+    /// [`FORMAT`]).
+    pub(crate) fn append(&self, batch: &RecordBatch, owners: &[usize], messages: &mut [Vec<u8>]) {
+        let columns = self.columns(batch);
+        for (row, &owner) in owners.iter().enumerate() {
+            write_row(&columns, row, &mut messages[owner]);
+        }
+    }
+
+    fn columns<'b>(&self, batch: &'b RecordBatch) -> Vec<(Kind, &'b ArrayRef, ArrayData)> {
+        self.kinds
+            .iter()
+            .zip(batch.columns())
+            .map(|(k, c)| (*k, c, c.to_data()))
+            .collect()
     }
 
     /// The rows of `messages` (each starting with [`FORMAT`]), in order, as one batch.
@@ -166,6 +157,28 @@ impl<'a> Input<'a> {
         let len = self.take(4)?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
         self.take(len)
+    }
+}
+
+/// Row `row` of `columns` (see [`RowCodec::columns`]) at the end of `out`.
+fn write_row(columns: &[(Kind, &ArrayRef, ArrayData)], row: usize, out: &mut Vec<u8>) {
+    for (kind, column, data) in columns {
+        if column.is_null(row) {
+            out.push(0);
+            continue;
+        }
+        out.push(1);
+        match kind {
+            Kind::Fixed(width) => {
+                let at = (data.offset() + row) * width;
+                out.extend_from_slice(&data.buffers()[0].as_slice()[at..at + width]);
+            }
+            Kind::Boolean => out.push(column.as_boolean().value(row) as u8),
+            Kind::Utf8 => put_bytes(out, column.as_string::<i32>().value(row)),
+            Kind::LargeUtf8 => put_bytes(out, column.as_string::<i64>().value(row)),
+            Kind::Binary => put_bytes(out, column.as_binary::<i32>().value(row)),
+            Kind::LargeBinary => put_bytes(out, column.as_binary::<i64>().value(row)),
+        }
     }
 }
 

@@ -72,6 +72,16 @@ fn rows(out: Vec<sluice_stream_exec::operator::ChangeBatch>) -> Vec<Value> {
 /// Run `sql` over `records` in batches of `chunks` sizes, restarting from the changelog
 /// before every batch whose index is in `restarts`.
 fn run(sql: &str, records: &[RawRecord], chunks: &[usize], restarts: &[usize]) -> Vec<Value> {
+    run_with_changelog(sql, records, chunks, restarts).0
+}
+
+/// [`run`], and the changelog at the end: the latest value of each key.
+fn run_with_changelog(
+    sql: &str,
+    records: &[RawRecord],
+    chunks: &[usize],
+    restarts: &[usize],
+) -> (Vec<Value>, HashMap<Vec<u8>, Vec<u8>>) {
     let plan = support::plan(EVENTS, sql);
     let stats = QueryStats::default();
     let now = std::time::Instant::now();
@@ -103,7 +113,7 @@ fn run(sql: &str, records: &[RawRecord], chunks: &[usize], restarts: &[usize]) -
         rest = &rest[n..];
         batch += 1;
     }
-    rows(out)
+    (rows(out), changelog)
 }
 
 /// Keyed events on two partitions, roughly in time order with some disorder; a few far
@@ -177,4 +187,66 @@ fn a_pipeline_restarted_empty_differs() {
     let last = |rows: &[Value]| rows.last().expect("rows")["n"].clone();
     assert_eq!(last(&straight), json!(20));
     assert_eq!(last(&rows(out)), json!(10));
+}
+
+/// A windowed aggregation keeps one changelog record per key, with the key's groups in
+/// every open window; a key that has left every window is deleted (one window closing
+/// later), so the changelog does not grow with the keys of windows long closed.
+#[test]
+fn the_changelog_holds_the_keys_of_open_windows_only() {
+    // Key `k{w}` has events in window `w` only; 5 s tumbling windows, 30 of them; both
+    // partitions deliver, so the watermark moves.
+    let records: Vec<RawRecord> = (0..300)
+        .map(|i| RawRecord {
+            partition: (i % 2) as i32,
+            offset: i,
+            timestamp_ms: None,
+            value: Some(
+                json!({"k": format!("k{}", i / 10), "v": 1, "ts": 1_000_000 + i * 500})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        })
+        .collect();
+    for sql in [&queries()[0], &queries()[1]] {
+        let (rows, changelog) = run_with_changelog(sql, &records, &[7], &[]);
+        assert!(rows.len() >= 30, "{sql}: {} rows", rows.len());
+        let keys = group_keys(&changelog);
+        assert!(
+            !keys.is_empty() && keys.len() <= 4,
+            "{sql}: the changelog holds {keys:?}"
+        );
+        // A restart from it goes on as if there had been none.
+        let restarted = run(sql, &records, &[7], &[10, 25, 40]);
+        assert_eq!(restarted, rows, "{sql}");
+    }
+}
+
+/// A key's groups in several windows are one record: a hopping window's event is in
+/// three windows, and their states are written together.
+#[test]
+fn a_keys_groups_in_several_windows_are_one_record() {
+    let records: Vec<RawRecord> = (0..10)
+        .map(|i| RawRecord {
+            partition: 0,
+            offset: i,
+            timestamp_ms: None,
+            value: Some(
+                json!({"k": "a", "v": 1, "ts": 1_000_000 + i * 300})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        })
+        .collect();
+    let (_, changelog) = run_with_changelog(&queries()[1], &records, &[4], &[]);
+    assert_eq!(group_keys(&changelog).len(), 1, "{changelog:?}");
+}
+
+/// The changelog keys of groups (all but the stream time), as text.
+fn group_keys(changelog: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<String> {
+    changelog
+        .keys()
+        .filter(|k| k.as_slice() != sluice_stream_exec::pipeline::STREAM_TIME_KEY)
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
 }

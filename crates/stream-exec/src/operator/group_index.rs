@@ -72,24 +72,39 @@ impl GroupIndex {
         ((u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> (64 - self.bits)) as usize
     }
 
-    /// The group of `key` (whose [`hash_key`] is `hash`), and whether it was added now.
-    pub(crate) fn intern(&mut self, hash: u64, key: &[u8]) -> Result<(u32, bool)> {
+    /// The group of `key` (whose [`hash_key`] is `hash`), else the empty slot where it
+    /// would go.
+    fn find(&self, hash: u64, key: &[u8]) -> std::result::Result<u32, usize> {
         let tag = (hash >> 32) as u32;
         let mask = self.slots.len() - 1;
         let mut pos = self.home(tag);
         loop {
             let slot = self.slots[pos];
             if slot == 0 {
-                break;
+                return Err(pos);
             }
             if (slot >> 32) as u32 == tag {
                 let g = (slot as u32) - 1;
                 if self.key(g) == key {
-                    return Ok((g, false));
+                    return Ok(g);
                 }
             }
             pos = (pos + 1) & mask;
         }
+    }
+
+    /// The group of `key` (whose [`hash_key`] is `hash`), if it has one.
+    pub(crate) fn get(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        self.find(hash, key).ok()
+    }
+
+    /// The group of `key` (whose [`hash_key`] is `hash`), and whether it was added now.
+    pub(crate) fn intern(&mut self, hash: u64, key: &[u8]) -> Result<(u32, bool)> {
+        let tag = (hash >> 32) as u32;
+        let pos = match self.find(hash, key) {
+            Ok(g) => return Ok((g, false)),
+            Err(pos) => pos,
+        };
         let g = u32::try_from(self.ends.len())
             .ok()
             .filter(|g| *g < u32::MAX)
@@ -145,6 +160,11 @@ mod tests {
         }
         assert_eq!(index.len(), 1000);
         assert!(index.heap_bytes() < 1000 * 40);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(index.get(hash_key(&state, k), k), Some(i as u32));
+        }
+        let absent = 5000u32.to_le_bytes();
+        assert_eq!(index.get(hash_key(&state, &absent), &absent), None);
     }
 
     #[test]

@@ -100,8 +100,9 @@ pub trait Operator: Send {
     }
 
     /// Rebuild the state from the latest value of each of its changelog keys, on an
-    /// operator that has processed nothing.
-    fn restore_state(&mut self, _values: &[&[u8]]) -> Result<()> {
+    /// operator that has processed nothing; `watermark` is the last one it saw before
+    /// (windows it had closed may still be in those values).
+    fn restore_state(&mut self, _values: &[&[u8]], _watermark: Option<i64>) -> Result<()> {
         Ok(())
     }
 }

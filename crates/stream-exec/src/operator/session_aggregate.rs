@@ -38,7 +38,7 @@ use super::session_index::{SessionIndex, CHANGED, NONE, WRITTEN};
 use super::written_rows::WrittenRows;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
-use crate::state::{json_keys, KeyColumn, StateChange, StateCodec};
+use crate::state::{json_keys, StateChange, StateCodec};
 
 const NAME: &str = "SessionAggregate";
 
@@ -563,8 +563,7 @@ impl Operator for SessionAggregateOperator {
         let key_columns = self
             .keys
             .decode_bytes(keys.iter().map(|&k| self.index.key_bytes(k)))?;
-        let parts: Vec<KeyColumn<'_>> = key_columns.iter().map(KeyColumn::Rows).collect();
-        let changelog_keys = json_keys(&parts, &self.key_names, keys.len())?;
+        let changelog_keys = json_keys(&key_columns, &self.key_names, keys.len())?;
         // One record per key holding all its open sessions; no sessions: deleted.
         let mut take_keys = vec![];
         let mut slots = vec![];
@@ -636,7 +635,7 @@ impl Operator for SessionAggregateOperator {
             .collect())
     }
 
-    fn restore_state(&mut self, values: &[&[u8]]) -> Result<()> {
+    fn restore_state(&mut self, values: &[&[u8]], _watermark: Option<i64>) -> Result<()> {
         let batch = self.codec.decode(values.iter().copied())?;
         let n_keys = self.key_names.len();
         let rows = self.keys.encode(&batch.columns()[..n_keys])?;

@@ -12,6 +12,14 @@
 //! first row in the batch; with `EMIT FINAL` a group is emitted once, when the watermark
 //! passes its window's end plus grace, a window's groups in key order. Either way a
 //! closed window is dropped whole, so state stays bounded on an unbounded stream.
+//!
+//! State changes go to the changelog as one record per key (the GROUP BY values but the
+//! window bounds), holding the key's groups in every open window, whenever one of them
+//! changed: a hopping window's event changes three windows but writes one record. A
+//! window's closing writes nothing. A key that has left every window is deleted when
+//! windows next close, unless it is in a window again by then (most keys are: a key's
+//! next window opens right after its last one closes). A record may so hold groups of
+//! windows already closed; a restore skips them, by the watermark restored with them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +41,7 @@ use super::group_index::{hash_key, GroupIndex};
 use super::group_states::GroupStates;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
-use crate::state::{json_keys, KeyColumn, StateChange, StateCodec};
+use crate::state::{json_keys, StateChange, StateCodec};
 
 const NAME: &str = "WindowAggregate";
 
@@ -104,22 +112,6 @@ impl Bounds {
         self.in_group_order(keys, bounds)
     }
 
-    /// The changelog keys of `rows` groups of one window: `keys` and the window's `bounds`
-    /// (encoded once) as [`json_keys`] writes them.
-    fn json_keys(
-        &self,
-        keys: &[ArrayRef],
-        bounds: &[ScalarValue],
-        names: &[String],
-        rows: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        let columns = self.in_group_order(
-            keys.iter().map(KeyColumn::Rows),
-            bounds.iter().map(KeyColumn::Same),
-        )?;
-        json_keys(&columns, names, rows)
-    }
-
     /// Key and bound columns (each in its own order) put in GROUP BY order.
     fn in_group_order<T>(
         &self,
@@ -167,9 +159,12 @@ pub struct WindowAggregateOperator {
     having: Option<Having>,
     /// Open windows by end; `ALL_TIME` when not windowed.
     windows: BTreeMap<i64, Window>,
-    /// Keys (and bounds) of the windows closed since state was last taken: deleted from
-    /// the changelog.
-    closed: Vec<(GroupIndex, Vec<ScalarValue>)>,
+    /// Keys of the windows closed since state was last taken.
+    closed: Vec<GroupIndex>,
+    /// Keys of the windows closed before that (or, after a restore, keys whose record
+    /// held only closed windows): their records are deleted at the next closing unless
+    /// the key is in a window again by then.
+    retired: Vec<GroupIndex>,
     groups: usize,
     window_end: Option<usize>,
     grace_ms: i64,
@@ -178,6 +173,9 @@ pub struct WindowAggregateOperator {
     /// State rows: the group columns, the aggregates' states, `written`.
     codec: StateCodec,
     group_names: Vec<String>,
+    /// The names of the key columns (GROUP BY but the window bounds), in key order: the
+    /// changelog key.
+    key_names: Vec<String>,
 }
 
 impl WindowAggregateOperator {
@@ -225,6 +223,11 @@ impl WindowAggregateOperator {
         }
         let aggregates = Aggregates::new(aggr_exprs, input, NAME)?;
         let group_fields = &output.fields()[..group_exprs.len()];
+        let key_names = bounds
+            .keys
+            .iter()
+            .map(|&p| group_fields[p].name().clone())
+            .collect();
         let mut state_fields: Vec<FieldRef> = group_fields.to_vec();
         state_fields.extend(aggregates.state_fields()?);
         state_fields.push(Arc::new(Field::new("written", DataType::Boolean, false)));
@@ -234,6 +237,7 @@ impl WindowAggregateOperator {
             aggregates,
             codec: StateCodec::new(Arc::new(Schema::new(state_fields)))?,
             group_names: group_fields.iter().map(|f| f.name().clone()).collect(),
+            key_names,
             schema: Arc::new(output.as_arrow().clone()),
             aggregate_fields: output.fields()[group_exprs.len()..].to_vec(),
             having: having
@@ -242,6 +246,7 @@ impl WindowAggregateOperator {
                 .transpose()?,
             windows: BTreeMap::new(),
             closed: vec![],
+            retired: vec![],
             groups: 0,
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
@@ -294,6 +299,50 @@ impl WindowAggregateOperator {
             outcomes,
             order,
         })
+    }
+
+    /// The changelog keys of `rows` keys (decoded as `keys`): their JSON, without the
+    /// window bounds, so one record holds a key's groups in every window.
+    fn changelog_keys(&self, keys: &[ArrayRef], rows: usize) -> Result<Vec<Vec<u8>>> {
+        json_keys(keys, &self.key_names, rows)
+    }
+
+    /// Deletes for the records of keys that have left every window. Checked when windows
+    /// close, for the keys of the windows that closed the time before: a key with events
+    /// in every window (most, with a key's next window opening right after) is
+    /// written again with its new window rather than deleted and written again.
+    fn deleted_keys(&mut self) -> Result<Vec<StateChange>> {
+        if self.closed.is_empty() {
+            return Ok(vec![]);
+        }
+        let closed = std::mem::take(&mut self.closed);
+        let mut gone = GroupIndex::new();
+        for index in std::mem::replace(&mut self.retired, closed) {
+            for g in 0..index.len() as u32 {
+                let key = index.key(g);
+                let hash = hash_key(&self.hasher, key);
+                let held = self
+                    .windows
+                    .values()
+                    .map(|w| &w.index)
+                    .chain(&self.retired)
+                    .any(|i| i.get(hash, key).is_some());
+                if !held {
+                    gone.intern(hash, key)?;
+                }
+            }
+        }
+        if gone.len() == 0 {
+            return Ok(vec![]);
+        }
+        let keys = self
+            .keys
+            .decode_bytes((0..gone.len() as u32).map(|g| gone.key(g)))?;
+        Ok(self
+            .changelog_keys(&keys, gone.len())?
+            .into_iter()
+            .map(|key| StateChange { key, value: None })
+            .collect())
     }
 
     /// `parts` as one change batch, rows by their `order`.
@@ -452,7 +501,7 @@ impl Operator for WindowAggregateOperator {
                 let order = vec![0; groups.len()];
                 parts.push(self.part(&mut window, &groups, columns, order)?);
             }
-            self.closed.push((window.index, window.bounds));
+            self.closed.push(window.index);
         }
         self.put_together(parts)
     }
@@ -466,7 +515,8 @@ impl Operator for WindowAggregateOperator {
             + self
                 .closed
                 .iter()
-                .map(|(index, _)| index.heap_bytes())
+                .chain(&self.retired)
+                .map(GroupIndex::heap_bytes)
                 .sum::<usize>()
     }
 
@@ -475,62 +525,81 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
-        let mut out = vec![];
-        // Closed windows first: a window opened again since (by a record the scan let
-        // through) then ends up with its state.
-        for (index, bounds) in std::mem::take(&mut self.closed) {
-            let keys = self
-                .keys
-                .decode_bytes((0..index.len() as u32).map(|g| index.key(g)))?;
-            let keys = self
-                .bounds
-                .json_keys(&keys, &bounds, &self.group_names, index.len())?;
-            out.extend(keys.into_iter().map(|key| StateChange { key, value: None }));
+        let mut out = self.deleted_keys()?;
+        // One record per key with a changed group, holding its groups in every open
+        // window (a closed window's group may linger in a record until the key changes
+        // again; a restore skips it).
+        let mut changed = GroupIndex::new();
+        let mut hashes = vec![];
+        for window in self.windows.values_mut() {
+            for g in std::mem::take(&mut window.dirty) {
+                window.flags[g as usize] &= !DIRTY;
+                let key = window.index.key(g);
+                let hash = hash_key(&self.hasher, key);
+                if changed.intern(hash, key)?.1 {
+                    hashes.push(hash);
+                }
+            }
         }
+        if hashes.is_empty() {
+            return Ok(out);
+        }
+        let keys = self
+            .keys
+            .decode_bytes((0..hashes.len() as u32).map(|k| changed.key(k)))?;
         let fields = self.codec.schema().fields().clone();
         let n_keys = self.group_names.len();
         let state_fields = &fields[n_keys..fields.len() - 1];
+        let mut values: Vec<Vec<u8>> = vec![self.codec.empty_message(); hashes.len()];
         for window in self.windows.values_mut() {
-            if window.dirty.is_empty() {
+            let mut owners = vec![];
+            let mut groups = vec![];
+            for (k, &hash) in hashes.iter().enumerate() {
+                if let Some(g) = window.index.get(hash, changed.key(k as u32)) {
+                    owners.push(k);
+                    groups.push(g);
+                }
+            }
+            if groups.is_empty() {
                 continue;
             }
-            let groups = std::mem::take(&mut window.dirty);
-            let mut written = Vec::with_capacity(groups.len());
-            for &g in &groups {
-                let flags = &mut window.flags[g as usize];
-                *flags &= !DIRTY;
-                written.push(*flags & WRITTEN != 0);
-            }
-            let keys = self
-                .keys
-                .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
-            let changelog_keys =
-                self.bounds
-                    .json_keys(&keys, &window.bounds, &self.group_names, groups.len())?;
-            let mut columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
+            let rows = UInt32Array::from_iter_values(owners.iter().map(|&k| k as u32));
+            let key_columns = keys
+                .iter()
+                .map(|c| take(c.as_ref(), &rows, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(ExecError::arrow("selecting state keys"))?;
+            let mut columns = self
+                .bounds
+                .columns(key_columns, &window.bounds, groups.len())?;
             columns.extend(
                 window
                     .states
                     .checkpoint(&self.aggregates, &groups, state_fields)?,
             );
+            let written: Vec<bool> = groups
+                .iter()
+                .map(|&g| window.flags[g as usize] & WRITTEN != 0)
+                .collect();
             columns.push(Arc::new(BooleanArray::from(written)));
             let batch = RecordBatch::try_new(self.codec.schema().clone(), columns)
                 .map_err(ExecError::arrow("building state rows"))?;
-            let ranges: Vec<(usize, usize)> = (0..groups.len()).map(|i| (i, 1)).collect();
-            out.extend(
-                changelog_keys
-                    .into_iter()
-                    .zip(self.codec.encode(&batch, &ranges)?)
-                    .map(|(key, value)| StateChange {
-                        key,
-                        value: Some(value),
-                    }),
-            );
+            self.codec.append(&batch, &owners, &mut values)?;
         }
+        let changelog_keys = self.changelog_keys(&keys, hashes.len())?;
+        out.extend(
+            changelog_keys
+                .into_iter()
+                .zip(values)
+                .map(|(key, value)| StateChange {
+                    key,
+                    value: Some(value),
+                }),
+        );
         Ok(out)
     }
 
-    fn restore_state(&mut self, values: &[&[u8]]) -> Result<()> {
+    fn restore_state(&mut self, values: &[&[u8]], watermark: Option<i64>) -> Result<()> {
         let batch = self.codec.decode(values.iter().copied())?;
         let n_keys = self.group_names.len();
         let group_columns = &batch.columns()[..n_keys];
@@ -548,15 +617,23 @@ impl Operator for WindowAggregateOperator {
             Some(i) => batch.column(i).as_primitive::<Int64Type>(),
             None => &all_time,
         };
+        // Keys of groups in windows that had closed: their records are deleted later,
+        // unless the key is in a window again by then.
+        let mut closed = GroupIndex::new();
         for (i, row) in rows.iter().enumerate() {
-            let window = match self.windows.entry(ends.value(i)) {
+            let key = row.as_ref();
+            let end = ends.value(i);
+            if watermark.is_some_and(|wm| end.saturating_add(self.grace_ms) <= wm) {
+                closed.intern(hash_key(&self.hasher, key), key)?;
+                continue;
+            }
+            let window = match self.windows.entry(end) {
                 std::collections::btree_map::Entry::Occupied(w) => w.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => v.insert(Window::new(
                     &self.aggregates,
                     self.bounds.of_row(group_columns, i)?,
                 )),
             };
-            let key = row.as_ref();
             let (g, new) = window.index.intern(hash_key(&self.hasher, key), key)?;
             if new {
                 window.states.push(&self.aggregates)?;
@@ -565,6 +642,9 @@ impl Operator for WindowAggregateOperator {
             }
             window.states.restore(&self.aggregates, g, state, i)?;
             window.flags[g as usize] = if written.value(i) { WRITTEN } else { 0 };
+        }
+        if closed.len() > 0 {
+            self.retired.push(closed);
         }
         Ok(())
     }
