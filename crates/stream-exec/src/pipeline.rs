@@ -127,7 +127,7 @@ impl Pipeline {
     /// Rebuild the state of a pipeline that has processed nothing from the latest value
     /// of each changelog key (as [`Pipeline::take_state_changes`] wrote them), at `now`.
     pub fn restore(&mut self, latest: &HashMap<Vec<u8>, Vec<u8>>, now: Instant) -> Result<()> {
-        let mut per_operator: Vec<Vec<&[u8]>> = vec![vec![]; self.operators.len()];
+        let mut per_operator: Vec<Vec<(&[u8], &[u8])>> = vec![vec![]; self.operators.len()];
         for (key, value) in latest {
             if key.as_slice() == STREAM_TIME_KEY {
                 let checkpoint: StreamTimeCheckpoint = serde_json::from_slice(value)
@@ -137,23 +137,28 @@ impl Pipeline {
                 self.checkpointed_time = Some(checkpoint);
                 continue;
             }
-            let index = key
+            let (index, entry_key) = key
                 .iter()
                 .position(|b| *b == b':')
-                .and_then(|colon| std::str::from_utf8(&key[..colon]).ok())
-                .and_then(|i| i.parse::<usize>().ok())
-                .filter(|i| *i < self.operators.len())
+                .and_then(|colon| {
+                    let index = std::str::from_utf8(&key[..colon])
+                        .ok()?
+                        .parse::<usize>()
+                        .ok()?;
+                    Some((index, &key[colon + 1..]))
+                })
+                .filter(|(i, _)| *i < self.operators.len())
                 .ok_or_else(|| {
                     ExecError::State(format!(
                         "changelog key {:?} names no operator of this query",
                         String::from_utf8_lossy(key)
                     ))
                 })?;
-            per_operator[index].push(value);
+            per_operator[index].push((entry_key, value));
         }
-        for (op, values) in self.operators.iter_mut().zip(per_operator) {
-            if !values.is_empty() {
-                op.restore_state(&values, self.last_watermark)?;
+        for (op, entries) in self.operators.iter_mut().zip(per_operator) {
+            if !entries.is_empty() {
+                op.restore_state(&entries, self.last_watermark)?;
             }
         }
         Ok(())

@@ -250,3 +250,72 @@ fn group_keys(changelog: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<String> {
         .map(|k| String::from_utf8_lossy(k).into_owned())
         .collect()
 }
+
+/// A changelog written before records were per key holds one record per group, keyed
+/// with the window bounds. A restore reads them, lets a key's newer record win, and
+/// deletes them with its first state changes.
+#[test]
+fn records_of_one_group_each_are_read_then_deleted() {
+    let sql = &queries()[1];
+    let plan = support::plan(EVENTS, sql);
+    let bound = plan
+        .operators
+        .iter()
+        .find_map(|op| match op {
+            sluice_sql_planner::StreamOperator::WindowAggregate {
+                group_exprs,
+                output,
+                ..
+            } => output.fields()[..group_exprs.len()]
+                .iter()
+                .map(|f| f.name().clone())
+                .find(|n| sluice_sql_planner::window::WINDOW_COLUMNS.contains(&n.as_str())),
+            _ => None,
+        })
+        .expect("a window bound among the group columns");
+    let records: Vec<RawRecord> = (0..40)
+        .map(|i| RawRecord {
+            partition: (i % 2) as i32,
+            offset: i,
+            timestamp_ms: None,
+            value: Some(
+                json!({"k": format!("k{}", i % 3), "v": i, "ts": 1_000_000 + i * 400})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        })
+        .collect();
+    let straight = run(sql, &records, &[5], &[]);
+    let (_, early) = run_with_changelog(sql, &records[..10], &[5], &[]);
+    let (before, mut changelog) = run_with_changelog(sql, &records[..20], &[5], &[]);
+    // An older state of each key under a key of the old form.
+    let mut old_keys = vec![];
+    for key in group_keys(&early) {
+        let value = early[key.as_bytes()].clone();
+        let old = format!("{},\"{bound}\":0}}", key.trim_end_matches('}'));
+        changelog.insert(old.clone().into_bytes(), value);
+        old_keys.push(old);
+    }
+    assert!(!old_keys.is_empty());
+    let stats = QueryStats::default();
+    let now = std::time::Instant::now();
+    let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
+    pipeline.assign([0, 1], now);
+    pipeline.restore(&changelog, now).expect("restore");
+    let mut out = vec![];
+    for chunk in records[20..].chunks(5) {
+        out.extend(pipeline.process_at(chunk, &stats, now).expect("process"));
+        for change in pipeline.take_state_changes().expect("state") {
+            match change.value {
+                Some(v) => changelog.insert(change.key, v),
+                None => changelog.remove(&change.key),
+            };
+        }
+    }
+    let mut after = before;
+    after.extend(rows(out));
+    assert_eq!(after, straight);
+    for old in &old_keys {
+        assert!(!changelog.contains_key(old.as_bytes()), "{old} is deleted");
+    }
+}

@@ -99,10 +99,15 @@ pub trait Operator: Send {
         Ok(vec![])
     }
 
-    /// Rebuild the state from the latest value of each of its changelog keys, on an
-    /// operator that has processed nothing; `watermark` is the last one it saw before
-    /// (windows it had closed may still be in those values).
-    fn restore_state(&mut self, _values: &[&[u8]], _watermark: Option<i64>) -> Result<()> {
+    /// Rebuild the state from the latest value of each of its changelog keys (`(key,
+    /// value)`, the key as it wrote it), on an operator that has processed nothing;
+    /// `watermark` is the last one it saw before (windows it had closed may still be in
+    /// those values).
+    fn restore_state(
+        &mut self,
+        _entries: &[(&[u8], &[u8])],
+        _watermark: Option<i64>,
+    ) -> Result<()> {
         Ok(())
     }
 }

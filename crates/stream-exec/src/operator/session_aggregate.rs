@@ -635,7 +635,8 @@ impl Operator for SessionAggregateOperator {
             .collect())
     }
 
-    fn restore_state(&mut self, values: &[&[u8]], _watermark: Option<i64>) -> Result<()> {
+    fn restore_state(&mut self, entries: &[(&[u8], &[u8])], _watermark: Option<i64>) -> Result<()> {
+        let values: Vec<&[u8]> = entries.iter().map(|(_, v)| *v).collect();
         let batch = self.codec.decode(values.iter().copied())?;
         let n_keys = self.key_names.len();
         let rows = self.keys.encode(&batch.columns()[..n_keys])?;

@@ -165,6 +165,9 @@ pub struct WindowAggregateOperator {
     /// held only closed windows): their records are deleted at the next closing unless
     /// the key is in a window again by then.
     retired: Vec<GroupIndex>,
+    /// Changelog keys read at restore in the form before records were per key: deleted
+    /// with the next state changes.
+    superseded: Vec<Vec<u8>>,
     groups: usize,
     window_end: Option<usize>,
     grace_ms: i64,
@@ -247,6 +250,7 @@ impl WindowAggregateOperator {
             windows: BTreeMap::new(),
             closed: vec![],
             retired: vec![],
+            superseded: vec![],
             groups: 0,
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
@@ -307,13 +311,32 @@ impl WindowAggregateOperator {
         json_keys(keys, &self.key_names, rows)
     }
 
+    /// Whether `key` names one group of one window (it holds window bounds): the
+    /// changelog's form before records were per key.
+    fn is_per_group_key(&self, key: &[u8]) -> bool {
+        if self.bounds.positions.is_empty() {
+            return false;
+        }
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(key).is_ok_and(
+            |fields| {
+                self.bounds
+                    .positions
+                    .iter()
+                    .any(|&p| fields.contains_key(&self.group_names[p]))
+            },
+        )
+    }
+
     /// Deletes for the records of keys that have left every window. Checked when windows
     /// close, for the keys of the windows that closed the time before: a key with events
     /// in every window (most, with a key's next window opening right after) is
     /// written again with its new window rather than deleted and written again.
     fn deleted_keys(&mut self) -> Result<Vec<StateChange>> {
+        let superseded = std::mem::take(&mut self.superseded)
+            .into_iter()
+            .map(|key| StateChange { key, value: None });
         if self.closed.is_empty() {
-            return Ok(vec![]);
+            return Ok(superseded.collect());
         }
         let closed = std::mem::take(&mut self.closed);
         let mut gone = GroupIndex::new();
@@ -332,17 +355,18 @@ impl WindowAggregateOperator {
                 }
             }
         }
-        if gone.len() == 0 {
-            return Ok(vec![]);
+        let mut out: Vec<StateChange> = superseded.collect();
+        if gone.len() > 0 {
+            let keys = self
+                .keys
+                .decode_bytes((0..gone.len() as u32).map(|g| gone.key(g)))?;
+            out.extend(
+                self.changelog_keys(&keys, gone.len())?
+                    .into_iter()
+                    .map(|key| StateChange { key, value: None }),
+            );
         }
-        let keys = self
-            .keys
-            .decode_bytes((0..gone.len() as u32).map(|g| gone.key(g)))?;
-        Ok(self
-            .changelog_keys(&keys, gone.len())?
-            .into_iter()
-            .map(|key| StateChange { key, value: None })
-            .collect())
+        Ok(out)
     }
 
     /// `parts` as one change batch, rows by their `order`.
@@ -599,8 +623,15 @@ impl Operator for WindowAggregateOperator {
         Ok(out)
     }
 
-    fn restore_state(&mut self, values: &[&[u8]], watermark: Option<i64>) -> Result<()> {
-        let batch = self.codec.decode(values.iter().copied())?;
+    fn restore_state(&mut self, entries: &[(&[u8], &[u8])], watermark: Option<i64>) -> Result<()> {
+        // Records of one group each, keyed with its window bounds, as written before
+        // records were per key: read first, so a key's newer record wins, and deleted.
+        let (per_group, per_key): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .partition(|(key, _)| self.is_per_group_key(key));
+        self.superseded = per_group.iter().map(|(key, _)| key.to_vec()).collect();
+        let values = per_group.iter().chain(&per_key).map(|(_, value)| *value);
+        let batch = self.codec.decode(values)?;
         let n_keys = self.group_names.len();
         let group_columns = &batch.columns()[..n_keys];
         let key_columns: Vec<ArrayRef> = self
@@ -623,7 +654,9 @@ impl Operator for WindowAggregateOperator {
         for (i, row) in rows.iter().enumerate() {
             let key = row.as_ref();
             let end = ends.value(i);
-            if watermark.is_some_and(|wm| end.saturating_add(self.grace_ms) <= wm) {
+            let closed_before = self.window_end.is_some()
+                && watermark.is_some_and(|wm| end.saturating_add(self.grace_ms) <= wm);
+            if closed_before {
                 closed.intern(hash_key(&self.hasher, key), key)?;
                 continue;
             }
