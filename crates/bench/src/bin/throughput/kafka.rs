@@ -425,6 +425,10 @@ pub struct QueryResult {
     pub cpu_us_per_event: f64,
     pub peak_rss_mb: f64,
     pub latency: Option<(f64, f64, usize)>,
+    /// Records written per event, once every event was committed: to the sink, and to
+    /// the query's changelog (both count a transaction marker per batch, a few dozen).
+    pub results_per_event: f64,
+    pub changelog_per_event: f64,
 }
 
 /// What a benchmark run against Kafka needs.
@@ -494,6 +498,11 @@ impl KafkaBench {
         };
         let seconds = (finished - first).as_secs_f64();
         let peak_rss_mb = sluice_bench::proc_mb(server.pid(), "VmHWM:");
+        let per_event = |topic: &str| -> Result<f64> {
+            Ok(topic_size(&self.bootstrap, topic)?.unwrap_or(0) as f64 / self.events as f64)
+        };
+        let results_per_event = per_event(&sink)?;
+        let changelog_per_event = per_event(&format!("{group}-changelog"))?;
         // Earlier runs' latency events follow the preloaded ones: the query commits them
         // too before the latency phase starts.
         let end = offsets.end()?;
@@ -510,6 +519,8 @@ impl KafkaBench {
             cpu_us_per_event: (cpu_at_end - cpu_at_first) * 1e6 / self.events as f64,
             peak_rss_mb,
             latency,
+            results_per_event,
+            changelog_per_event,
         })
     }
 

@@ -199,16 +199,16 @@ async fn main() -> Result<()> {
         "\n{events} events per query; latency: {} events/s for {} s; properties: {:?}\n",
         args.latency_rate, args.latency_seconds, args.properties
     );
-    println!("| query | events/s | ratio to raw | ratio to batch | CPU (µs/event) | p50 latency (ms) | p99 latency (ms) | latency rows | peak RSS (MB) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| query | events/s | ratio to raw | ratio to batch | CPU (µs/event) | p50 latency (ms) | p99 latency (ms) | latency rows | peak RSS (MB) | results / event | changelog / event |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (source, ((poll, poll_cpu), (batch, batch_cpu))) in &raw {
         println!(
-            "| raw librdkafka consume ({}) | {poll:.0} | 1.00 | {:.2} | {poll_cpu:.2} | | | | |",
+            "| raw librdkafka consume ({}) | {poll:.0} | 1.00 | {:.2} | {poll_cpu:.2} | | | | | | |",
             source.name(),
             poll / batch
         );
         println!(
-            "| raw librdkafka batch consume ({}) | {batch:.0} | {:.2} | 1.00 | {batch_cpu:.2} | | | | |",
+            "| raw librdkafka batch consume ({}) | {batch:.0} | {:.2} | 1.00 | {batch_cpu:.2} | | | | | | |",
             source.name(),
             batch / poll
         );
@@ -224,13 +224,15 @@ async fn main() -> Result<()> {
             });
         let ((poll, _), (batch, _)) = raw[&q.source];
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {p50} | {p99} | {n} | {:.0} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {p50} | {p99} | {n} | {:.0} | {:.2} | {:.2} |",
             q.name,
             r.events_per_s,
             r.events_per_s / poll,
             r.events_per_s / batch,
             r.cpu_us_per_event,
-            r.peak_rss_mb
+            r.peak_rss_mb,
+            r.results_per_event,
+            r.changelog_per_event
         );
     }
     if let Some(topic) = topics.get(&Source::Fraud) {
