@@ -116,6 +116,16 @@ fn run_with_changelog(
     (rows(out), changelog)
 }
 
+/// Record `offset` of `partition`: `{"k": k, "v": v, "ts": ts}`.
+fn event(offset: i64, partition: i32, k: &str, v: i64, ts: i64) -> RawRecord {
+    RawRecord {
+        partition,
+        offset,
+        timestamp_ms: None,
+        value: Some(json!({"k": k, "v": v, "ts": ts}).to_string().into_bytes()),
+    }
+}
+
 /// Keyed events on two partitions, roughly in time order with some disorder; a few far
 /// behind (late).
 fn records() -> impl Strategy<Value = Vec<RawRecord>> {
@@ -127,16 +137,7 @@ fn records() -> impl Strategy<Value = Vec<RawRecord>> {
                 .map(|(i, (k, v, jitter, partition, dice))| {
                     t += 600;
                     let ts = if dice == 0 { t - 30_000 } else { t - jitter };
-                    RawRecord {
-                        partition,
-                        offset: i as i64,
-                        timestamp_ms: None,
-                        value: Some(
-                            json!({"k": format!("k{k}"), "v": v + i as i64, "ts": ts})
-                                .to_string()
-                                .into_bytes(),
-                        ),
-                    }
+                    event(i as i64, partition, &format!("k{k}"), v + i as i64, ts)
                 })
                 .collect()
         },
@@ -165,16 +166,7 @@ proptest! {
 #[test]
 fn a_pipeline_restarted_empty_differs() {
     let records: Vec<RawRecord> = (0..20)
-        .map(|i| RawRecord {
-            partition: 0,
-            offset: i,
-            timestamp_ms: None,
-            value: Some(
-                json!({"k": "a", "v": 1, "ts": 1_000_000 + i * 100})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        })
+        .map(|i| event(i, 0, "a", 1, 1_000_000 + i * 100))
         .collect();
     let sql = &queries()[0];
     let straight = run(sql, &records, &[5], &[]);
@@ -197,15 +189,14 @@ fn the_changelog_holds_the_keys_of_open_windows_only() {
     // Key `k{w}` has events in window `w` only; 5 s tumbling windows, 30 of them; both
     // partitions deliver, so the watermark moves.
     let records: Vec<RawRecord> = (0..300)
-        .map(|i| RawRecord {
-            partition: (i % 2) as i32,
-            offset: i,
-            timestamp_ms: None,
-            value: Some(
-                json!({"k": format!("k{}", i / 10), "v": 1, "ts": 1_000_000 + i * 500})
-                    .to_string()
-                    .into_bytes(),
-            ),
+        .map(|i| {
+            event(
+                i,
+                (i % 2) as i32,
+                &format!("k{}", i / 10),
+                1,
+                1_000_000 + i * 500,
+            )
         })
         .collect();
     for sql in [&queries()[0], &queries()[1]] {
@@ -227,16 +218,7 @@ fn the_changelog_holds_the_keys_of_open_windows_only() {
 #[test]
 fn a_keys_groups_in_several_windows_are_one_record() {
     let records: Vec<RawRecord> = (0..10)
-        .map(|i| RawRecord {
-            partition: 0,
-            offset: i,
-            timestamp_ms: None,
-            value: Some(
-                json!({"k": "a", "v": 1, "ts": 1_000_000 + i * 300})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        })
+        .map(|i| event(i, 0, "a", 1, 1_000_000 + i * 300))
         .collect();
     let (_, changelog) = run_with_changelog(&queries()[1], &records, &[4], &[]);
     assert_eq!(group_keys(&changelog).len(), 1, "{changelog:?}");
@@ -274,15 +256,14 @@ fn records_of_one_group_each_are_read_then_deleted() {
         })
         .expect("a window bound among the group columns");
     let records: Vec<RawRecord> = (0..40)
-        .map(|i| RawRecord {
-            partition: (i % 2) as i32,
-            offset: i,
-            timestamp_ms: None,
-            value: Some(
-                json!({"k": format!("k{}", i % 3), "v": i, "ts": 1_000_000 + i * 400})
-                    .to_string()
-                    .into_bytes(),
-            ),
+        .map(|i| {
+            event(
+                i,
+                (i % 2) as i32,
+                &format!("k{}", i % 3),
+                i,
+                1_000_000 + i * 400,
+            )
         })
         .collect();
     let straight = run(sql, &records, &[5], &[]);
