@@ -11,14 +11,16 @@
 //! window end it has seen, so it stays bounded on an unbounded stream.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::RwLock;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::common::hash_map::EntryRef;
+
 use datafusion::common::hash_utils::RandomState;
-use datafusion::common::HashMap;
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
@@ -34,11 +36,21 @@ pub struct MaterializedTable {
     window: Option<(usize, i64)>,
 }
 
+/// One key's row.
+struct Row {
+    /// The key's hash: growing the table does not hash every key again (a windowed
+    /// table grows by a window's keys each window).
+    hash: u64,
+    key: Vec<u8>,
+    /// In arrow's row format. A row that replaces another is written into its buffer:
+    /// updating a key allocates nothing.
+    row: Vec<u8>,
+}
+
 #[derive(Default)]
 struct Rows {
-    /// Each key's row, in arrow's row format. A row that replaces another is written
-    /// into its buffer: updating a key allocates nothing.
-    by_key: HashMap<Vec<u8>, Vec<u8>, RandomState>,
+    by_key: HashTable<Row>,
+    hasher: RandomState,
     /// Keys by window end, for windowed tables.
     by_end: BTreeMap<i64, Vec<Vec<u8>>>,
     newest_end: i64,
@@ -50,18 +62,31 @@ impl Rows {
         if let Some(end) = end {
             self.newest_end = self.newest_end.max(end);
         }
-        match self.by_key.entry_ref(key) {
-            EntryRef::Occupied(mut e) => {
-                let held = e.get_mut();
+        let hash = self.hasher.hash_one(key);
+        match self.by_key.entry(hash, |r| r.key == key, |r| r.hash) {
+            Entry::Occupied(mut e) => {
+                let held = &mut e.get_mut().row;
                 held.clear();
                 held.extend_from_slice(row);
             }
-            EntryRef::Vacant(e) => {
-                e.insert(row.to_vec());
+            Entry::Vacant(e) => {
+                e.insert(Row {
+                    hash,
+                    key: key.to_vec(),
+                    row: row.to_vec(),
+                });
                 if let Some(end) = end {
                     self.by_end.entry(end).or_default().push(key.to_vec());
                 }
             }
+        }
+    }
+
+    /// Delete the row of `key`, if there is one.
+    fn remove(&mut self, key: &[u8]) {
+        let hash = self.hasher.hash_one(key);
+        if let Ok(e) = self.by_key.find_entry(hash, |r| r.key == key) {
+            e.remove();
         }
     }
 }
@@ -130,7 +155,7 @@ impl MaterializedTable {
         for i in 0..batch.rows.num_rows() {
             let key = encoded.key(i).unwrap_or_default();
             if batch.is_tombstone(i) {
-                table.by_key.remove(key);
+                table.remove(key);
                 continue;
             }
             table.upsert(key, rows.row(i).data(), ends.map(|e| e.value(i)));
@@ -200,7 +225,7 @@ impl MaterializedTable {
                     break;
                 }
                 for key in entry.remove() {
-                    table.by_key.remove(key.as_slice());
+                    table.remove(&key);
                 }
             }
         }
@@ -209,7 +234,8 @@ impl MaterializedTable {
     /// The current rows, in key order.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let table = self.rows.read().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(&Vec<u8>, &Vec<u8>)> = table.by_key.iter().collect();
+        let mut rows: Vec<(&Vec<u8>, &Vec<u8>)> =
+            table.by_key.iter().map(|r| (&r.key, &r.row)).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let parser = self.converter.parser();
         let columns = self
