@@ -68,7 +68,7 @@ impl EncodedRows {
 
 /// Pieces of one buffer, one per row.
 #[derive(Debug)]
-struct Lines {
+pub(crate) struct Lines {
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
 }
@@ -77,13 +77,21 @@ impl Lines {
     fn get(&self, i: usize) -> &[u8] {
         &self.buf[self.ranges[i].clone()]
     }
+
+    /// Each piece in a buffer of its own.
+    pub(crate) fn into_vec(self) -> Vec<Vec<u8>> {
+        self.ranges
+            .iter()
+            .map(|r| self.buf[r.clone()].to_vec())
+            .collect()
+    }
 }
 
 /// Encode `batch` as one JSON value per row, keyed by `key_columns`.
 pub fn encode_batch(batch: &ChangeBatch, key_columns: &[usize]) -> Result<EncodedRows> {
     let rows = &batch.rows;
     Ok(EncodedRows {
-        values: json_lines(rows)?,
+        values: json_objects(rows)?,
         keys: key_lines(rows, key_columns)?,
         tombstones: (0..rows.num_rows())
             .map(|i| batch.is_tombstone(i))
@@ -106,7 +114,7 @@ fn key_lines(rows: &RecordBatch, key_columns: &[usize]) -> Result<Option<Lines>>
             let keys = rows
                 .project(many)
                 .map_err(ExecError::arrow("projecting key columns"))?;
-            Some(json_lines(&keys)?)
+            Some(json_objects(&keys)?)
         }
     })
 }
@@ -139,7 +147,7 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
     let projected = rows
         .project(&[index])
         .map_err(ExecError::arrow("projecting key columns"))?;
-    let mut lines = json_lines(&projected)?;
+    let mut lines = json_objects(&projected)?;
     for range in &mut lines.ranges {
         if range.len() < prefix + 1 {
             return Err(ExecError::internal(
@@ -156,7 +164,7 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
 /// writer writes with explicit nulls (a test checks it on random batches). Strings,
 /// integers, floats and booleans are written here, in one pass per row with the
 /// field names written once; other types go through arrow's own encoder per value.
-fn json_lines(batch: &RecordBatch) -> Result<Lines> {
+pub(crate) fn json_objects(batch: &RecordBatch) -> Result<Lines> {
     let options = EncoderOptions::default().with_explicit_nulls(true);
     let schema = batch.schema();
     let mut columns = Vec::with_capacity(batch.num_columns());
@@ -407,7 +415,7 @@ mod tests {
                     .expect("batch");
                 // Sliced too: the arrays' offsets must be honoured.
                 for batch in [batch.clone(), batch.slice(rows.len() / 2, rows.len() - rows.len() / 2)] {
-                    let ours = json_lines(&batch).expect("encodes");
+                    let ours = json_objects(&batch).expect("encodes");
                     let ours: Vec<Vec<u8>> =
                         (0..ours.ranges.len()).map(|i| ours.get(i).to_vec()).collect();
                     let text = |lines: &[Vec<u8>]| -> Vec<String> {

@@ -20,14 +20,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{Field, FieldRef, SchemaRef};
+use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use datafusion::arrow::json::writer::{make_encoder, EncoderOptions, NullableEncoder};
 
 use crate::error::{ExecError, Result};
+use crate::json_encoder;
 use crate::state_rows::{RowCodec, FORMAT};
 
 /// One changelog record: a state entry's key and its value, `None` when it was removed.
@@ -50,45 +50,18 @@ pub(crate) fn json_keys(
     if columns.is_empty() {
         return Ok(vec![b"[]".to_vec(); rows]);
     }
-    let options = EncoderOptions::default().with_explicit_nulls(true);
     let fields: Vec<FieldRef> = columns
         .iter()
         .zip(names)
         .map(|(array, name)| Arc::new(Field::new(name, array.data_type().clone(), true)))
         .collect();
-    // Per column: `,"name":` (no comma first), and an encoder.
-    let mut parts = Vec::with_capacity(columns.len());
-    for (i, (array, field)) in columns.iter().zip(&fields).enumerate() {
-        let mut prefix = if i == 0 { vec![] } else { vec![b','] };
-        serde_json::to_writer(&mut prefix, field.name())
-            .map_err(|e| ExecError::internal("state", &format!("encoding a key name: {e}")))?;
-        prefix.push(b':');
-        let encoder = make_encoder(field, array.as_ref(), &options)
-            .map_err(ExecError::arrow("encoding keys"))?;
-        parts.push((prefix, encoder));
-    }
-    let mut keys = Vec::with_capacity(rows);
-    let mut width = 16;
-    for row in 0..rows {
-        let mut key = Vec::with_capacity(width);
-        key.push(b'{');
-        for (prefix, encoder) in &mut parts {
-            key.extend_from_slice(prefix);
-            write_value(encoder, row, &mut key);
-        }
-        key.push(b'}');
-        width = width.max(key.len());
-        keys.push(key);
-    }
-    Ok(keys)
-}
-
-fn write_value(encoder: &mut NullableEncoder<'_>, row: usize, out: &mut Vec<u8>) {
-    if encoder.is_null(row) {
-        out.extend_from_slice(b"null");
-    } else {
-        encoder.encode(row, out);
-    }
+    let batch = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns.to_vec(),
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(ExecError::arrow("encoding keys"))?;
+    Ok(json_encoder::json_objects(&batch)?.into_vec())
 }
 
 /// Encodes state rows of one schema as messages, and reads them back (see the module
