@@ -131,9 +131,7 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
             if strings.is_null(i) {
                 buf.extend_from_slice(b"null");
             } else {
-                serde_json::to_writer(&mut buf, strings.value(i)).map_err(|e| {
-                    ExecError::internal("JsonEncoder", &format!("encoding a key: {e}"))
-                })?;
+                write_string(strings.value(i), &mut buf);
             }
             ranges.push(start..buf.len());
         }
