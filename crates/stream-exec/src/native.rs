@@ -176,7 +176,9 @@ impl Drop for FetchQueue {
 
 /// A producer's handle on one topic, for queueing records in batches; it lives no longer
 /// than the producer it was made from.
-pub(crate) struct ProduceTopic<'a> {
+///
+/// Public for the `throughput` benchmark, whose raw pipe writes as a query does.
+pub struct ProduceTopic<'a> {
     topic: NonNull<rd::rd_kafka_topic_t>,
     producer: PhantomData<&'a ()>,
 }
@@ -189,26 +191,23 @@ unsafe impl Sync for ProduceTopic<'_> {}
 
 /// What [`ProduceTopic::queue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Queued {
+pub struct Queued {
     /// How many records were queued.
-    pub(crate) queued: usize,
+    pub queued: usize,
     /// The first record not queued, and why. When that is `QueueFull`, no record after it
     /// was queued either.
-    pub(crate) failed: Option<(usize, RDKafkaErrorCode)>,
+    pub failed: Option<(usize, RDKafkaErrorCode)>,
 }
 
 /// A record to queue: its key and value.
-pub(crate) type KeyValue<'r> = (Option<&'r [u8]>, Option<&'r [u8]>);
+pub type KeyValue<'r> = (Option<&'r [u8]>, Option<&'r [u8]>);
 
 /// The partition librdkafka's partitioner chooses (`RD_KAFKA_PARTITION_UA`).
 const UNASSIGNED: i32 = -1;
 
 impl<'a> ProduceTopic<'a> {
     /// A handle on `topic` for `producer`.
-    pub(crate) fn new<C: ProducerContext>(
-        producer: &'a ThreadedProducer<C>,
-        topic: &str,
-    ) -> Option<Self> {
+    pub fn new<C: ProducerContext>(producer: &'a ThreadedProducer<C>, topic: &str) -> Option<Self> {
         let topic = CString::new(topic).ok()?;
         // SAFETY: the client lives as long as `producer`, which outlives `'a`; a null
         // configuration takes the producer's defaults.
@@ -229,7 +228,7 @@ impl<'a> ProduceTopic<'a> {
     /// partitioner puts each by its key. librdkafka copies them. Each record queued carries
     /// an `opaque()` to its delivery report; a record not queued gets none (its opaque is
     /// dropped here).
-    pub(crate) fn queue<O: IntoOpaque>(
+    pub fn queue<O: IntoOpaque>(
         &self,
         partition: Option<i32>,
         records: &[KeyValue<'_>],

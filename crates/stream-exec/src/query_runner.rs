@@ -136,13 +136,14 @@ pub fn use_java_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
         .set("sticky.partitioning.linger.ms", "0")
 }
 
-/// The producer of a persistent query. Exactly-once: transactional, with the query's
-/// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
-/// run that died, or of this run before a Kafka failure) and aborts its open transaction.
-async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
-    let mut producer_config = ClientConfig::new();
-    producer_config
-        .set("bootstrap.servers", &config.bootstrap_servers)
+/// The configuration of a persistent query's producer; transactional when it has a
+/// `transactional_id` (exactly-once).
+///
+/// Public for the `throughput` benchmark, whose raw pipe writes as a query does.
+pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
         .set("linger.ms", "5")
         // A batch's result and changelog records (over 100,000 for a HOP query) are
         // queued at once; with the default (100,000) the writer waited for room.
@@ -151,12 +152,21 @@ async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
         // A broker outage fails a batch within this time (then it is retried), well
         // inside the transaction timeout.
         .set("message.timeout.ms", "30000");
-    use_java_partitioner(&mut producer_config);
-    if config.exactly_once {
-        producer_config
-            .set("transactional.id", &config.group_id)
+    use_java_partitioner(&mut config);
+    if let Some(id) = transactional_id {
+        config
+            .set("transactional.id", id)
             .set("transaction.timeout.ms", "60000");
     }
+    config
+}
+
+/// The producer of a persistent query. Exactly-once: transactional, with the query's
+/// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
+/// run that died, or of this run before a Kafka failure) and aborts its open transaction.
+async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
+    let transactional_id = config.exactly_once.then_some(config.group_id.as_str());
+    let producer_config = producer_config(&config.bootstrap_servers, transactional_id);
     let producer: QueryProducer = producer_config
         .create_with_context(AckContext)
         .map_err(|e| ExecError::kafka("creating the producer", e))?;

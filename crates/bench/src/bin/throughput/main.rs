@@ -6,7 +6,10 @@
 //! 1. preloads two single-partition topics, once (later runs reuse them): fraud-style
 //!    card transactions, ~120 bytes of JSON each, 100,000 cards, and Nexmark bids from the
 //!    `nexmark` crate (its default configuration), as JSON;
-//! 2. measures librdkafka's own consume rate on each topic (the fastest of three passes);
+//! 2. measures librdkafka's own consume rate on each topic (the fastest of three passes),
+//!    and, on the fraud topic, the ceiling of a query's Kafka work: librdkafka alone
+//!    reading as a query does and writing every record, or one in two, back in
+//!    transactions (a "raw pipe", no engine; also the fastest of three);
 //! 3. runs each query in a fresh `sluice server` (the release binary beside this one),
 //!    from the beginning of its topic, and reports events/s from its first record read
 //!    (the query's `records_in` counter, sampled every 20 ms) to the commit of its last
@@ -157,6 +160,7 @@ async fn main() -> Result<()> {
     }
     let mut topics = HashMap::new();
     let mut raw = HashMap::new();
+    let mut pipes = vec![];
     for source in [Source::Fraud, Source::Nexmark] {
         if !selected
             .iter()
@@ -192,6 +196,29 @@ async fn main() -> Result<()> {
                     .expect("at least one pass"),
             );
         }
+        if source == Source::Fraud {
+            // The ceiling of a query's Kafka work: reading and writing as a query does,
+            // with no engine. A windowed query writes about one record in two.
+            for every in [1, 2] {
+                let mut passes = vec![];
+                for _ in 0..RAW_PASSES {
+                    passes.push(kafka::raw_pipe(&bootstrap, &topic, events, every).await?);
+                }
+                println!(
+                    "{topic}: librdkafka reads and writes one in {every}: {} records read/s",
+                    passes
+                        .iter()
+                        .map(|(rate, _)| format!("{rate:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let best = passes
+                    .into_iter()
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .expect("at least one pass");
+                pipes.push((every, best));
+            }
+        }
         topics.insert(source, topic);
         raw.insert(source, (fastest[0], fastest[1]));
     }
@@ -212,6 +239,16 @@ async fn main() -> Result<()> {
             source.name(),
             batch / poll
         );
+    }
+    if let Some(((poll, _), (batch, _))) = raw.get(&Source::Fraud) {
+        for (every, (rate, cpu)) in &pipes {
+            println!(
+                "| raw librdkafka read and write 1 in {every}, transactions (fraud) | {rate:.0} | {:.2} | {:.2} | {cpu:.2} | | | | | {:.2} | |",
+                rate / poll,
+                rate / batch,
+                1.0 / *every as f64
+            );
+        }
     }
     for q in selected.iter().filter(|q| !q.engine_only) {
         let r = bench.run_query(q, &topics[&q.source]).await?;
