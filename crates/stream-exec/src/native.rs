@@ -175,19 +175,21 @@ impl Drop for FetchQueue {
 }
 
 /// A producer's handle on one topic, for queueing records in batches; it lives no longer
-/// than the producer it was made from.
+/// than the producer it was made from, and its records carry that producer's delivery
+/// opaques.
 ///
 /// Public for the `throughput` benchmark, whose raw pipe writes as a query does.
-pub struct ProduceTopic<'a> {
+pub struct ProduceTopic<'a, C: ProducerContext> {
     topic: NonNull<rd::rd_kafka_topic_t>,
     producer: PhantomData<&'a ()>,
+    opaque: PhantomData<fn() -> C>,
 }
 
 // SAFETY: a librdkafka topic handle may be used from any thread (the topic is locked
 // inside librdkafka).
-unsafe impl Send for ProduceTopic<'_> {}
+unsafe impl<C: ProducerContext> Send for ProduceTopic<'_, C> {}
 // SAFETY: as above.
-unsafe impl Sync for ProduceTopic<'_> {}
+unsafe impl<C: ProducerContext> Sync for ProduceTopic<'_, C> {}
 
 /// What [`ProduceTopic::queue`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,9 +207,9 @@ pub type KeyValue<'r> = (Option<&'r [u8]>, Option<&'r [u8]>);
 /// The partition librdkafka's partitioner chooses (`RD_KAFKA_PARTITION_UA`).
 const UNASSIGNED: i32 = -1;
 
-impl<'a> ProduceTopic<'a> {
+impl<'a, C: ProducerContext> ProduceTopic<'a, C> {
     /// A handle on `topic` for `producer`.
-    pub fn new<C: ProducerContext>(producer: &'a ThreadedProducer<C>, topic: &str) -> Option<Self> {
+    pub fn new(producer: &'a ThreadedProducer<C>, topic: &str) -> Option<Self> {
         let topic = CString::new(topic).ok()?;
         // SAFETY: the client lives as long as `producer`, which outlives `'a`; a null
         // configuration takes the producer's defaults.
@@ -221,6 +223,7 @@ impl<'a> ProduceTopic<'a> {
         NonNull::new(topic).map(|topic| Self {
             topic,
             producer: PhantomData,
+            opaque: PhantomData,
         })
     }
 
@@ -228,11 +231,11 @@ impl<'a> ProduceTopic<'a> {
     /// partitioner puts each by its key. librdkafka copies them. Each record queued carries
     /// an `opaque()` to its delivery report; a record not queued gets none (its opaque is
     /// dropped here).
-    pub fn queue<O: IntoOpaque>(
+    pub fn queue(
         &self,
         partition: Option<i32>,
         records: &[KeyValue<'_>],
-        opaque: impl Fn() -> O,
+        opaque: impl Fn() -> C::DeliveryOpaque,
     ) -> Queued {
         let bytes = |b: Option<&[u8]>| {
             b.map_or((std::ptr::null_mut(), 0), |b| {
@@ -280,7 +283,7 @@ impl<'a> ProduceTopic<'a> {
             } else {
                 // SAFETY: librdkafka took no ownership of a message it did not queue; its
                 // opaque came from `into_ptr` above and is taken back once.
-                drop(unsafe { O::from_ptr(m._private) });
+                drop(unsafe { C::DeliveryOpaque::from_ptr(m._private) });
                 done.failed
                     .get_or_insert((i, RDKafkaErrorCode::from(m.err)));
             }
@@ -289,7 +292,7 @@ impl<'a> ProduceTopic<'a> {
     }
 }
 
-impl Drop for ProduceTopic<'_> {
+impl<C: ProducerContext> Drop for ProduceTopic<'_, C> {
     fn drop(&mut self) {
         // SAFETY: the handle came from `rd_kafka_topic_new` and is released once; records
         // queued through it keep the topic itself alive.

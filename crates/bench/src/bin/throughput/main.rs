@@ -46,6 +46,19 @@ pub fn rss_mb(pid: u32) -> f64 {
     sluice_bench::proc_mb(pid, "VmRSS:")
 }
 
+/// Print the rates of `passes` (rate, CPU) after `what`, and return the fastest.
+fn fastest_pass(what: &str, passes: Vec<(f64, f64)>) -> (f64, f64) {
+    let rates: Vec<String> = passes
+        .iter()
+        .map(|(rate, _)| format!("{rate:.0}"))
+        .collect();
+    println!("{what} {}", rates.join(", "));
+    passes
+        .into_iter()
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .expect("at least one pass")
+}
+
 struct Args {
     engine_only: bool,
     /// Internal: measure state size in this fresh process and print "groups bytes".
@@ -181,20 +194,10 @@ async fn main() -> Result<()> {
                         .await??,
                 );
             }
-            println!(
-                "{topic}: librdkafka consumes ({mode:?}) {} messages/s",
-                passes
-                    .iter()
-                    .map(|(rate, _)| format!("{rate:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            fastest.push(
-                passes
-                    .into_iter()
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .expect("at least one pass"),
-            );
+            fastest.push(fastest_pass(
+                &format!("{topic}: librdkafka consumes ({mode:?}), messages/s:"),
+                passes,
+            ));
         }
         if source == Source::Fraud {
             // The ceiling of a query's Kafka work: reading and writing as a query does,
@@ -204,19 +207,9 @@ async fn main() -> Result<()> {
                 for _ in 0..RAW_PASSES {
                     passes.push(kafka::raw_pipe(&bootstrap, &topic, events, every).await?);
                 }
-                println!(
-                    "{topic}: librdkafka reads and writes one in {every}: {} records read/s",
-                    passes
-                        .iter()
-                        .map(|(rate, _)| format!("{rate:.0}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                let best = passes
-                    .into_iter()
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .expect("at least one pass");
-                pipes.push((every, best));
+                let what =
+                    format!("{topic}: librdkafka reads and writes one in {every}, records read/s:");
+                pipes.push((every, fastest_pass(&what, passes)));
             }
         }
         topics.insert(source, topic);
