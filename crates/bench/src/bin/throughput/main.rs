@@ -33,6 +33,7 @@
 
 mod engine;
 mod kafka;
+mod raw;
 mod workload;
 
 use std::collections::HashMap;
@@ -185,12 +186,12 @@ async fn main() -> Result<()> {
         // The fastest of a few passes: the raw rate moves by a third from one pass to the
         // next on a shared machine, and a slow pass would flatter the ratios.
         let mut fastest = vec![];
-        for mode in [kafka::RawMode::Poll, kafka::RawMode::Batch] {
+        for mode in [raw::RawMode::Poll, raw::RawMode::Batch] {
             let mut passes = vec![];
             for _ in 0..RAW_PASSES {
                 let (b, t) = (bootstrap.clone(), topic.clone());
                 passes.push(
-                    tokio::task::spawn_blocking(move || kafka::raw_rate(&b, &t, events, mode))
+                    tokio::task::spawn_blocking(move || raw::raw_rate(&b, &t, events, mode))
                         .await??,
                 );
             }
@@ -205,7 +206,7 @@ async fn main() -> Result<()> {
             for every in [1, 2] {
                 let mut passes = vec![];
                 for _ in 0..RAW_PASSES {
-                    passes.push(kafka::raw_pipe(&bootstrap, &topic, events, every).await?);
+                    passes.push(raw::raw_pipe(&bootstrap, &topic, events, every).await?);
                 }
                 let what =
                     format!("{topic}: librdkafka reads and writes one in {every}, records read/s:");
