@@ -1,12 +1,14 @@
-//! Writing a persistent query's batch: its results to the sink topic and its state
-//! changes to the changelog, then its consumer offsets, in one Kafka transaction
-//! (exactly-once) or as produce, wait for the acknowledgements, commit (at-least-once).
+//! A persistent query's producer, and writing its batches: the results to the sink topic
+//! and the state changes to the changelog, then the consumer offsets, in one Kafka
+//! transaction (exactly-once) or as produce, wait for the acknowledgements, commit
+//! (at-least-once).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -81,6 +83,61 @@ impl Acks {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Spread keyed records as Kafka's Java producer does (murmur2 of the key bytes), so a
+/// topic Sluice writes is partitioned like one ksqlDB, Kafka Streams or Flink writes, and
+/// joins with them stay co-partitioned; librdkafka's default hashes with CRC32. Records
+/// without a key go to a random partition each, rather than librdkafka's sticky
+/// partition, which looks the partition up and reads the clock per record (6 % of a
+/// stateless query's CPU).
+pub fn use_java_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
+    config
+        .set("partitioner", "murmur2_random")
+        .set("sticky.partitioning.linger.ms", "0")
+}
+
+/// The configuration of a persistent query's producer; transactional when it has a
+/// `transactional_id` (exactly-once).
+///
+/// Public for the `throughput` benchmark, whose raw pipe writes as a query does.
+pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("linger.ms", "5")
+        // A batch's result and changelog records (over 100,000 for a HOP query) are
+        // queued at once; with the default (100,000) the writer waited for room.
+        .set("queue.buffering.max.messages", "1000000")
+        .set("acks", "all")
+        // A broker outage fails a batch within this time (then it is retried), well
+        // inside the transaction timeout.
+        .set("message.timeout.ms", "30000");
+    use_java_partitioner(&mut config);
+    if let Some(id) = transactional_id {
+        config
+            .set("transactional.id", id)
+            .set("transaction.timeout.ms", "60000");
+    }
+    config
+}
+
+/// The producer of a persistent query. Exactly-once: transactional, with the query's
+/// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
+/// run that died, or of this run before a Kafka failure) and aborts its open transaction.
+pub(crate) async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
+    let transactional_id = config.exactly_once.then_some(config.group_id.as_str());
+    let producer_config = producer_config(&config.bootstrap_servers, transactional_id);
+    let producer: QueryProducer = producer_config
+        .create_with_context(AckContext)
+        .map_err(|e| ExecError::kafka("creating the producer", e))?;
+    if config.exactly_once {
+        transaction(&producer, "starting transactions", |p| {
+            p.init_transactions(TRANSACTION_TIMEOUT)
+        })
+        .await?;
+    }
+    Ok(producer)
 }
 
 /// While the producer's queue is full, how long to wait before queueing again.

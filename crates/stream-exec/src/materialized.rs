@@ -17,7 +17,6 @@ use std::sync::RwLock;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
-
 use datafusion::common::hash_utils::RandomState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;

@@ -7,16 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::Producer;
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
 use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
 use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Subscribed};
-use crate::delivery::{transaction, AckContext, Delivery, Outgoing, QueryProducer};
+use crate::delivery::{new_producer, Delivery, Outgoing, QueryProducer};
+pub use crate::delivery::{producer_config, use_java_partitioner};
 use crate::error::{ExecError, Result};
 use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
@@ -122,61 +121,6 @@ pub async fn run_query(
         Some(producer) => run(config, plan, stats, shutdown, Output::Topic(producer)).await,
         None => Ok(()),
     }
-}
-
-/// Spread keyed records as Kafka's Java producer does (murmur2 of the key bytes), so a
-/// topic Sluice writes is partitioned like one ksqlDB, Kafka Streams or Flink writes, and
-/// joins with them stay co-partitioned; librdkafka's default hashes with CRC32. Records
-/// without a key go to a random partition each, rather than librdkafka's sticky
-/// partition, which looks the partition up and reads the clock per record (6 % of a
-/// stateless query's CPU).
-pub fn use_java_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
-    config
-        .set("partitioner", "murmur2_random")
-        .set("sticky.partitioning.linger.ms", "0")
-}
-
-/// The configuration of a persistent query's producer; transactional when it has a
-/// `transactional_id` (exactly-once).
-///
-/// Public for the `throughput` benchmark, whose raw pipe writes as a query does.
-pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("linger.ms", "5")
-        // A batch's result and changelog records (over 100,000 for a HOP query) are
-        // queued at once; with the default (100,000) the writer waited for room.
-        .set("queue.buffering.max.messages", "1000000")
-        .set("acks", "all")
-        // A broker outage fails a batch within this time (then it is retried), well
-        // inside the transaction timeout.
-        .set("message.timeout.ms", "30000");
-    use_java_partitioner(&mut config);
-    if let Some(id) = transactional_id {
-        config
-            .set("transactional.id", id)
-            .set("transaction.timeout.ms", "60000");
-    }
-    config
-}
-
-/// The producer of a persistent query. Exactly-once: transactional, with the query's
-/// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
-/// run that died, or of this run before a Kafka failure) and aborts its open transaction.
-async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
-    let transactional_id = config.exactly_once.then_some(config.group_id.as_str());
-    let producer_config = producer_config(&config.bootstrap_servers, transactional_id);
-    let producer: QueryProducer = producer_config
-        .create_with_context(AckContext)
-        .map_err(|e| ExecError::kafka("creating the producer", e))?;
-    if config.exactly_once {
-        transaction(&producer, "starting transactions", |p| {
-            p.init_transactions(TRANSACTION_TIMEOUT)
-        })
-        .await?;
-    }
-    Ok(producer)
 }
 
 /// The first wait before retrying after a Kafka failure; it doubles up to [`MAX_BACKOFF`].
