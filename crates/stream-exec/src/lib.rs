@@ -16,6 +16,7 @@
 //! - [`materialized`]: a CTAS table's current rows, for pull queries.
 //! - [`changelog`]: reading a query's changelog and result topic back at start.
 //! - [`state`]: operator state as changelog records, for restarts.
+//! - [`frames`]: those records packed into few, large ones, with snapshots.
 //! - [`stats`]: per-query counters and the processing log.
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
 
@@ -23,6 +24,7 @@ pub mod changelog;
 mod consumer;
 mod delivery;
 pub mod embedded_broker;
+pub mod frames;
 pub mod error;
 pub mod json_decoder;
 pub mod json_encoder;

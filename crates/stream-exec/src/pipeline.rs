@@ -124,6 +124,17 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// The changelog records of every live state entry (with, maybe, deletions of
+    /// entries already gone), and the stream time: a snapshot, which a changelog read
+    /// back from nothing but it restores the same state.
+    pub fn take_state_snapshot(&mut self) -> Result<Vec<StateChange>> {
+        for op in &mut self.operators {
+            op.mark_all_changed();
+        }
+        self.checkpointed_time = None;
+        self.take_state_changes()
+    }
+
     /// Rebuild the state of a pipeline that has processed nothing from the latest value
     /// of each changelog key (as [`Pipeline::take_state_changes`] wrote them), at `now`.
     pub fn restore(&mut self, latest: &HashMap<Vec<u8>, Vec<u8>>, now: Instant) -> Result<()> {

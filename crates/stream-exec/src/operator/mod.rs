@@ -99,6 +99,11 @@ pub trait Operator: Send {
         Ok(vec![])
     }
 
+    /// Count every state entry as changed, so the next
+    /// [`Operator::take_state_changes`] hands over all of them: a snapshot of the state
+    /// (see [`crate::frames`]).
+    fn mark_all_changed(&mut self) {}
+
     /// Rebuild the state from the latest value of each of its changelog keys (`(key,
     /// value)`, the key as it wrote it), on an operator that has processed nothing;
     /// `watermark` is the last one it saw before (windows it had closed may still be in

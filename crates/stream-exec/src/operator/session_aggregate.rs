@@ -555,6 +555,10 @@ impl Operator for SessionAggregateOperator {
         true
     }
 
+    fn mark_all_changed(&mut self) {
+        self.index.mark_all_dirty();
+    }
+
     fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
         let keys = self.index.take_dirty();
         if keys.is_empty() {

@@ -143,6 +143,15 @@ impl SessionIndex {
         }
     }
 
+    /// Mark every key with open sessions as changed.
+    pub(crate) fn mark_all_dirty(&mut self) {
+        for k in 0..self.head.len() {
+            if self.head[k] != NONE {
+                self.mark_dirty(k as u32);
+            }
+        }
+    }
+
     /// The keys changed since the last call.
     pub(crate) fn take_dirty(&mut self) -> Vec<u32> {
         for &k in &self.dirty {

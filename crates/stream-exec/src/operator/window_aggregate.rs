@@ -548,6 +548,17 @@ impl Operator for WindowAggregateOperator {
         true
     }
 
+    fn mark_all_changed(&mut self) {
+        for window in self.windows.values_mut() {
+            for (g, flags) in window.flags.iter_mut().enumerate() {
+                if *flags & DIRTY == 0 {
+                    *flags |= DIRTY;
+                    window.dirty.push(g as u32);
+                }
+            }
+        }
+    }
+
     fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
         let mut out = self.deleted_keys()?;
         // One record per key with a changed group, holding its groups in every open
