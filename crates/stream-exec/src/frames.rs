@@ -32,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::changelog::KeyedRecord;
 use crate::error::{ExecError, Result};
+use crate::pipeline::Pipeline;
 use crate::state::StateChange;
 
 /// About how many bytes a frame holds; one entry larger than this is a frame of its own.
@@ -43,8 +44,9 @@ pub const FRAME_BYTES: usize = 32 << 10;
 /// A snapshot is due once the frames since the last one hold this many times its bytes
 /// (or [`MIN_SNAPSHOT_BYTES`], if more).
 pub const SNAPSHOT_AFTER: usize = 4;
-/// The least a snapshot counts as, so a small state is not written again and again.
-pub const MIN_SNAPSHOT_BYTES: usize = 1 << 20;
+/// The least a snapshot counts as, so a tiny state is not written after every batch.
+/// (Writing a small state again is cheap: its bytes, and a tombstone per frame since.)
+pub const MIN_SNAPSHOT_BYTES: usize = 4 << 10;
 /// The first byte of a frame's key.
 const FRAME_KEY: u8 = 0xFF;
 const VERSION: u8 = 1;
@@ -53,6 +55,56 @@ const CLEAR_THEN_APPLY: u8 = 2;
 const SNAPSHOT_MORE: u8 = 3;
 /// The value length of a deleted entry.
 const DELETED: u32 = u32::MAX;
+
+/// How a query writes its pipeline's state to its changelog: in frames, with a snapshot
+/// when one is due (exactly-once), or a record per entry (at-least-once).
+#[derive(Debug, Default)]
+pub struct StateWriter {
+    frames: Frames,
+    exactly_once: bool,
+    /// Records to write before the next changes ([`Frames::unpack`]).
+    pending: Vec<StateChange>,
+}
+
+impl StateWriter {
+    /// For a changelog read back as `records` (in offset order): the entries to restore
+    /// the pipeline from, and the writer that goes on from them.
+    pub fn read_back(
+        records: Vec<KeyedRecord>,
+        exactly_once: bool,
+    ) -> Result<(HashMap<Vec<u8>, Vec<u8>>, Self)> {
+        let (entries, mut frames) = Frames::read_back(records)?;
+        let pending = match !exactly_once && frames.has_frames() {
+            true => frames.unpack(&entries),
+            false => vec![],
+        };
+        let writer = Self {
+            frames,
+            exactly_once,
+            pending,
+        };
+        Ok((entries, writer))
+    }
+
+    /// The changelog records of `pipeline`'s state changes since the last call.
+    pub fn take(&mut self, pipeline: &mut Pipeline) -> Result<Vec<StateChange>> {
+        let mut out = std::mem::take(&mut self.pending);
+        if !self.exactly_once {
+            out.extend(pipeline.take_state_changes()?);
+        } else if self.frames.wants_snapshot() {
+            let snapshot = self.frames.pack_snapshot(&pipeline.take_state_snapshot()?);
+            tracing::debug!(
+                records = snapshot.len(),
+                bytes = self.frames.snapshot_bytes,
+                "a snapshot of the state goes to the changelog"
+            );
+            out.extend(snapshot);
+        } else {
+            out.extend(self.frames.pack(&pipeline.take_state_changes()?));
+        }
+        Ok(out)
+    }
+}
 
 /// What a query has written to its changelog: enough to pack the next state changes
 /// into frames, to know when a snapshot is due, and what a snapshot deletes.
@@ -103,10 +155,7 @@ impl Frames {
                 }
             }
         }
-        frames.snapshot_bytes = entries
-            .iter()
-            .map(|(k, v)| entry_bytes(k, Some(v)))
-            .sum();
+        frames.snapshot_bytes = entries.iter().map(|(k, v)| entry_bytes(k, Some(v))).sum();
         Ok((entries, frames))
     }
 
@@ -442,8 +491,8 @@ mod tests {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect();
         assert_eq!(entries, expected);
-        // Frames until a snapshot is due: with this little state, past 4 MiB.
-        let big = "x".repeat(64 << 10);
+        // Frames until a snapshot is due: with this little state, past 16 KiB.
+        let big = "x".repeat(1000);
         let mut batches = 0;
         while !frames.wants_snapshot() {
             let changes = vec![change(&format!("0:k{}", batches % 3), Some(&big))];
@@ -451,12 +500,12 @@ mod tests {
             apply_changes(&mut expected, &changes);
             batches += 1;
         }
-        assert_eq!(batches, 64);
+        assert_eq!(batches, 17);
         apply_changes(&mut expected, &[change("0:b", None)]);
         let snapshot = frames.pack_snapshot(&snapshot_of(&expected));
-        // Tombstones first: of the two entry records left and of the 64 frames.
+        // Tombstones first: of the two entry records left and of the 17 frames.
         let tombstones = snapshot.iter().take_while(|r| r.value.is_none()).count();
-        assert_eq!(tombstones, 2 + 64);
+        assert_eq!(tombstones, 2 + 17);
         assert!(snapshot[..tombstones]
             .iter()
             .any(|r| r.key == b"0:c" && r.value.is_none()));
@@ -469,7 +518,10 @@ mod tests {
         let (entries, read) = Frames::read_back(log.clone()).unwrap();
         assert_eq!(entries, expected);
         assert_eq!(read.next, frames.next);
-        assert!(!read.wants_snapshot(), "the snapshot read back is not counted again");
+        assert!(
+            !read.wants_snapshot(),
+            "the snapshot read back is not counted again"
+        );
         let left = compacted(&log, log.len(), log.len());
         assert!(left.len() < 10, "{} records left", left.len());
         let (entries, _) = Frames::read_back(left).unwrap();
@@ -482,7 +534,12 @@ mod tests {
         let written = frames.pack(&[change("0:a", Some("1"))]);
         let (key, value) = records(&written).remove(0);
         let value = value.unwrap();
-        for bad in [&value[..value.len() - 1], &value[..1], &[9, 1][..], &[1, 7][..]] {
+        for bad in [
+            &value[..value.len() - 1],
+            &value[..1],
+            &[9, 1][..],
+            &[1, 7][..],
+        ] {
             let got = Frames::read_back(vec![(key.clone(), Some(bad.to_vec()))]);
             assert!(
                 matches!(&got, Err(ExecError::State(m)) if m.contains("malformed changelog frame")),

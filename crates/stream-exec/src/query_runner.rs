@@ -17,6 +17,7 @@ use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Sub
 use crate::delivery::{new_producer, Delivery, Outgoing, QueryProducer};
 pub use crate::delivery::{producer_config, use_java_partitioner};
 use crate::error::{ExecError, Result};
+use crate::frames::StateWriter;
 use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
@@ -202,7 +203,7 @@ async fn run(
             return Ok(());
         }
     }
-    let Some(pipeline) = retry(
+    let Some((pipeline, writer)) = retry(
         query_id,
         "reading state back",
         &stats,
@@ -245,7 +246,7 @@ async fn run(
             partitions: &partitions,
         },
         changelog.as_deref(),
-        pipeline,
+        (pipeline, writer),
     )
     .await;
     reader.stop().await;
@@ -318,7 +319,7 @@ async fn process(
     output: &mut Output,
     source: Source<'_>,
     changelog: Option<&str>,
-    mut pipeline: Pipeline,
+    (mut pipeline, mut writer): (Pipeline, StateWriter),
 ) -> Result<()> {
     let query_id = config.query_id.as_str();
     let Source {
@@ -367,7 +368,7 @@ async fn process(
                 .await
             ) {
                 Some(fresh) => {
-                    pipeline = fresh;
+                    (pipeline, writer) = fresh;
                     seen_assignment = None;
                 }
                 None => break Ok(()),
@@ -523,7 +524,7 @@ async fn process(
             continue;
         }
         let changes = match changelog {
-            Some(_) => tri!(pipeline.take_state_changes()),
+            Some(_) => tri!(writer.take(&mut pipeline)),
             None => vec![],
         };
         let processed = process_started.elapsed();
@@ -709,22 +710,27 @@ where
     }
 }
 
-/// A fresh pipeline over `partitions`, its state read back from `changelog`.
+/// A fresh pipeline over `partitions`, its state read back from `changelog`, and the
+/// writer of its changelog.
 async fn start_pipeline(
     config: &QueryConfig,
     plan: &StreamPlan,
     partitions: &[i32],
     changelog: Option<&str>,
-) -> Result<Pipeline> {
+) -> Result<(Pipeline, StateWriter)> {
     let mut pipeline = Pipeline::new(&config.query_id, plan, config.idle_timeout)?;
     let now = std::time::Instant::now();
     pipeline.assign(partitions.iter().copied(), now);
+    let mut writer = StateWriter::default();
     if let Some(changelog) = changelog {
-        let state = latest(read_topic(&config.bootstrap_servers, changelog).await?);
+        let records = read_topic(&config.bootstrap_servers, changelog).await?;
+        let count = records.len();
+        let (state, read) = StateWriter::read_back(records, config.exactly_once)?;
         pipeline.restore(&state, now)?;
-        tracing::info!(query_id = %config.query_id, entries = state.len(), changelog, "state read back");
+        writer = read;
+        tracing::info!(query_id = %config.query_id, entries = state.len(), records = count, changelog, "state read back");
     }
-    Ok(pipeline)
+    Ok((pipeline, writer))
 }
 
 /// Send a push query's `batches` to its client; `false` when the client has gone away or
