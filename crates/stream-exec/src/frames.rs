@@ -56,6 +56,9 @@ const SNAPSHOT_MORE: u8 = 3;
 /// The value length of a deleted entry.
 const DELETED: u32 = u32::MAX;
 
+/// State entries read back: each entry key's latest value.
+pub type Entries = HashMap<Vec<u8>, Vec<u8>>;
+
 /// How a query writes its pipeline's state to its changelog: in frames, with a snapshot
 /// when one is due (exactly-once), or a record per entry (at-least-once).
 #[derive(Debug, Default)]
@@ -69,10 +72,7 @@ pub struct StateWriter {
 impl StateWriter {
     /// For a changelog read back as `records` (in offset order): the entries to restore
     /// the pipeline from, and the writer that goes on from them.
-    pub fn read_back(
-        records: Vec<KeyedRecord>,
-        exactly_once: bool,
-    ) -> Result<(HashMap<Vec<u8>, Vec<u8>>, Self)> {
+    pub fn read_back(records: Vec<KeyedRecord>, exactly_once: bool) -> Result<(Entries, Self)> {
         let (entries, mut frames) = Frames::read_back(records)?;
         let pending = match !exactly_once && frames.has_frames() {
             true => frames.unpack(&entries),
@@ -123,31 +123,40 @@ pub struct Frames {
 impl Frames {
     /// The entries of a changelog read back (`records`, in offset order), and what was
     /// written to it.
-    pub fn read_back(records: Vec<KeyedRecord>) -> Result<(HashMap<Vec<u8>, Vec<u8>>, Self)> {
+    pub fn read_back(records: Vec<KeyedRecord>) -> Result<(Entries, Self)> {
         let mut frames = Self::default();
-        let mut entries: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        for (key, value) in records {
+        let mut entries = Entries::new();
+        // Entries before the last snapshot are cleared by it: only their keys count (what
+        // the next snapshot deletes, the numbers used).
+        let last_snapshot = records
+            .iter()
+            .rposition(|(key, value)| {
+                is_frame(key) && value.as_ref().and_then(|v| v.get(1)) == Some(&CLEAR_THEN_APPLY)
+            })
+            .unwrap_or(0);
+        for (i, (key, value)) in records.into_iter().enumerate() {
             let framed = is_frame(&key);
             if framed {
                 // A deleted frame's number too: numbers are not used twice.
                 frames.next = frames.next.max(sequence(&key)? + 1);
             }
+            let applied = i >= last_snapshot;
             match value {
                 None => {
                     frames.records.remove(&key);
-                    if !framed {
+                    if !framed && applied {
                         entries.remove(&key);
                     }
                 }
                 Some(value) => {
                     let bytes = key.len() + value.len();
-                    if framed {
+                    if applied && framed {
                         match apply(&value, &mut entries)? {
                             CLEAR_THEN_APPLY => frames.since_snapshot = 0,
                             SNAPSHOT_MORE => {}
                             _ => frames.since_snapshot += bytes,
                         }
-                    } else {
+                    } else if applied {
                         entries.insert(key.clone(), value);
                         frames.since_snapshot += bytes;
                     }
@@ -219,7 +228,7 @@ impl Frames {
     /// that is not one of them, entries' first. Written in this order, the changelog
     /// reads back whole wherever the writing stops; the next records can be of one entry
     /// each.
-    pub fn unpack(&mut self, entries: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<StateChange> {
+    pub fn unpack(&mut self, entries: &Entries) -> Vec<StateChange> {
         let mut out: Vec<StateChange> = entries
             .iter()
             .map(|(key, value)| StateChange {
