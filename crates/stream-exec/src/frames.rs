@@ -229,14 +229,7 @@ impl Frames {
     /// reads back whole wherever the writing stops; the next records can be of one entry
     /// each.
     pub fn unpack(&mut self, entries: &Entries) -> Vec<StateChange> {
-        let mut out: Vec<StateChange> = entries
-            .iter()
-            .map(|(key, value)| StateChange {
-                key: key.clone(),
-                value: Some(value.clone()),
-            })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = in_key_order(entries);
         let mut gone: Vec<Vec<u8>> = std::mem::take(&mut self.records)
             .into_iter()
             .filter(|key| !entries.contains_key(key))
@@ -258,6 +251,19 @@ impl Frames {
         self.next += 1;
         key
     }
+}
+
+/// `entries` as changes that set them, in key order.
+fn in_key_order(entries: &Entries) -> Vec<StateChange> {
+    let mut out: Vec<StateChange> = entries
+        .iter()
+        .map(|(key, value)| StateChange {
+            key: key.clone(),
+            value: Some(value.clone()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
 }
 
 /// Bytes of a record as written.
@@ -448,16 +454,8 @@ mod tests {
     }
 
     /// The live entries of `expected` as a snapshot takes them, in key order.
-    fn snapshot_of(expected: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<StateChange> {
-        let mut entries: Vec<StateChange> = expected
-            .iter()
-            .map(|(key, value)| StateChange {
-                key: key.clone(),
-                value: Some(value.clone()),
-            })
-            .collect();
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
-        entries
+    fn snapshot_of(expected: &Entries) -> Vec<StateChange> {
+        in_key_order(expected)
     }
 
     fn apply_changes(expected: &mut HashMap<Vec<u8>, Vec<u8>>, changes: &[StateChange]) {

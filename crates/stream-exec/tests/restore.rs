@@ -77,6 +77,63 @@ fn run(sql: &str, records: &[RawRecord], chunks: &[usize], restarts: &[usize]) -
     run_with_changelog(sql, records, chunks, restarts).0
 }
 
+/// Where a run keeps its pipeline's state between batches.
+trait Changelog {
+    /// After batch `batch`: take the pipeline's state changes.
+    fn write(&mut self, batch: usize, pipeline: &mut Pipeline);
+    /// At a restart: the entries to restore from.
+    fn read(&mut self) -> HashMap<Vec<u8>, Vec<u8>>;
+}
+
+/// The latest value of each changelog key, as a compacted topic of one record per entry
+/// holds them.
+#[derive(Default)]
+struct PerEntry(HashMap<Vec<u8>, Vec<u8>>);
+
+impl Changelog for PerEntry {
+    fn write(&mut self, _batch: usize, pipeline: &mut Pipeline) {
+        for change in pipeline.take_state_changes().expect("state") {
+            match change.value {
+                Some(v) => self.0.insert(change.key, v),
+                None => self.0.remove(&change.key),
+            };
+        }
+    }
+
+    fn read(&mut self) -> HashMap<Vec<u8>, Vec<u8>> {
+        self.0.clone()
+    }
+}
+
+/// The changelog as a query writes it exactly-once: frames, and a snapshot of the
+/// operators' state after each batch whose index is in `snapshots`; read back as a query
+/// reads it.
+struct Framed {
+    frames: Frames,
+    log: Vec<KeyedRecord>,
+    snapshots: Vec<usize>,
+}
+
+impl Changelog for Framed {
+    fn write(&mut self, batch: usize, pipeline: &mut Pipeline) {
+        let written = if self.snapshots.contains(&batch) {
+            let snapshot = pipeline.take_state_snapshot().expect("snapshot");
+            self.frames.pack_snapshot(&snapshot)
+        } else {
+            self.frames
+                .pack(&pipeline.take_state_changes().expect("state"))
+        };
+        self.log
+            .extend(written.into_iter().map(|c| (c.key, c.value)));
+    }
+
+    fn read(&mut self) -> HashMap<Vec<u8>, Vec<u8>> {
+        let (entries, frames) = Frames::read_back(self.log.clone()).expect("read back");
+        self.frames = frames;
+        entries
+    }
+}
+
 /// [`run`], and the changelog at the end: the latest value of each key.
 fn run_with_changelog(
     sql: &str,
@@ -84,43 +141,12 @@ fn run_with_changelog(
     chunks: &[usize],
     restarts: &[usize],
 ) -> (Vec<Value>, HashMap<Vec<u8>, Vec<u8>>) {
-    let plan = support::plan(EVENTS, sql);
-    let stats = QueryStats::default();
-    let now = std::time::Instant::now();
-    let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
-    pipeline.assign([0, 1], now);
-    let mut changelog: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let mut out = vec![];
-    let mut rest = records;
-    let mut sizes = chunks.iter().cycle();
-    let mut batch = 0;
-    while !rest.is_empty() {
-        if restarts.contains(&batch) {
-            pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
-            pipeline.assign([0, 1], now);
-            pipeline.restore(&changelog, now).expect("restore");
-        }
-        let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
-        out.extend(
-            pipeline
-                .process_at(&rest[..n], &stats, now)
-                .expect("process"),
-        );
-        for change in pipeline.take_state_changes().expect("state") {
-            match change.value {
-                Some(v) => changelog.insert(change.key, v),
-                None => changelog.remove(&change.key),
-            };
-        }
-        rest = &rest[n..];
-        batch += 1;
-    }
-    (rows(out), changelog)
+    let mut changelog = PerEntry::default();
+    let rows = drive(sql, records, chunks, restarts, &mut changelog);
+    (rows, changelog.0)
 }
 
-/// [`run`] with the changelog as a query writes it exactly-once: frames, and a snapshot of
-/// the operators' state after each batch whose index is in `snapshots`; a restart reads it
-/// back as a query does.
+/// [`run`] with the changelog in frames, and snapshots after the batches in `snapshots`.
 fn run_framed(
     sql: &str,
     records: &[RawRecord],
@@ -128,24 +154,37 @@ fn run_framed(
     restarts: &[usize],
     snapshots: &[usize],
 ) -> Vec<Value> {
+    let mut changelog = Framed {
+        frames: Frames::default(),
+        log: vec![],
+        snapshots: snapshots.to_vec(),
+    };
+    drive(sql, records, chunks, restarts, &mut changelog)
+}
+
+/// Run `sql` over `records` in batches of `chunks` sizes, keeping its state in
+/// `changelog`, and restarting from it before every batch whose index is in `restarts`.
+fn drive(
+    sql: &str,
+    records: &[RawRecord],
+    chunks: &[usize],
+    restarts: &[usize],
+    changelog: &mut impl Changelog,
+) -> Vec<Value> {
     let plan = support::plan(EVENTS, sql);
     let stats = QueryStats::default();
     let now = std::time::Instant::now();
     let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
     pipeline.assign([0, 1], now);
-    let mut frames = Frames::default();
-    let mut log: Vec<KeyedRecord> = vec![];
     let mut out = vec![];
     let mut rest = records;
     let mut sizes = chunks.iter().cycle();
     let mut batch = 0;
     while !rest.is_empty() {
         if restarts.contains(&batch) {
-            let (entries, read) = Frames::read_back(log.clone()).expect("read back");
-            frames = read;
             pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
             pipeline.assign([0, 1], now);
-            pipeline.restore(&entries, now).expect("restore");
+            pipeline.restore(&changelog.read(), now).expect("restore");
         }
         let n = (*sizes.next().unwrap_or(&1)).clamp(1, rest.len());
         out.extend(
@@ -153,12 +192,7 @@ fn run_framed(
                 .process_at(&rest[..n], &stats, now)
                 .expect("process"),
         );
-        let written = if snapshots.contains(&batch) {
-            frames.pack_snapshot(&pipeline.take_state_snapshot().expect("snapshot"))
-        } else {
-            frames.pack(&pipeline.take_state_changes().expect("state"))
-        };
-        log.extend(written.into_iter().map(|c| (c.key, c.value)));
+        changelog.write(batch, &mut pipeline);
         rest = &rest[n..];
         batch += 1;
     }
