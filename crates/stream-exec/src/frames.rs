@@ -67,6 +67,10 @@ pub struct StateWriter {
     exactly_once: bool,
     /// Records to write before the next changes ([`Frames::unpack`]).
     pending: Vec<StateChange>,
+    /// Records to write with the batch after those: the unpacking's tombstones for
+    /// frames, only once its entries' records are acknowledged (at-least-once, records
+    /// may land out of order within a batch).
+    after: Vec<StateChange>,
 }
 
 impl StateWriter {
@@ -74,21 +78,27 @@ impl StateWriter {
     /// the pipeline from, and the writer that goes on from them.
     pub fn read_back(records: Vec<KeyedRecord>, exactly_once: bool) -> Result<(Entries, Self)> {
         let (entries, mut frames) = Frames::read_back(records)?;
-        let pending = match !exactly_once && frames.has_frames() {
+        let mut pending = match !exactly_once && frames.has_frames() {
             true => frames.unpack(&entries),
             false => vec![],
         };
+        let first_frame = pending
+            .iter()
+            .position(|r| is_frame(&r.key))
+            .unwrap_or(pending.len());
+        let after = pending.split_off(first_frame);
         let writer = Self {
             frames,
             exactly_once,
             pending,
+            after,
         };
         Ok((entries, writer))
     }
 
     /// The changelog records of `pipeline`'s state changes since the last call.
     pub fn take(&mut self, pipeline: &mut Pipeline) -> Result<Vec<StateChange>> {
-        let mut out = std::mem::take(&mut self.pending);
+        let mut out = std::mem::replace(&mut self.pending, std::mem::take(&mut self.after));
         if !self.exactly_once {
             out.extend(pipeline.take_state_changes()?);
         } else if self.frames.wants_snapshot() {
@@ -138,7 +148,10 @@ impl Frames {
             let framed = is_frame(&key);
             if framed {
                 // A deleted frame's number too: numbers are not used twice.
-                frames.next = frames.next.max(sequence(&key)? + 1);
+                let after = sequence(&key)?
+                    .checked_add(1)
+                    .ok_or_else(|| malformed("the last sequence number"))?;
+                frames.next = frames.next.max(after);
             }
             let applied = i >= last_snapshot;
             match value {

@@ -356,14 +356,25 @@ fn group_keys(changelog: &HashMap<Vec<u8>, Vec<u8>>) -> Vec<String> {
         .collect()
 }
 
-/// A changelog written before records were per key holds one record per group, keyed
-/// with the window bounds. A restore reads them, lets a key's newer record win, and
-/// deletes them with its first state changes.
-#[test]
-fn records_of_one_group_each_are_read_then_deleted() {
-    let sql = &queries()[1];
-    let plan = support::plan(EVENTS, sql);
-    let bound = plan
+/// 40 events of three keys on two partitions, 400 ms apart.
+fn three_keys() -> Vec<RawRecord> {
+    (0..40)
+        .map(|i| {
+            event(
+                i,
+                (i % 2) as i32,
+                &format!("k{}", i % 3),
+                i,
+                1_000_000 + i * 400,
+            )
+        })
+        .collect()
+}
+
+/// The name of the window bound among `sql`'s group columns (the one the old form of
+/// changelog keys held).
+fn window_bound(sql: &str) -> String {
+    support::plan(EVENTS, sql)
         .operators
         .iter()
         .find_map(|op| match op {
@@ -377,18 +388,65 @@ fn records_of_one_group_each_are_read_then_deleted() {
                 .find(|n| sluice_sql_planner::window::WINDOW_COLUMNS.contains(&n.as_str())),
             _ => None,
         })
-        .expect("a window bound among the group columns");
-    let records: Vec<RawRecord> = (0..40)
-        .map(|i| {
-            event(
-                i,
-                (i % 2) as i32,
-                &format!("k{}", i % 3),
-                i,
-                1_000_000 + i * 400,
-            )
-        })
+        .expect("a window bound among the group columns")
+}
+
+/// A changelog of one record per group alone (written before records were per key): the
+/// groups the first batch after the restore does not touch survive the next restart too.
+#[test]
+fn groups_of_a_changelog_of_the_old_form_survive_the_next_restart() {
+    let sql = &queries()[1];
+    let records = three_keys();
+    let sorted = |mut rows: Vec<Value>| {
+        rows.sort_by_key(|r| r.to_string());
+        rows
+    };
+    let straight = sorted(run(sql, &records, &[5], &[]));
+    let bound = window_bound(sql);
+    let (mut out, per_key) = run_with_changelog(sql, &records[..20], &[5], &[]);
+    // The same state under keys of the old form only (a window bound in the key).
+    let mut changelog: HashMap<Vec<u8>, Vec<u8>> = per_key
+        .into_iter()
+        .map(
+            |(key, value)| match key.as_slice() == sluice_stream_exec::pipeline::STREAM_TIME_KEY {
+                true => (key, value),
+                false => {
+                    let key = String::from_utf8(key).expect("a JSON key");
+                    let old = format!("{},\"{bound}\":0}}", key.trim_end_matches('}'));
+                    (old.into_bytes(), value)
+                }
+            },
+        )
         .collect();
+    let mut restored = PerEntry(changelog.clone());
+    // One event (of one key), then a restart from the changelog it left.
+    out.extend(drive(sql, &records[20..21], &[1], &[0], &mut restored));
+    changelog = restored.0;
+    assert!(
+        group_keys(&changelog)
+            .iter()
+            .all(|k| !k.contains(&format!("\"{bound}\""))),
+        "the old records are deleted"
+    );
+    out.extend(drive(
+        sql,
+        &records[21..],
+        &[5],
+        &[0],
+        &mut PerEntry(changelog),
+    ));
+    assert_eq!(sorted(out), straight);
+}
+
+/// A changelog written before records were per key holds one record per group, keyed
+/// with the window bounds. A restore reads them, lets a key's newer record win, and
+/// deletes them with its first state changes.
+#[test]
+fn records_of_one_group_each_are_read_then_deleted() {
+    let sql = &queries()[1];
+    let plan = support::plan(EVENTS, sql);
+    let bound = window_bound(sql);
+    let records = three_keys();
     let straight = run(sql, &records, &[5], &[]);
     let (_, early) = run_with_changelog(sql, &records[..10], &[5], &[]);
     let (before, mut changelog) = run_with_changelog(sql, &records[..20], &[5], &[]);

@@ -690,6 +690,11 @@ impl Operator for WindowAggregateOperator {
         if closed.len() > 0 {
             self.retired.push(closed);
         }
+        if !self.superseded.is_empty() {
+            // The old records are deleted with the next changes: every group goes into
+            // the per-key records then, not only the ones the next batch touches.
+            self.mark_all_changed();
+        }
         Ok(())
     }
 }
