@@ -17,7 +17,8 @@
 //! A snapshot's tombstones and frames are in one transaction, so a reader sees both or
 //! neither. At-least-once, without transactions, a query writes one record per entry; one
 //! that finds frames in its changelog first writes every entry it read back as a record
-//! of its own, then tombstones for the records before ([`Frames::unpack`]).
+//! of its own, then tombstones for the records before ([`Frames::unpack`]); those of the
+//! frames go with the batch after, once the entries' records are acknowledged.
 //!
 //! Read back in offset order, a record of one entry sets or deletes it, and a frame's
 //! entries are applied over the entries before it (a snapshot's first frame clears them
