@@ -26,8 +26,9 @@
 //! any order (a query that changed its processing guarantee).
 //!
 //! A frame's value: a version byte, a flag byte (1: apply; 2: clear, then apply, the first
-//! frame of a snapshot; 3: apply, a snapshot's next frame), then entries, each a key length (`u32` little-endian), the key, a value length (`u32`,
-//! [`DELETED`] for a deleted entry) and the value.
+//! frame of a snapshot; 3: apply, a snapshot's next frame), then entries, each a key
+//! length (`u32` little-endian), the key, a value length (`u32`, [`DELETED`] for a
+//! deleted entry) and the value.
 
 use std::collections::{HashMap, HashSet};
 
@@ -221,9 +222,7 @@ impl Frames {
         );
         self.snapshot_bytes = bytes;
         self.since_snapshot = 0;
-        let mut before: Vec<Vec<u8>> = before.into_iter().collect();
-        before.sort_by(|a, b| (is_frame(a), a).cmp(&(is_frame(b), b)));
-        let mut records: Vec<StateChange> = before
+        let mut records: Vec<StateChange> = in_written_order(before.into_iter().collect())
             .into_iter()
             .map(|key| StateChange { key, value: None })
             .collect();
@@ -244,16 +243,16 @@ impl Frames {
     /// each.
     pub fn unpack(&mut self, entries: &Entries) -> Vec<StateChange> {
         let mut out = in_key_order(entries);
-        let mut gone: Vec<Vec<u8>> = std::mem::take(&mut self.records)
+        let gone: Vec<Vec<u8>> = std::mem::take(&mut self.records)
             .into_iter()
             .filter(|key| !entries.contains_key(key))
             .collect();
-        // Entries' records before frames, and frames in the order written: so the
-        // compaction that removes a frame holding an entry's deletion has removed the
-        // frames before it, which may hold the entry.
-        gone.sort_by(|a, b| (is_frame(a), a).cmp(&(is_frame(b), b)));
         self.records = entries.keys().cloned().collect();
-        out.extend(gone.into_iter().map(|key| StateChange { key, value: None }));
+        out.extend(
+            in_written_order(gone)
+                .into_iter()
+                .map(|key| StateChange { key, value: None }),
+        );
         out
     }
 
@@ -265,6 +264,14 @@ impl Frames {
         self.next += 1;
         key
     }
+}
+
+/// Record keys in the order their tombstones go: entries' records before frames, and
+/// frames in the order written. So the compaction that removes a frame holding an entry's
+/// deletion has removed the frames before it, which may hold the entry.
+fn in_written_order(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    keys.sort_by(|a, b| (is_frame(a), a).cmp(&(is_frame(b), b)));
+    keys
 }
 
 /// `entries` as changes that set them, in key order.
