@@ -1,10 +1,32 @@
-//! What the benchmark programs share: finding the broker and the `sluice` binary, talking
-//! to a server's REST API, and reading a process's memory.
+//! What the benchmark programs share: finding the broker and the `sluice` binary, creating
+//! topics, talking to a server's REST API, and reading a process's memory.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
 use serde_json::{json, Map, Value};
+
+/// An admin client of a broker.
+pub type Admin = AdminClient<DefaultClientContext>;
+
+/// An admin client of the broker at `bootstrap`.
+pub fn admin(bootstrap: &str) -> Result<Admin> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?)
+}
+
+/// Create `topic` with `partitions` partitions and one replica (the local broker).
+pub async fn create_topic(admin: &Admin, topic: &str, partitions: i32) -> Result<()> {
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for result in admin.create_topics([&new], &AdminOptions::new()).await? {
+        result.map_err(|(name, code)| anyhow!("creating the topic {name}: {code}"))?;
+    }
+    Ok(())
+}
 
 /// The broker to run against (`SLUICE_BENCH_BOOTSTRAP`, else `scripts/kafka-local`'s),
 /// once it accepts connections.

@@ -80,15 +80,10 @@ impl StateWriter {
     /// the pipeline from, and the writer that goes on from them.
     pub fn read_back(records: Vec<KeyedRecord>, exactly_once: bool) -> Result<(Entries, Self)> {
         let (entries, mut frames) = Frames::read_back(records)?;
-        let mut pending = match !exactly_once && frames.has_frames() {
+        let (pending, after) = match !exactly_once && frames.has_frames() {
             true => frames.unpack(&entries),
-            false => vec![],
+            false => (vec![], vec![]),
         };
-        let first_frame = pending
-            .iter()
-            .position(|r| is_frame(&r.key))
-            .unwrap_or(pending.len());
-        let after = pending.split_off(first_frame);
         let writer = Self {
             frames,
             exactly_once,
@@ -236,24 +231,27 @@ impl Frames {
     }
 
     /// For a query that writes one record per entry (at-least-once), on a changelog with
-    /// frames ([`Frames::has_frames`]), before anything else: the `entries` it read back
-    /// as records of their own, in key order, then a tombstone for each record before
-    /// that is not one of them, entries' first. Written in this order, the changelog
-    /// reads back whole wherever the writing stops; the next records can be of one entry
-    /// each.
-    pub fn unpack(&mut self, entries: &Entries) -> Vec<StateChange> {
-        let mut out = in_key_order(entries);
+    /// frames ([`Frames::has_frames`]), before anything else, in two parts:
+    /// - the `entries` it read back as records of their own, in key order, and tombstones
+    ///   for the older records of entries that are gone;
+    /// - tombstones for the frames, in the order written, to write once the first part is
+    ///   acknowledged.
+    ///
+    /// Written so, the changelog reads back whole wherever the writing stops; the next
+    /// records can be of one entry each.
+    pub fn unpack(&mut self, entries: &Entries) -> (Vec<StateChange>, Vec<StateChange>) {
         let gone: Vec<Vec<u8>> = std::mem::take(&mut self.records)
             .into_iter()
             .filter(|key| !entries.contains_key(key))
             .collect();
         self.records = entries.keys().cloned().collect();
-        out.extend(
-            in_written_order(gone)
-                .into_iter()
-                .map(|key| StateChange { key, value: None }),
-        );
-        out
+        let (frames, records): (Vec<_>, Vec<_>) = in_written_order(gone)
+            .into_iter()
+            .partition(|key| is_frame(key));
+        let tombstone = |key| StateChange { key, value: None };
+        let mut first = in_key_order(entries);
+        first.extend(records.into_iter().map(tombstone));
+        (first, frames.into_iter().map(tombstone).collect())
     }
 
     /// The key of the next frame.
@@ -611,7 +609,9 @@ mod tests {
                     frames = read;
                     exactly_once ^= how == 1;
                     if !exactly_once && frames.has_frames() {
-                        log.extend(records(&frames.unpack(&entries)));
+                        let (first, then) = frames.unpack(&entries);
+                        log.extend(records(&first));
+                        log.extend(records(&then));
                     }
                 }
                 let changes: Vec<StateChange> = batch

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::AdminOptions;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -125,9 +124,7 @@ impl Committed {
 /// The preloaded topic of `events` events of `source`: made once, kept for later runs.
 pub async fn preload(bootstrap: &str, source: Source, events: usize) -> Result<String> {
     let topic = format!("sluice_bench_{}_{events}_v1", source.name());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin = sluice_bench::admin(bootstrap)?;
     match topic_size(bootstrap, &topic)? {
         // Later runs' latency events follow the preloaded ones.
         Some(n) if n >= events as i64 => {
@@ -141,12 +138,7 @@ pub async fn preload(bootstrap: &str, source: Source, events: usize) -> Result<S
         }
         None => {}
     }
-    admin
-        .create_topics(
-            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?;
+    sluice_bench::create_topic(&admin, &topic, 1).await?;
     let started = Instant::now();
     let first_ts = now_ms() - span_ms(source, events);
     let (bootstrap, name) = (bootstrap.to_string(), topic.clone());
@@ -196,9 +188,7 @@ pub async fn preload(bootstrap: &str, source: Source, events: usize) -> Result<S
 /// id, `bench_<run>_…`). A run leaves gigabytes (the HOP changelogs most); the preloaded
 /// input topics stay. Returns how many were deleted.
 pub async fn delete_leftovers(bootstrap: &str, query_names: &[&str]) -> Result<usize> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin = sluice_bench::admin(bootstrap)?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))?;

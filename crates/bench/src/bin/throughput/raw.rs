@@ -6,8 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::AdminOptions;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -117,15 +116,8 @@ pub async fn raw_pipe(
     every: usize,
 ) -> Result<(f64, f64)> {
     let sink = format!("bench_pipe_{}", now_ms());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    admin
-        .create_topics(
-            [&NewTopic::new(&sink, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?;
+    let admin = sluice_bench::admin(bootstrap)?;
+    sluice_bench::create_topic(&admin, &sink, 1).await?;
     let (b, t, s) = (bootstrap.to_string(), topic.to_string(), sink.clone());
     let piped = tokio::task::spawn_blocking(move || pipe(&b, &t, &s, events, every)).await?;
     admin.delete_topics(&[&sink], &AdminOptions::new()).await?;
