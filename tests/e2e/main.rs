@@ -10,6 +10,7 @@ mod outage;
 mod process;
 mod pull_queries;
 mod push_queries;
+mod read_back;
 mod rest_api;
 mod restart;
 mod shell;

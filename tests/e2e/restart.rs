@@ -125,3 +125,71 @@ async fn each_statement_may_choose_its_processing_guarantee_and_commit_interval(
     assert_eq!(got[0].value["id"], "x");
     server.stop().await;
 }
+
+/// A pull query's answer as (rows, events) of `SELECT COUNT(*), SUM(c)` (status, too).
+async fn table_counts(server: &TestServer, table: &str) -> (u16, Value) {
+    let sql = format!("SELECT COUNT(*) AS rows, SUM(c) AS events FROM {table};");
+    let (status, body) = server
+        .post_raw(
+            "/query",
+            json!({"ksql": sql, "streamsProperties": {}}).to_string(),
+        )
+        .await;
+    (status, body[1]["row"]["columns"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_table_answers_pull_queries_with_all_its_rows_at_once() {
+    let service_id = format!("{}_", unique("restart_table"));
+    let (topic, stream, table) = (
+        unique("rt"),
+        unique("RT").to_uppercase(),
+        unique("RT_COUNTS").to_uppercase(),
+    );
+    let id = service_id.clone();
+    let first = TestServer::start_with(move |c| c.service_id = id).await;
+    first
+        .ok(&format!(
+            "CREATE STREAM {stream} (id VARCHAR, n BIGINT) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=1);\n\
+             CREATE TABLE {table} AS SELECT id, COUNT(*) AS c, SUM(n) AS total FROM {stream} GROUP BY id;"
+        ))
+        .await;
+    let records: Vec<(Option<String>, String)> = (0..3000)
+        .map(|i| {
+            (
+                None,
+                json!({"id": format!("k{}", i % 1000), "n": i}).to_string(),
+            )
+        })
+        .collect();
+    produce(&topic, &records).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while table_counts(&first, &table).await != (200, json!([1000, 3000])) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table never held every event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.stop().await;
+
+    // The first pull query after the restart already sees every row: a table still being
+    // read back from its topic is waited for, not answered half-filled.
+    let id = service_id.clone();
+    let second = TestServer::start_with(move |c| c.service_id = id).await;
+    assert_eq!(
+        table_counts(&second, &table).await,
+        (200, json!([1000, 3000]))
+    );
+    // The query runs on: a new event's row comes on top of those read back.
+    produce(&topic, &[(None, json!({"id": "new", "n": 1}).to_string())]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while table_counts(&second, &table).await != (200, json!([1001, 3001])) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new event never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.stop().await;
+}

@@ -17,6 +17,10 @@ pub const QUERY_ENDPOINT: u32 = 40002;
 pub const NOT_FOUND: u32 = 40400;
 /// ksqlDB error code: server error.
 pub const SERVER_ERROR: u32 = 50000;
+/// ksqlDB error code: not ready yet (answered with `Retry-After`).
+pub const NOT_READY: u32 = 50302;
+/// Seconds a client is asked to wait before trying again when the server is not ready.
+const RETRY_AFTER_SECONDS: &str = "10";
 
 /// An error answered by the REST API.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,6 +61,18 @@ impl ApiError {
         }
     }
 
+    /// A 503: what was asked for is not ready yet (a table still being read back after a
+    /// restart); the client may try again.
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error_code: NOT_READY,
+            message: message.into(),
+            statement_text: None,
+            entities: vec![],
+        }
+    }
+
     /// A 500: a bug or a failure the user cannot fix.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
@@ -89,7 +105,7 @@ impl From<PlanError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.error_code != NOT_READY {
             tracing::error!(error = %self.message, "request failed");
         }
         let mut body = json!({
@@ -100,6 +116,10 @@ impl IntoResponse for ApiError {
         if let Some(text) = self.statement_text {
             body["statementText"] = Value::String(text);
             body["entities"] = Value::Array(self.entities);
+        }
+        if self.error_code == NOT_READY {
+            let retry = [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS)];
+            return (self.status, retry, Json(body)).into_response();
         }
         (self.status, Json(body)).into_response()
     }

@@ -25,7 +25,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::TableSource;
+use datafusion::logical_expr::{LogicalPlan, TableSource};
 use datafusion::sql::sqlparser::ast::Query;
 use sluice_sql_planner::planner::logical_plan;
 use sluice_sql_planner::{Catalog, PlanError, SourceKind};
@@ -40,6 +40,8 @@ pub const PULL_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PULL_QUERY_MEMORY_BYTES: usize = 512 << 20;
 /// Pull queries running at once; more are refused with 429.
 pub const MAX_PULL_QUERIES: usize = 4;
+/// How long a pull query waits for a table still being read back after a restart.
+pub const RESTORE_WAIT: Duration = Duration::from_secs(10);
 
 /// The result of a pull query.
 #[derive(Debug)]
@@ -109,6 +111,42 @@ impl PullQueries {
         }
     }
 
+    /// `query`'s logical plan over snapshots of the tables it reads, with the key columns
+    /// among them; and the tables it reads that are still being read back (planned over
+    /// no rows).
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        query: &Query,
+        catalog: &Catalog,
+        sources: &PullSources,
+    ) -> (
+        Result<(LogicalPlan, Vec<String>), ApiError>,
+        Vec<(String, Arc<MaterializedTable>)>,
+    ) {
+        // Planning is synchronous and its resolver is not `Send`: keep it out of the awaits.
+        let read: RefCell<Vec<String>> = RefCell::new(vec![]);
+        let restoring: RefCell<Vec<(String, Arc<MaterializedTable>)>> = RefCell::new(vec![]);
+        let resolve = |name: &TableReference| -> datafusion::error::Result<Arc<dyn TableSource>> {
+            let table = resolve_table(name, catalog, sources)?;
+            read.borrow_mut().extend(table.1.iter().cloned());
+            let snapshot = if table.0.is_restoring() {
+                let named = name.table().to_ascii_uppercase();
+                restoring.borrow_mut().push((named, table.0.clone()));
+                RecordBatch::new_empty(table.0.schema().clone())
+            } else {
+                table.0.snapshot().map_err(|e| {
+                    DataFusionError::Execution(format!("cannot read \"{}\": {e}", name.table()))
+                })?
+            };
+            let mem = MemTable::try_new(table.0.schema().clone(), vec![vec![snapshot]])?;
+            Ok(provider_as_source(Arc::new(mem)))
+        };
+        let planned = logical_plan(&self.state, query, &resolve).map_err(ApiError::from);
+        let planned = planned.map(|logical| (logical, read.take()));
+        (planned, restoring.into_inner())
+    }
+
     /// Run `query` over the tables of `sources`; `catalog` only names what is not a table.
     pub async fn run(
         &self,
@@ -116,21 +154,25 @@ impl PullQueries {
         catalog: &Catalog,
         sources: &PullSources,
     ) -> Result<PullResult, ApiError> {
-        // Planning is synchronous and its resolver is not `Send`: keep it out of the awaits.
-        let (logical, key_names) = {
-            let read: RefCell<Vec<String>> = RefCell::new(vec![]);
-            let resolve =
-                |name: &TableReference| -> datafusion::error::Result<Arc<dyn TableSource>> {
-                    let table = resolve_table(name, catalog, sources)?;
-                    read.borrow_mut().extend(table.1.iter().cloned());
-                    let snapshot = table.0.snapshot().map_err(|e| {
-                        DataFusionError::Execution(format!("cannot read \"{}\": {e}", name.table()))
-                    })?;
-                    let mem = MemTable::try_new(table.0.schema().clone(), vec![vec![snapshot]])?;
-                    Ok(provider_as_source(Arc::new(mem)))
-                };
-            let logical = logical_plan(&self.state, query, &resolve).map_err(ApiError::from)?;
-            (logical, read.into_inner())
+        // A table still being read back after a restart is waited for (once): its rows are
+        // not all there yet.
+        let mut waited = false;
+        let (logical, key_names) = loop {
+            let (planned, restoring) = self.plan(query, catalog, sources);
+            let planned = planned?;
+            if restoring.is_empty() {
+                break planned;
+            }
+            for (name, table) in restoring {
+                if waited || !table.wait_restored(RESTORE_WAIT).await {
+                    return Err(ApiError::not_ready(format!(
+                        "table \"{name}\" is still being read back from its topic after a \
+                         restart ({} rows so far); try again shortly",
+                        table.len()
+                    )));
+                }
+            }
+            waited = true;
         };
         let schema: SchemaRef = Arc::new(logical.schema().as_arrow().clone());
         let key_columns = schema

@@ -15,8 +15,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
+use crate::frames;
 
-/// How long reading a topic back may take before it counts as failed (and is retried).
+/// How long reading a topic back may go without a record before it counts as failed (and
+/// is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The changelog topic of the query whose consumer group is `group_id`.
@@ -53,74 +55,242 @@ pub async fn ensure_changelog(bootstrap_servers: &str, topic: &str) -> Result<()
 /// One record read back: its key and value (`None`: a tombstone).
 pub type KeyedRecord = (Vec<u8>, Option<Vec<u8>>);
 
-/// Every committed record of `topic`, from the beginning to its current end, in offset
-/// order per partition (so in order per key). A topic that does not exist reads as empty.
+/// Every committed record of `topic`, from the beginning to its end as the reading starts,
+/// in offset order per partition (so in order per key). A topic that does not exist reads
+/// as empty.
 pub async fn read_topic(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord>> {
+    let (records, _) = read_topic_each(bootstrap_servers, topic, (vec![], collect)).await?;
+    Ok(records)
+}
+
+fn collect(records: &mut Vec<KeyedRecord>, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    records.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+    Ok(())
+}
+
+/// Hand every committed record of `topic` (as [`read_topic`] reads them) to `each`, with
+/// its key and value (`None`: a tombstone), without copying them; `each` gets `into` with
+/// each record, and `into` is returned. An error from `each` ends the reading.
+pub async fn read_topic_each<T, F>(
+    bootstrap_servers: &str,
+    topic: &str,
+    into: (T, F),
+) -> Result<(T, F)>
+where
+    T: Send + 'static,
+    F: FnMut(&mut T, &[u8], Option<&[u8]>) -> Result<()> + Send + 'static,
+{
     let bootstrap_servers = bootstrap_servers.to_string();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_blocking(&bootstrap_servers, &topic))
+    blocking(move || {
+        let (mut into, mut each) = into;
+        let back = ReadBack::open(&bootstrap_servers, &topic)?;
+        back.read(&back.whole()?, |k, v| each(&mut into, k, v))?;
+        Ok((into, each))
+    })
+    .await
+}
+
+/// The records of the state changelog `topic` that its state is read back from: from its
+/// last snapshot on ([`frames::last_snapshot`]), or all when it has none. The changelog
+/// is read backwards from its end, in growing stretches, until one holds a snapshot's
+/// start: the records before it, which compaction deletes only once their segment is
+/// closed (by default after 1 GB), are not read.
+pub async fn read_changelog(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord>> {
+    let bootstrap_servers = bootstrap_servers.to_string();
+    let topic = topic.to_string();
+    blocking(move || {
+        let back = ReadBack::open(&bootstrap_servers, &topic)?;
+        let &[partition] = back.partitions.as_slice() else {
+            // Not a changelog Sluice created (it has one partition): read it all.
+            let mut records = vec![];
+            back.read(&back.whole()?, |k, v| collect(&mut records, k, v))?;
+            return Ok(records);
+        };
+        let (low, high) = back
+            .consumer
+            .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| ExecError::kafka(back.context(), e))?;
+        let (mut records, mut until, mut stretch) = (vec![], None, FIRST_STRETCH);
+        loop {
+            let from = match until {
+                Some(until) => until,
+                None => high,
+            }
+            .saturating_sub(stretch)
+            .max(low);
+            let mut earlier = vec![];
+            let range = Range {
+                partition,
+                from: Offset::Offset(from),
+                until,
+            };
+            back.read(&[range], |k, v| collect(&mut earlier, k, v))?;
+            let snapshot = frames::last_snapshot(&earlier);
+            earlier.append(&mut records);
+            records = earlier;
+            if let Some(at) = snapshot {
+                return Ok(records.split_off(at));
+            }
+            if from <= low {
+                return Ok(records);
+            }
+            until = Some(from);
+            stretch = stretch.saturating_mul(4);
+        }
+    })
+    .await
+}
+
+/// Offsets read back first from the end of a changelog: a few frames' worth.
+const FIRST_STRETCH: i64 = 256;
+/// How long metadata and watermarks may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(read)
         .await
         .map_err(|_| ExecError::kafka("reading a topic back", KafkaError::Canceled))?
 }
 
-fn read_blocking(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord>> {
-    let context = || format!("reading {topic} back");
-    let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", "sluice-restore")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("allow.auto.create.topics", "false")
-        .create_with_context(Quiet)
-        .map_err(|e| ExecError::kafka(context(), e))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(|e| ExecError::kafka(context(), e))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Ok(vec![]);
-    }
-    let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
-        assignment
-            .add_partition_offset(topic, *p, Offset::Beginning)
+/// A consumer for reading a topic back, and the topic's partitions.
+struct ReadBack {
+    consumer: BaseConsumer<Quiet>,
+    topic: String,
+    partitions: Vec<i32>,
+}
+
+/// What to read of one partition: from `from` to its end, or to before offset `until`.
+struct Range {
+    partition: i32,
+    from: Offset,
+    until: Option<i64>,
+}
+
+impl ReadBack {
+    /// A consumer for `topic` (none of whose partitions are assigned yet).
+    fn open(bootstrap_servers: &str, topic: &str) -> Result<Self> {
+        let context = || format!("reading {topic} back");
+        let consumer: BaseConsumer<Quiet> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .set("group.id", "sluice-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("allow.auto.create.topics", "false")
+            // Once its prefetch queue is full, librdkafka waits this long before fetching
+            // again (default 1 s): reading back drains the queue in well under that, so
+            // with the default it read in bursts with most of a second between them.
+            .set("fetch.queue.backoff.ms", "10")
+            // The end of a partition is known from a fetch that finds nothing more, which
+            // the broker holds this long (default 500 ms) for records that might come.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(Quiet)
             .map_err(|e| ExecError::kafka(context(), e))?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| ExecError::kafka(context(), e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        })
     }
-    consumer
-        .assign(&assignment)
-        .map_err(|e| ExecError::kafka(context(), e))?;
-    let mut records = vec![];
-    let mut at_end: HashSet<i32> = HashSet::new();
-    let deadline = Instant::now() + READ_TIMEOUT;
-    // The end of a partition (after the last committed record, past transaction markers)
-    // is reported as a PartitionEOF event.
-    while at_end.len() < partitions.len() {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => records.push((
-                m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                m.payload().map(<[u8]>::to_vec),
-            )),
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
+
+    /// Every partition, from the beginning to its end as of now: records written after
+    /// this call (a query writing while its table is read back) are not read.
+    fn whole(&self) -> Result<Vec<Range>> {
+        let mut ranges = vec![];
+        for &partition in &self.partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+                .map_err(|e| ExecError::kafka(self.context(), e))?;
+            if high > low {
+                ranges.push(Range {
+                    partition,
+                    from: Offset::Beginning,
+                    until: Some(high),
+                });
             }
-            // The caller retries (a broker outage, say) and reports it.
-            Some(Err(e)) => return Err(ExecError::kafka(context(), e)),
-            None => {}
         }
-        if Instant::now() > deadline {
-            return Err(ExecError::kafka(
-                context(),
-                KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
-            ));
-        }
+        Ok(ranges)
     }
-    Ok(records)
+
+    fn context(&self) -> String {
+        format!("reading {} back", self.topic)
+    }
+
+    /// Hand the committed records of `ranges` to `each`, in offset order per partition.
+    fn read<F>(&self, ranges: &[Range], mut each: F) -> Result<()>
+    where
+        F: FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+    {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut assignment = TopicPartitionList::new();
+        for r in ranges {
+            assignment
+                .add_partition_offset(&self.topic, r.partition, r.from)
+                .map_err(|e| ExecError::kafka(self.context(), e))?;
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(|e| ExecError::kafka(self.context(), e))?;
+        let until: HashMap<i32, i64> = ranges
+            .iter()
+            .filter_map(|r| Some((r.partition, r.until?)))
+            .collect();
+        let mut done: HashSet<i32> = HashSet::new();
+        // Reading fails when it stops making progress, however long the topic.
+        let mut deadline = Instant::now() + READ_TIMEOUT;
+        let (mut read, mut seen) = (0u64, 0u64);
+        // The end of a partition (after the last committed record, past transaction
+        // markers) is reported as a PartitionEOF event.
+        while done.len() < ranges.len() {
+            match self.consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    read += 1;
+                    if done.contains(&m.partition()) {
+                        continue;
+                    }
+                    if until.get(&m.partition()).is_some_and(|&u| m.offset() >= u) {
+                        done.insert(m.partition());
+                        continue;
+                    }
+                    each(m.key().unwrap_or_default(), m.payload())?;
+                    // No clock read per record: it would cost as much as taking the record.
+                    continue;
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    done.insert(p);
+                }
+                // The caller retries (a broker outage, say) and reports it.
+                Some(Err(e)) => return Err(ExecError::kafka(self.context(), e)),
+                None => {}
+            }
+            let now = Instant::now();
+            if read != seen {
+                seen = read;
+                deadline = now + READ_TIMEOUT;
+            } else if now > deadline {
+                return Err(ExecError::kafka(
+                    self.context(),
+                    KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A client context that does not log the end of a partition as an error: reaching it
@@ -136,15 +306,3 @@ impl ClientContext for Quiet {
 }
 
 impl ConsumerContext for Quiet {}
-
-/// The latest value of each key of `records`; a tombstone removes its key.
-pub fn latest(records: Vec<KeyedRecord>) -> HashMap<Vec<u8>, Vec<u8>> {
-    let mut out = HashMap::new();
-    for (key, value) in records {
-        match value {
-            Some(v) => out.insert(key, v),
-            None => out.remove(&key),
-        };
-    }
-    out
-}

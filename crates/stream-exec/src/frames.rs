@@ -115,7 +115,7 @@ impl StateWriter {
 
 /// What a query has written to its changelog: enough to pack the next state changes
 /// into frames, to know when a snapshot is due, and what a snapshot deletes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Frames {
     /// Keys of the records in the changelog not yet deleted: what a snapshot deletes.
     records: HashSet<Vec<u8>>,
@@ -135,12 +135,7 @@ impl Frames {
         let mut entries = Entries::new();
         // Entries before the last snapshot are cleared by it: only their keys count (what
         // the next snapshot deletes, the numbers used).
-        let last_snapshot = records
-            .iter()
-            .rposition(|(key, value)| {
-                is_frame(key) && value.as_ref().and_then(|v| v.get(1)) == Some(&CLEAR_THEN_APPLY)
-            })
-            .unwrap_or(0);
+        let last_snapshot = last_snapshot(&records).unwrap_or(0);
         for (i, (key, value)) in records.into_iter().enumerate() {
             let framed = is_frame(&key);
             if framed {
@@ -356,6 +351,15 @@ fn new_frame(flag: u8) -> Vec<u8> {
     let mut value = Vec::with_capacity(FRAME_BYTES);
     value.extend_from_slice(&[VERSION, flag]);
     value
+}
+
+/// Where the last snapshot of a changelog (`records`, in offset order) starts, if it has
+/// one. Read back from there, a changelog gives what it gives read whole: a snapshot
+/// deletes every record before it, so they count for nothing after it.
+pub fn last_snapshot(records: &[KeyedRecord]) -> Option<usize> {
+    records.iter().rposition(|(key, value)| {
+        is_frame(key) && value.as_ref().and_then(|v| v.get(1)) == Some(&CLEAR_THEN_APPLY)
+    })
 }
 
 /// Bytes an entry takes in a frame.
@@ -606,6 +610,11 @@ mod tests {
                     // A restart; at 1 with the other guarantee.
                     let (entries, read) = Frames::read_back(log.clone()).unwrap();
                     prop_assert_eq!(&entries, &expected, "at a restart");
+                    // Read back from the last snapshot on, as a query reads it.
+                    let from = last_snapshot(&log).unwrap_or(0);
+                    let (suffix_entries, suffix_read) = Frames::read_back(log[from..].to_vec()).unwrap();
+                    prop_assert_eq!(&suffix_entries, &expected, "from the last snapshot");
+                    prop_assert_eq!(&suffix_read, &read, "from the last snapshot");
                     frames = read;
                     exactly_once ^= how == 1;
                     if !exactly_once && frames.has_frames() {
@@ -635,8 +644,12 @@ mod tests {
             prop_assert_eq!(&entries, &expected, "whole");
             let end = log.len() * cleaned / 100;
             let left = compacted(&log, end, end * expired / 100);
-            let (entries, _) = Frames::read_back(left).unwrap();
+            let (entries, read) = Frames::read_back(left.clone()).unwrap();
             prop_assert_eq!(&entries, &expected, "compacted");
+            let from = last_snapshot(&left).unwrap_or(0);
+            let (suffix_entries, suffix_read) = Frames::read_back(left[from..].to_vec()).unwrap();
+            prop_assert_eq!(&suffix_entries, &expected, "compacted, from the last snapshot");
+            prop_assert_eq!(&suffix_read, &read, "compacted, from the last snapshot");
             if exactly_once {
                 let all = compacted(&log, log.len(), log.len());
                 let kept: usize = all.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();

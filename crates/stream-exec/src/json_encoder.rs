@@ -27,7 +27,7 @@ pub struct EncodedRow {
 
 /// A batch's encoded rows, held in one buffer for the values and one for the keys (no
 /// allocation per row).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EncodedRows {
     values: Lines,
     keys: Option<Lines>,
@@ -67,7 +67,7 @@ impl EncodedRows {
 }
 
 /// Pieces of one buffer, one per row.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lines {
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,

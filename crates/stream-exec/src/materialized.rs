@@ -12,7 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -20,6 +21,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::hash_utils::RandomState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
+use tokio::sync::watch;
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
@@ -33,6 +35,8 @@ pub struct MaterializedTable {
     rows: RwLock<Rows>,
     /// For windowed tables: the window end column and the retention in ms.
     window: Option<(usize, i64)>,
+    /// Whether the table holds its topic's rows (see [`MaterializedTable::restore`]).
+    restored: watch::Sender<bool>,
 }
 
 /// One key's row.
@@ -53,9 +57,21 @@ struct Rows {
     /// Keys by window end, for windowed tables.
     by_end: BTreeMap<i64, Vec<Vec<u8>>>,
     newest_end: i64,
+    /// While the table is read back from its topic: the query's results written since
+    /// the reading began, applied once it is done.
+    pending: Option<Vec<(ChangeBatch, EncodedRows)>>,
 }
 
 impl Rows {
+    /// No rows, read back from the topic next, with results that wait for that.
+    fn restoring(pending: Vec<(ChangeBatch, EncodedRows)>) -> Self {
+        Self {
+            newest_end: i64::MIN,
+            pending: Some(pending),
+            ..Self::default()
+        }
+    }
+
     /// Insert or replace the row of `key`, whose window ends at `end` (windowed tables).
     fn upsert(&mut self, key: &[u8], row: &[u8], end: Option<i64>) {
         if let Some(end) = end {
@@ -90,6 +106,105 @@ impl Rows {
     }
 }
 
+/// Records read back from a table's topic, applied a chunk at a time: the values decoded
+/// together, then each record applied in order (a row upserts its key; a tombstone, or a
+/// value that cannot be decoded, deletes it), as [`MaterializedTable::apply_encoded`] applies what the query writes.
+/// Nothing is kept of a record after its chunk: reading a topic back holds the table and
+/// one chunk.
+pub struct TableRestore {
+    table: Arc<MaterializedTable>,
+    decoder: JsonDecoder,
+    chunk: usize,
+    /// The chunk's keys, one after the other.
+    keys: Vec<u8>,
+    /// The chunk's values, one after the other.
+    values: Vec<u8>,
+    /// Per record of the chunk: where its key ends in `keys`, and where its value ends in
+    /// `values` (`None`: a tombstone).
+    records: Vec<(usize, Option<usize>)>,
+}
+
+/// Records per chunk of a restore.
+const RESTORE_CHUNK: usize = 16 * 1024;
+
+impl TableRestore {
+    /// Add the next record read back: its Kafka key and value (`None`: a tombstone).
+    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.keys.extend_from_slice(key);
+        let value_end = value.map(|v| {
+            self.values.extend_from_slice(v);
+            self.values.len()
+        });
+        self.records.push((self.keys.len(), value_end));
+        if self.records.len() >= self.chunk {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    /// Apply what is left, then the results that waited; returns how many rows the table
+    /// holds. From now on results apply to the table as they come.
+    pub fn finish(mut self) -> Result<usize> {
+        self.apply()?;
+        let table = &self.table;
+        let mut rows = table.rows.write().unwrap_or_else(|p| p.into_inner());
+        for (batch, encoded) in rows.pending.take().unwrap_or_default() {
+            table.apply_to(&mut rows, &batch, &encoded)?;
+        }
+        let held = rows.by_key.len();
+        drop(rows);
+        table.restored.send_replace(true);
+        Ok(held)
+    }
+
+    /// Apply the chunk. Values that cannot be decoded are skipped and logged.
+    fn apply(&mut self) -> Result<()> {
+        let mut spans = Vec::with_capacity(self.records.len());
+        let (mut key_start, mut value_start) = (0, 0);
+        for &(key_end, value_end) in &self.records {
+            spans.push((key_start..key_end, value_end.map(|end| value_start..end)));
+            key_start = key_end;
+            value_start = value_end.unwrap_or(value_start);
+        }
+        let values: Vec<&[u8]> = spans
+            .iter()
+            .filter_map(|(_, v)| v.clone().map(|v| &self.values[v]))
+            .collect();
+        let decoded = self.decoder.decode(&values)?;
+        let (rows, ends) = self.table.encode(&decoded.batch)?;
+        let ends = ends
+            .as_ref()
+            .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
+        // The decoded rows (and errors), by index among the values, in order.
+        let mut decoded_rows = decoded.rows.iter().enumerate().peekable();
+        let mut errors = decoded.errors.iter().peekable();
+        let mut table = self.table.rows.write().unwrap_or_else(|p| p.into_inner());
+        let mut value_index = 0;
+        for (key, value) in &spans {
+            let key = &self.keys[key.clone()];
+            if value.is_none() {
+                table.remove(key);
+                continue;
+            }
+            let this = value_index;
+            value_index += 1;
+            if let Some((row, _)) = decoded_rows.next_if(|(_, &input)| input == this) {
+                table.upsert(key, rows.row(row).data(), ends.map(|e| e.value(row)));
+            } else if let Some((_, reason)) = errors.next_if(|(input, _)| *input == this) {
+                // The topic's row for this key is this value: no older row stands in.
+                table.remove(key);
+                tracing::warn!(key = %String::from_utf8_lossy(key), reason, "a table row read back could not be decoded; skipped");
+            }
+        }
+        self.table.evict(&mut table);
+        drop(table);
+        self.keys.clear();
+        self.values.clear();
+        self.records.clear();
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for MaterializedTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MaterializedTable")
@@ -102,7 +217,11 @@ impl std::fmt::Debug for MaterializedTable {
 impl MaterializedTable {
     /// An empty table of result rows with `schema`, keyed by the Kafka keys of the records
     /// they are written as; `window` is the window end column and retention of a windowed
-    /// table.
+    /// table. It is not restored yet: results applied to it wait until it has been read
+    /// back from its topic ([`MaterializedTable::restore`]), and [`is_restoring`] says so
+    /// to pull queries.
+    ///
+    /// [`is_restoring`]: MaterializedTable::is_restoring
     pub fn new(schema: SchemaRef, window: Option<(usize, i64)>) -> Result<Self> {
         let converter = RowConverter::new(
             schema
@@ -115,12 +234,24 @@ impl MaterializedTable {
         Ok(Self {
             schema,
             converter,
-            rows: RwLock::new(Rows {
-                newest_end: i64::MIN,
-                ..Rows::default()
-            }),
+            rows: RwLock::new(Rows::restoring(vec![])),
             window,
+            restored: watch::channel(false).0,
         })
+    }
+
+    /// Whether the table is still being read back from its topic: its rows are not all
+    /// there yet.
+    pub fn is_restoring(&self) -> bool {
+        !*self.restored.borrow()
+    }
+
+    /// Wait up to `wait` until the table has been read back from its topic; whether it
+    /// has.
+    pub async fn wait_restored(&self, wait: Duration) -> bool {
+        let mut restored = self.restored.subscribe();
+        let waited = tokio::time::timeout(wait, restored.wait_for(|done| *done)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// The schema of its rows.
@@ -146,11 +277,19 @@ impl MaterializedTable {
     /// [`encode_batch`](crate::json_encoder::encode_batch) wrote them for this table's
     /// key columns): rows upsert by their records' keys, tombstones delete.
     pub fn apply_encoded(&self, batch: &ChangeBatch, encoded: &EncodedRows) -> Result<()> {
+        let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = &mut table.pending {
+            pending.push((batch.clone(), encoded.clone()));
+            return Ok(());
+        }
+        self.apply_to(&mut table, batch, encoded)
+    }
+
+    fn apply_to(&self, table: &mut Rows, batch: &ChangeBatch, encoded: &EncodedRows) -> Result<()> {
         let (rows, ends) = self.encode(&batch.rows)?;
         let ends = ends
             .as_ref()
             .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
-        let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
         for i in 0..batch.rows.num_rows() {
             let key = encoded.key(i).unwrap_or_default();
             if batch.is_tombstone(i) {
@@ -159,34 +298,26 @@ impl MaterializedTable {
             }
             table.upsert(key, rows.row(i).data(), ends.map(|e| e.value(i)));
         }
-        self.evict(&mut table);
+        self.evict(table);
         Ok(())
     }
 
-    /// Fill the table from its topic read back: `latest` holds the latest value (a JSON
-    /// result row) of each Kafka key. Values that cannot be decoded are skipped and
-    /// logged. Returns how many rows it holds.
-    pub fn restore(&self, latest: &std::collections::HashMap<Vec<u8>, Vec<u8>>) -> Result<usize> {
-        let (keys, values): (Vec<&Vec<u8>>, Vec<&[u8]>) =
-            latest.iter().map(|(k, v)| (k, v.as_slice())).unzip();
-        let decoded = JsonDecoder::new(self.schema.clone()).decode(&values)?;
-        for (i, reason) in &decoded.errors {
-            tracing::warn!(key = %String::from_utf8_lossy(keys[*i]), reason, "a table row read back could not be decoded; skipped");
-        }
-        let (rows, ends) = self.encode(&decoded.batch)?;
-        let ends = ends
-            .as_ref()
-            .map(|e| e.as_primitive::<datafusion::arrow::datatypes::Int64Type>());
+    /// Empty the table, to fill it again from its topic: records go to the
+    /// [`TableRestore`] returned, in offset order. Until it is finished, results applied
+    /// to the table wait (those that waited before, too: reading back may be retried).
+    pub fn restore(self: &Arc<Self>) -> TableRestore {
         let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
-        for (row, &input) in decoded.rows.iter().enumerate() {
-            table.upsert(
-                keys[input],
-                rows.row(row).data(),
-                ends.map(|e| e.value(row)),
-            );
+        let pending = table.pending.take().unwrap_or_default();
+        *table = Rows::restoring(pending);
+        self.restored.send_replace(false);
+        TableRestore {
+            table: self.clone(),
+            decoder: JsonDecoder::new(self.schema.clone()),
+            chunk: RESTORE_CHUNK,
+            keys: Vec::new(),
+            values: Vec::new(),
+            records: Vec::with_capacity(RESTORE_CHUNK),
         }
-        self.evict(&mut table);
-        Ok(table.by_key.len())
     }
 
     /// `batch` in the row format, and for a windowed table its window ends as BIGINT.
@@ -257,6 +388,13 @@ mod tests {
     use super::*;
     use crate::json_encoder::encode_batch;
 
+    /// A table with no topic rows to read back: results apply as they come.
+    fn ready(schema: SchemaRef, window: Option<(usize, i64)>) -> Arc<MaterializedTable> {
+        let table = Arc::new(MaterializedTable::new(schema, window).expect("table"));
+        table.restore().finish().expect("nothing to read back");
+        table
+    }
+
     /// Apply `batches` in order, keyed by `table`'s first column, as a query writes them.
     fn apply(table: &MaterializedTable, batches: &[ChangeBatch]) {
         for b in batches {
@@ -286,7 +424,7 @@ mod tests {
     #[test]
     fn rows_upsert_by_key_and_tombstones_delete() {
         let first = batch(&["a", "b", "a"], &[1, 1, 2], None);
-        let table = MaterializedTable::new(first.rows.schema(), None).expect("table");
+        let table = ready(first.rows.schema(), None);
         apply(&table, &[first]);
         apply(
             &table,
@@ -311,11 +449,83 @@ mod tests {
         );
     }
 
+    /// The rows of `table`, as (key column, n).
+    fn contents(table: &MaterializedTable) -> Vec<(String, i64)> {
+        let snap = table.snapshot().expect("snapshot");
+        let keys = snap.column(0).as_string::<i32>();
+        let n = snap
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        (0..snap.num_rows())
+            .map(|i| (keys.value(i).to_string(), n.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn a_table_read_back_holds_its_topics_rows_then_what_was_written_meanwhile() {
+        let batches = [
+            batch(&["a", "b", "a"], &[1, 1, 2], None),
+            batch(&["b", "c"], &[0, 5], Some(vec![true, false])),
+            batch(&["d", "c", "b"], &[7, 6, 3], None),
+            batch(&["b"], &[0], Some(vec![true])),
+        ];
+        let schema = batches[0].rows.schema();
+        let written = ready(schema.clone(), None);
+        apply(&written, &batches);
+        // The records of the topic, as the query wrote them, with two that cannot be
+        // decoded: one a later record of its key replaces, and one that is its key's last.
+        let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
+            (b"\"d\"".to_vec(), Some(b"{not json".to_vec())),
+            (b"\"z\"".to_vec(), Some(br#"{"k":"z","n":9}"#.to_vec())),
+        ];
+        for b in &batches {
+            let encoded = encode_batch(b, &[0]).expect("encode");
+            for i in 0..b.num_rows() {
+                let key = encoded.key(i).expect("key").to_vec();
+                let value = (!b.is_tombstone(i)).then(|| encoded.value(i).expect("value").to_vec());
+                records.push((key, value));
+            }
+        }
+        records.push((b"\"z\"".to_vec(), Some(b"[1,".to_vec())));
+        // The query runs while its table is read back: what it writes before and during the
+        // reading waits, and applies after the topic's rows.
+        let before = batch(&["a", "q"], &[40, 41], None);
+        let during = batch(&["q", "c"], &[0, 42], Some(vec![true, false]));
+        let table = Arc::new(MaterializedTable::new(schema, None).expect("table"));
+        assert!(table.is_restoring());
+        apply(&table, std::slice::from_ref(&before));
+        assert_eq!(table.len(), 0);
+        // A first reading fails halfway, and is done again.
+        let mut failed = table.restore();
+        failed.chunk = 2;
+        for (key, value) in &records[..5] {
+            failed.push(key, value.as_deref()).expect("push");
+        }
+        drop(failed);
+        let mut restore = table.restore();
+        restore.chunk = 2;
+        for (i, (key, value)) in records.iter().enumerate() {
+            if i == 4 {
+                apply(&table, std::slice::from_ref(&during));
+            }
+            restore.push(key, value.as_deref()).expect("push");
+        }
+        assert!(table.is_restoring());
+        assert_eq!(restore.finish().expect("finish"), 3);
+        assert!(!table.is_restoring());
+        apply(&written, &[before, during]);
+        assert_eq!(contents(&table), contents(&written));
+        assert_eq!(
+            contents(&table),
+            vec![("a".into(), 40), ("c".into(), 42), ("d".into(), 7),]
+        );
+    }
+
     #[test]
     fn windows_older_than_the_retention_are_forgotten() {
         // Column 1 holds the window end here; the key is the window (column 0).
         let first = batch(&["w1", "w2"], &[1_000, 2_000], None);
-        let table = MaterializedTable::new(first.rows.schema(), Some((1, 1_500))).expect("table");
+        let table = ready(first.rows.schema(), Some((1, 1_500)));
         apply(&table, &[first]);
         assert_eq!(table.len(), 2);
         apply(&table, &[batch(&["w3"], &[3_000], None)]);

@@ -12,13 +12,13 @@ use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
-use crate::changelog::{changelog_topic, ensure_changelog, latest, read_topic};
+use crate::changelog::{changelog_topic, ensure_changelog, read_changelog, read_topic_each};
 use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Subscribed};
 use crate::delivery::{new_producer, Delivery, Outgoing, QueryProducer};
 pub use crate::delivery::{producer_config, use_java_partitioner};
 use crate::error::{ExecError, Result};
 use crate::frames::StateWriter;
-use crate::materialized::MaterializedTable;
+use crate::materialized::{MaterializedTable, TableRestore};
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
 use crate::reader::{Polled, Reader};
@@ -214,41 +214,45 @@ async fn run(
     else {
         return Ok(());
     };
-    if let (true, Some(table)) = (persistent, &config.materialized) {
-        let Some(rows) = retry(
-            query_id,
-            "reading table rows back",
-            &stats,
-            &mut shutdown,
-            || read_topic(&config.bootstrap_servers, &config.sink_topic),
-        )
-        .await?
-        else {
-            return Ok(());
-        };
-        let rows = table.restore(&latest(rows))?;
-        tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
-    }
+    // A table's rows are read back from its topic while the query runs: results written
+    // meanwhile wait in the table and apply after them (see `MaterializedTable::restore`).
+    let mut table_shutdown = shutdown.clone();
+    let restore_table = async {
+        match (persistent, &config.materialized) {
+            (true, Some(table)) => restore_table(&config, table, &stats, &mut table_shutdown).await,
+            _ => Ok(()),
+        }
+    };
     tracing::info!(query_id, topic, sink = %config.sink_topic, "query started");
     let mut reader = Reader::start(consumer.clone(), fetch, topic, revocations.clone())
         .map_err(|e| ExecError::internal("query loop", &format!("starting the reader: {e}")))?;
-    let stopped = process(
-        &config,
-        &plan,
-        &stats,
-        &mut shutdown,
-        &mut output,
-        Source {
-            consumer: &consumer,
-            reader: &mut reader,
-            revocations: &revocations,
-            assignment: &assignment,
-            partitions: &partitions,
-        },
-        changelog.as_deref(),
-        (pipeline, writer),
-    )
-    .await;
+    let stopped = {
+        let processing = process(
+            &config,
+            &plan,
+            &stats,
+            &mut shutdown,
+            &mut output,
+            Source {
+                consumer: &consumer,
+                reader: &mut reader,
+                revocations: &revocations,
+                assignment: &assignment,
+                partitions: &partitions,
+            },
+            changelog.as_deref(),
+            (pipeline, writer),
+        );
+        tokio::pin!(processing, restore_table);
+        // A table that cannot be read back stops its query, as a failure to start would.
+        tokio::select! {
+            stopped = &mut processing => stopped,
+            restored = &mut restore_table => match restored {
+                Ok(()) => processing.await,
+                Err(e) => Err(e),
+            },
+        }
+    };
     reader.stop().await;
     stopped?;
     tracing::info!(query_id, "query stopped");
@@ -710,6 +714,34 @@ where
     }
 }
 
+/// Read the rows of `table` back from its topic (the query's sink) as it was when the
+/// reading began, retrying Kafka failures.
+async fn restore_table(
+    config: &QueryConfig,
+    table: &Arc<MaterializedTable>,
+    stats: &QueryStats,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let query_id = config.query_id.as_str();
+    let push = |r: &mut TableRestore, key: &[u8], value: Option<&[u8]>| r.push(key, value);
+    let Some((restore, _)) = retry(query_id, "reading table rows back", stats, shutdown, || {
+        read_topic_each(
+            &config.bootstrap_servers,
+            &config.sink_topic,
+            (table.restore(), push),
+        )
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let rows = tokio::task::spawn_blocking(move || restore.finish())
+        .await
+        .map_err(|e| ExecError::internal("reading table rows back", &e.to_string()))??;
+    tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
+    Ok(())
+}
+
 /// A fresh pipeline over `partitions`, its state read back from `changelog`, and the
 /// writer of its changelog.
 async fn start_pipeline(
@@ -723,7 +755,7 @@ async fn start_pipeline(
     pipeline.assign(partitions.iter().copied(), now);
     let mut writer = StateWriter::default();
     if let Some(changelog) = changelog {
-        let records = read_topic(&config.bootstrap_servers, changelog).await?;
+        let records = read_changelog(&config.bootstrap_servers, changelog).await?;
         let count = records.len();
         let (state, read) = StateWriter::read_back(records, config.exactly_once)?;
         pipeline.restore(&state, now)?;

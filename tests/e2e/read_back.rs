@@ -1,0 +1,109 @@
+//! What a query reads back from real Kafka topics when it starts: its state changelog
+//! from the last snapshot on, read backwards from the end in growing stretches (the dead
+//! records before the snapshot, which compaction leaves until their segment closes, are
+//! not read); without a snapshot, all of it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_e2e::{bootstrap, unique};
+use sluice_stream_exec::changelog::{ensure_changelog, read_changelog, read_topic, KeyedRecord};
+use sluice_stream_exec::frames::{last_snapshot, Frames};
+use sluice_stream_exec::state::StateChange;
+
+/// `n` records of one entry each (as at-least-once writes them), over 50 keys; `from`
+/// numbers the values.
+fn entries(from: usize, n: usize) -> Vec<StateChange> {
+    (from..from + n)
+        .map(|i| StateChange {
+            key: format!("0:{{\"k\":{}}}", i % 50).into_bytes(),
+            value: Some(format!("[{i}]").into_bytes()),
+        })
+        .collect()
+}
+
+fn as_records(changes: &[StateChange]) -> Vec<KeyedRecord> {
+    changes
+        .iter()
+        .map(|c| (c.key.clone(), c.value.clone()))
+        .collect()
+}
+
+/// Write `changes` to `topic` in order (an idempotent producer keeps them in order).
+async fn write(topic: &str, changes: &[StateChange]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = Vec::with_capacity(changes.len());
+    for c in changes {
+        let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).key(&c.key);
+        if let Some(v) = &c.value {
+            record = record.payload(v);
+        }
+        pending.push(producer.send(record, Duration::from_secs(10)));
+    }
+    for p in pending {
+        p.await.expect("written");
+    }
+}
+
+#[tokio::test]
+async fn a_changelog_is_read_back_from_its_last_snapshot_and_reads_as_a_whole_one() {
+    let b = bootstrap();
+    let topic = unique("read_back_snapshot");
+    ensure_changelog(&b, &topic).await.expect("changelog");
+    // Records of one entry each, then a snapshot of the state they make (after
+    // tombstones for them), then records of one entry each for longer than the first
+    // stretches read back (256 offsets, then 1024 more).
+    let mut changes = entries(0, 600);
+    let (state, mut frames) = Frames::read_back(as_records(&changes)).expect("read");
+    let snapshot: Vec<StateChange> = state
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .map(|(key, value)| StateChange {
+            key,
+            value: Some(value),
+        })
+        .collect();
+    changes.extend(frames.pack_snapshot(&snapshot));
+    changes.extend(entries(600, 1500));
+    write(&topic, &changes).await;
+
+    let whole = read_topic(&b, &topic).await.expect("read whole");
+    assert_eq!(whole, as_records(&changes));
+    let at = last_snapshot(&whole).expect("a snapshot");
+    assert!(
+        whole.len() - at > 1280,
+        "the snapshot is {} from the end",
+        whole.len() - at
+    );
+    let read = read_changelog(&b, &topic).await.expect("read back");
+    assert_eq!(read, whole[at..].to_vec());
+    let (from_snapshot, frames_read) = Frames::read_back(read).expect("from the snapshot");
+    let (from_whole, frames_whole) = Frames::read_back(whole).expect("whole");
+    assert_eq!(from_snapshot, from_whole);
+    assert_eq!(frames_read, frames_whole);
+    assert_eq!(from_whole[&b"0:{\"k\":7}"[..]], b"[2057]".to_vec());
+}
+
+#[tokio::test]
+async fn a_changelog_without_a_snapshot_is_read_back_whole() {
+    let b = bootstrap();
+    let topic = unique("read_back_no_snapshot");
+    ensure_changelog(&b, &topic).await.expect("changelog");
+    let changes = entries(0, 2000);
+    write(&topic, &changes).await;
+    let read = read_changelog(&b, &topic).await.expect("read back");
+    assert_eq!(read, as_records(&changes));
+    // A changelog that does not exist yet reads as empty.
+    let none = read_changelog(&b, &unique("read_back_missing"))
+        .await
+        .expect("missing");
+    assert!(none.is_empty());
+}
