@@ -130,6 +130,13 @@ impl PullQueries {
         let resolve = |name: &TableReference| -> datafusion::error::Result<Arc<dyn TableSource>> {
             let table = resolve_table(name, catalog, sources)?;
             read.borrow_mut().extend(table.1.iter().cloned());
+            if let Some(why) = table.0.restore_failed() {
+                return Err(DataFusionError::Execution(format!(
+                    "table \"{}\" has no rows to read: they could not be read back from its \
+                     topic, as {why}",
+                    name.table().to_ascii_uppercase()
+                )));
+            }
             let snapshot = if table.0.is_restoring() {
                 let named = name.table().to_ascii_uppercase();
                 restoring.borrow_mut().push((named, table.0.clone()));
@@ -157,6 +164,7 @@ impl PullQueries {
         // A table still being read back after a restart is waited for (once): its rows are
         // not all there yet.
         let mut waited = false;
+        let deadline = tokio::time::Instant::now() + RESTORE_WAIT;
         let (logical, key_names) = loop {
             let (planned, restoring) = self.plan(query, catalog, sources);
             let planned = planned?;
@@ -164,7 +172,8 @@ impl PullQueries {
                 break planned;
             }
             for (name, table) in restoring {
-                if waited || !table.wait_restored(RESTORE_WAIT).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if waited || !table.wait_restored(left).await {
                     return Err(ApiError::not_ready(format!(
                         "table \"{name}\" is still being read back from its topic after a \
                          restart ({} rows so far); try again shortly",

@@ -11,14 +11,14 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
 use crate::frames;
 
-/// How long reading a topic back may go without a record before it counts as failed (and
-/// is retried).
+/// How long reading a topic back may go without a record read (or a partition's end) before
+/// it counts as failed (and is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The changelog topic of the query whose consumer group is `group_id`.
@@ -180,6 +180,9 @@ impl ReadBack {
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             .set("allow.auto.create.topics", "false")
+            // An offset the log no longer has (deleted meanwhile) reads from its start, not
+            // from its end: what is left is read, not skipped.
+            .set("auto.offset.reset", "earliest")
             // Once its prefetch queue is full, librdkafka waits this long before fetching
             // again (default 1 s): reading back drains the queue in well under that, so
             // with the default it read in bursts with most of a second between them.
@@ -192,17 +195,37 @@ impl ReadBack {
         let metadata = consumer
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
             .map_err(|e| ExecError::kafka(context(), e))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let mut partitions = vec![];
+        for t in metadata.topics() {
+            match t.error() {
+                None => partitions.extend(t.partitions().iter().map(|p| p.id())),
+                // The topic does not exist (yet): it reads as empty.
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {}
+                // A leader being elected, say: the caller retries, rather than read nothing.
+                Some(e) => {
+                    return Err(ExecError::kafka(
+                        context(),
+                        KafkaError::MetadataFetch(e.into()),
+                    ))
+                }
+            }
+        }
         Ok(Self {
             consumer,
             topic: topic.to_string(),
             partitions,
         })
+    }
+
+    /// Note `partition` as read to its end, and stop fetching it: a query writing to the
+    /// topic meanwhile would keep it delivering.
+    fn finished(&self, partition: i32, done: &mut HashSet<i32>) {
+        done.insert(partition);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        if let Err(e) = self.consumer.pause(&list) {
+            tracing::debug!(topic = %self.topic, partition, error = %e, "not paused");
+        }
     }
 
     /// Every partition, from the beginning to its end as of now: records written after
@@ -258,21 +281,22 @@ impl ReadBack {
         // markers) is reported as a PartitionEOF event.
         while done.len() < ranges.len() {
             match self.consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    read += 1;
-                    if done.contains(&m.partition()) {
-                        continue;
-                    }
+                Some(Ok(m)) if !done.contains(&m.partition()) => {
                     if until.get(&m.partition()).is_some_and(|&u| m.offset() >= u) {
-                        done.insert(m.partition());
+                        self.finished(m.partition(), &mut done);
+                        read += 1;
+                    } else {
+                        each(m.key().unwrap_or_default(), m.payload())?;
+                        read += 1;
+                        // No clock read per record: it would cost as much as the record.
                         continue;
                     }
-                    each(m.key().unwrap_or_default(), m.payload())?;
-                    // No clock read per record: it would cost as much as taking the record.
-                    continue;
                 }
+                // Fetched before its partition was paused: not progress.
+                Some(Ok(_)) => {}
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    done.insert(p);
+                    self.finished(p, &mut done);
+                    read += 1;
                 }
                 // The caller retries (a broker outage, say) and reports it.
                 Some(Err(e)) => return Err(ExecError::kafka(self.context(), e)),

@@ -58,8 +58,10 @@ struct Rows {
     by_end: BTreeMap<i64, Vec<Vec<u8>>>,
     newest_end: i64,
     /// While the table is read back from its topic: the query's results written since
-    /// the reading began, applied once it is done.
+    /// the table was made, applied once the reading is done.
     pending: Option<Vec<(ChangeBatch, EncodedRows)>>,
+    /// Why it could not be read back (see [`MaterializedTable::abandon_restore`]).
+    failed: Option<String>,
 }
 
 impl Rows {
@@ -108,9 +110,9 @@ impl Rows {
 
 /// Records read back from a table's topic, applied a chunk at a time: the values decoded
 /// together, then each record applied in order (a row upserts its key; a tombstone, or a
-/// value that cannot be decoded, deletes it), as [`MaterializedTable::apply_encoded`] applies what the query writes.
-/// Nothing is kept of a record after its chunk: reading a topic back holds the table and
-/// one chunk.
+/// value that cannot be decoded, deletes it), as [`MaterializedTable::apply_encoded`]
+/// applies what the query writes. Nothing is kept of a record after its chunk: reading a
+/// topic back holds the table and one chunk.
 pub struct TableRestore {
     table: Arc<MaterializedTable>,
     decoder: JsonDecoder,
@@ -244,6 +246,25 @@ impl MaterializedTable {
     /// there yet.
     pub fn is_restoring(&self) -> bool {
         !*self.restored.borrow()
+    }
+
+    /// Why the table's rows could not be read back, if they could not: its query stopped
+    /// or failed first. Its rows are then not the table's.
+    pub fn restore_failed(&self) -> Option<String> {
+        self.rows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+            .clone()
+    }
+
+    /// Give up reading the table back (its query has ended), for `why`.
+    pub fn abandon_restore(&self, why: String) {
+        let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
+        table.pending = None;
+        table.failed = Some(why);
+        drop(table);
+        self.restored.send_replace(true);
     }
 
     /// Wait up to `wait` until the table has been read back from its topic; whether it
@@ -519,6 +540,29 @@ mod tests {
             contents(&table),
             vec![("a".into(), 40), ("c".into(), 42), ("d".into(), 7),]
         );
+    }
+
+    #[tokio::test]
+    async fn a_table_whose_query_ended_before_it_was_read_back_says_so() {
+        let first = batch(&["a"], &[1], None);
+        let table = Arc::new(MaterializedTable::new(first.rows.schema(), None).expect("table"));
+        assert!(!table.wait_restored(Duration::from_millis(10)).await);
+        apply(&table, &[first]);
+        let waiting = {
+            let table = table.clone();
+            tokio::spawn(async move { table.wait_restored(Duration::from_secs(10)).await })
+        };
+        table.abandon_restore("its query failed: no broker".into());
+        assert!(
+            waiting.await.expect("waited"),
+            "a waiting pull query is woken"
+        );
+        assert!(!table.is_restoring());
+        assert_eq!(
+            table.restore_failed().as_deref(),
+            Some("its query failed: no broker")
+        );
+        assert_eq!(table.len(), 0);
     }
 
     #[test]

@@ -118,10 +118,20 @@ pub async fn run_query(
         || new_producer(&config),
     )
     .await?;
-    match producer {
+    let table = config.materialized.clone();
+    let ran = match producer {
         Some(producer) => run(config, plan, stats, shutdown, Output::Topic(producer)).await,
         None => Ok(()),
+    };
+    // Pull queries are not left waiting for rows that will not come.
+    if let Some(table) = table.filter(|t| t.is_restoring()) {
+        let why = match &ran {
+            Ok(()) => "its query stopped before they were read back".to_string(),
+            Err(e) => format!("its query failed: {e}"),
+        };
+        table.abandon_restore(why);
     }
+    ran
 }
 
 /// The first wait before retrying after a Kafka failure; it doubles up to [`MAX_BACKOFF`].
@@ -217,7 +227,7 @@ async fn run(
     // A table's rows are read back from its topic while the query runs: results written
     // meanwhile wait in the table and apply after them (see `MaterializedTable::restore`).
     let mut table_shutdown = shutdown.clone();
-    let restore_table = async {
+    let restoring = async {
         match (persistent, &config.materialized) {
             (true, Some(table)) => restore_table(&config, table, &stats, &mut table_shutdown).await,
             _ => Ok(()),
@@ -243,11 +253,11 @@ async fn run(
             changelog.as_deref(),
             (pipeline, writer),
         );
-        tokio::pin!(processing, restore_table);
+        tokio::pin!(processing, restoring);
         // A table that cannot be read back stops its query, as a failure to start would.
         tokio::select! {
             stopped = &mut processing => stopped,
-            restored = &mut restore_table => match restored {
+            restored = &mut restoring => match restored {
                 Ok(()) => processing.await,
                 Err(e) => Err(e),
             },
