@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use sluice_e2e::{bootstrap, unique};
+use rdkafka::producer::FutureRecord;
+use sluice_e2e::{bootstrap, ordered_producer, unique};
 use sluice_stream_exec::changelog::{ensure_changelog, read_changelog, read_topic, KeyedRecord};
 use sluice_stream_exec::frames::{last_snapshot, Frames};
 use sluice_stream_exec::state::StateChange;
@@ -31,14 +30,9 @@ fn as_records(changes: &[StateChange]) -> Vec<KeyedRecord> {
         .collect()
 }
 
-/// Write `changes` to `topic` in order (an idempotent producer keeps them in order).
+/// Write `changes` to `topic` in order.
 async fn write(topic: &str, changes: &[StateChange]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    let producer = ordered_producer();
     let mut pending = Vec::with_capacity(changes.len());
     for c in changes {
         let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).key(&c.key);

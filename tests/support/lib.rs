@@ -335,18 +335,24 @@ pub fn latest_by<K: std::hash::Hash + Eq>(
     out
 }
 
+/// A producer that keeps each partition's records in the order they are sent, however
+/// many are in flight: it is idempotent.
+pub fn ordered_producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
 /// Produce `(partition, key, value)` records, each to its own partition. Each partition
 /// receives its records in list order: the producer is idempotent, which keeps one
 /// partition's records in order while many are in flight. Panics unless all are delivered.
 pub async fn produce_to_partitions(topic: &str, records: &[(i32, Option<String>, String)]) {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::producer::Producer as _;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    let producer = ordered_producer();
     // Explicit partitions need the topic's metadata first.
     let wanted = records.iter().map(|r| r.0).max().unwrap_or(0);
     let (client, name) = (producer.clone(), topic.to_string());

@@ -269,6 +269,11 @@ impl ReadBack {
         self.consumer
             .assign(&assignment)
             .map_err(|e| ExecError::kafka(self.context(), e))?;
+        // A partition paused at the end of an earlier range stays paused when assigned
+        // again.
+        self.consumer
+            .resume(&assignment)
+            .map_err(|e| ExecError::kafka(self.context(), e))?;
         let until: HashMap<i32, i64> = ranges
             .iter()
             .filter_map(|r| Some((r.partition, r.until?)))
