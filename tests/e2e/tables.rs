@@ -80,3 +80,54 @@ async fn unwindowed_aggregation_is_an_updating_table_keyed_by_its_group_columns(
     );
     server.stop().await;
 }
+
+/// `topic`'s `cleanup.policy`, as the broker describes it.
+async fn cleanup_policy(topic: &str) -> String {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", sluice_e2e::bootstrap())
+        .create()
+        .expect("admin client");
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .expect("described");
+    let resource = described
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .expect("its configs");
+    resource
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone())
+        .expect("a cleanup.policy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tables_topic_is_compacted_as_ksqldb_creates_it() {
+    let server = TestServer::start().await;
+    let topic = unique("tcp");
+    let (stream, copy, table, windowed) = (
+        unique("TCP").to_uppercase(),
+        unique("TCP_COPY").to_uppercase(),
+        unique("TCP_TABLE").to_uppercase(),
+        unique("TCP_WINDOWED").to_uppercase(),
+    );
+    server
+        .ok(&format!(
+            "CREATE STREAM {stream} (id VARCHAR, n BIGINT) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=1);\n\
+             CREATE STREAM {copy} AS SELECT id, n FROM {stream};\n\
+             CREATE TABLE {table} AS SELECT id, COUNT(*) AS c FROM {stream} GROUP BY id;\n\
+             CREATE TABLE {windowed} AS SELECT id, COUNT(*) AS c FROM {stream} \
+             WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY id;"
+        ))
+        .await;
+    assert_eq!(cleanup_policy(&copy).await, "delete");
+    assert_eq!(cleanup_policy(&table).await, "compact");
+    assert_eq!(cleanup_policy(&windowed).await, "compact,delete");
+    // A topic that exists keeps its configs: the source's, here, the broker's default.
+    assert_eq!(cleanup_policy(&topic).await, "delete");
+    server.stop().await;
+}

@@ -516,7 +516,15 @@ impl Engine {
                 "\"{name}\" would write to topic \"{topic}\", which its query reads; give another KAFKA_TOPIC"
             )));
         }
-        self.topics.create(&topic, partitions).await?;
+        // As ksqlDB creates them: a table's topic keeps the latest row of each key (and, for
+        // a windowed table, also deletes by age, as a stream's does). A topic that exists
+        // keeps its configs.
+        let policy: &[(&str, &str)] = match (kind, plan.window_retention.is_some()) {
+            (SourceKind::Stream, _) => &[],
+            (SourceKind::Table, false) => &[("cleanup.policy", "compact")],
+            (SourceKind::Table, true) => &[("cleanup.policy", "compact,delete")],
+        };
+        self.topics.create_with(&topic, partitions, policy).await?;
         let prefix = match kind {
             SourceKind::Stream => "CSAS",
             SourceKind::Table => "CTAS",

@@ -93,6 +93,18 @@ impl Topics {
 
     /// Create `topic` with `partitions` partitions; Ok when it already exists.
     pub async fn create(&self, topic: &str, partitions: i32) -> Result<(), ApiError> {
+        self.create_with(topic, partitions, &[]).await
+    }
+
+    /// Create `topic` with `partitions` partitions and the topic configs `config` (the
+    /// embedded broker ignores them); Ok, with its configs unchanged, when it already
+    /// exists.
+    pub async fn create_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<(), ApiError> {
         if let Some(broker) = &self.embedded {
             return match broker.create_topic(topic, partitions) {
                 Ok(()) => Ok(()),
@@ -101,7 +113,10 @@ impl Topics {
                 Err(e) => Err(ApiError::internal(e.to_string())),
             };
         }
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+        let new = config.iter().fold(
+            NewTopic::new(topic, partitions, TopicReplication::Fixed(-1)),
+            |new, (key, value)| new.set(key, value),
+        );
         let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
         let results = self
             .admin
