@@ -518,11 +518,13 @@ impl Engine {
         }
         // As ksqlDB creates them: a table's topic keeps the latest row of each key (and, for
         // a windowed table, also deletes by age, as a stream's does). A topic that exists
-        // keeps its configs.
+        // keeps its configs. (A table without key columns writes records without a key,
+        // which a compacted topic refuses.)
+        let keyed = !sink.key_columns.is_empty();
         let policy: &[(&str, &str)] = match (kind, plan.window_retention.is_some()) {
-            (SourceKind::Stream, _) => &[],
-            (SourceKind::Table, false) => &[("cleanup.policy", "compact")],
-            (SourceKind::Table, true) => &[("cleanup.policy", "compact,delete")],
+            (SourceKind::Table, false) if keyed => &[("cleanup.policy", "compact")],
+            (SourceKind::Table, true) if keyed => &[("cleanup.policy", "compact,delete")],
+            _ => &[],
         };
         self.topics.create_with(&topic, partitions, policy).await?;
         let prefix = match kind {
