@@ -138,6 +138,22 @@ async fn table_counts(server: &TestServer, table: &str) -> (u16, Value) {
     (status, body[1]["row"]["columns"].clone())
 }
 
+/// Wait (up to 60 s) until `table_counts` answers `want`.
+async fn wait_for_counts(server: &TestServer, table: &str, want: Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = table_counts(server, table).await;
+        if got == (200, want.clone()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} answered {got:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_table_answers_pull_queries_with_all_its_rows_at_once() {
     let service_id = format!("{}_", unique("restart_table"));
@@ -163,14 +179,7 @@ async fn a_restarted_table_answers_pull_queries_with_all_its_rows_at_once() {
         })
         .collect();
     produce(&topic, &records).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while table_counts(&first, &table).await != (200, json!([1000, 3000])) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the table never held every event"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_counts(&first, &table, json!([1000, 3000])).await;
     first.stop().await;
 
     // The first pull query after the restart already sees every row: a table still being
@@ -183,13 +192,6 @@ async fn a_restarted_table_answers_pull_queries_with_all_its_rows_at_once() {
     );
     // The query runs on: a new event's row comes on top of those read back.
     produce(&topic, &[(None, json!({"id": "new", "n": 1}).to_string())]).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while table_counts(&second, &table).await != (200, json!([1001, 3001])) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new event never showed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_counts(&second, &table, json!([1001, 3001])).await;
     second.stop().await;
 }

@@ -43,6 +43,9 @@ pub const MAX_PULL_QUERIES: usize = 4;
 /// How long a pull query waits for a table still being read back after a restart.
 pub const RESTORE_WAIT: Duration = Duration::from_secs(10);
 
+/// Tables still being read back after a restart, by name.
+type Restoring = Vec<(String, Arc<MaterializedTable>)>;
+
 /// The result of a pull query.
 #[derive(Debug)]
 pub struct PullResult {
@@ -114,19 +117,15 @@ impl PullQueries {
     /// `query`'s logical plan over snapshots of the tables it reads, with the key columns
     /// among them; and the tables it reads that are still being read back (planned over
     /// no rows).
-    #[allow(clippy::type_complexity)]
     fn plan(
         &self,
         query: &Query,
         catalog: &Catalog,
         sources: &PullSources,
-    ) -> (
-        Result<(LogicalPlan, Vec<String>), ApiError>,
-        Vec<(String, Arc<MaterializedTable>)>,
-    ) {
+    ) -> (Result<(LogicalPlan, Vec<String>), ApiError>, Restoring) {
         // Planning is synchronous and its resolver is not `Send`: keep it out of the awaits.
         let read: RefCell<Vec<String>> = RefCell::new(vec![]);
-        let restoring: RefCell<Vec<(String, Arc<MaterializedTable>)>> = RefCell::new(vec![]);
+        let restoring: RefCell<Restoring> = RefCell::new(vec![]);
         let resolve = |name: &TableReference| -> datafusion::error::Result<Arc<dyn TableSource>> {
             let table = resolve_table(name, catalog, sources)?;
             read.borrow_mut().extend(table.1.iter().cloned());

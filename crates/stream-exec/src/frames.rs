@@ -490,6 +490,16 @@ mod tests {
         }
     }
 
+    /// `log` read back whole, once it has read back the same from its last snapshot on,
+    /// as a query reads it (`changelog::read_changelog`).
+    fn read_back_both_ways(log: &[KeyedRecord]) -> Result<(Entries, Frames), TestCaseError> {
+        let whole = Frames::read_back(log.to_vec()).unwrap();
+        let from = last_snapshot(log).unwrap_or(0);
+        let suffix = Frames::read_back(log[from..].to_vec()).unwrap();
+        prop_assert_eq!(&suffix, &whole, "read from the last snapshot on");
+        Ok(whole)
+    }
+
     #[test]
     fn a_batch_of_many_changes_is_a_few_records() {
         let mut frames = Frames::default();
@@ -608,13 +618,8 @@ mod tests {
             for (batch, how) in batches {
                 if how <= 1 {
                     // A restart; at 1 with the other guarantee.
-                    let (entries, read) = Frames::read_back(log.clone()).unwrap();
+                    let (entries, read) = read_back_both_ways(&log)?;
                     prop_assert_eq!(&entries, &expected, "at a restart");
-                    // Read back from the last snapshot on, as a query reads it.
-                    let from = last_snapshot(&log).unwrap_or(0);
-                    let (suffix_entries, suffix_read) = Frames::read_back(log[from..].to_vec()).unwrap();
-                    prop_assert_eq!(&suffix_entries, &expected, "from the last snapshot");
-                    prop_assert_eq!(&suffix_read, &read, "from the last snapshot");
                     frames = read;
                     exactly_once ^= how == 1;
                     if !exactly_once && frames.has_frames() {
@@ -644,12 +649,8 @@ mod tests {
             prop_assert_eq!(&entries, &expected, "whole");
             let end = log.len() * cleaned / 100;
             let left = compacted(&log, end, end * expired / 100);
-            let (entries, read) = Frames::read_back(left.clone()).unwrap();
+            let (entries, _) = read_back_both_ways(&left)?;
             prop_assert_eq!(&entries, &expected, "compacted");
-            let from = last_snapshot(&left).unwrap_or(0);
-            let (suffix_entries, suffix_read) = Frames::read_back(left[from..].to_vec()).unwrap();
-            prop_assert_eq!(&suffix_entries, &expected, "compacted, from the last snapshot");
-            prop_assert_eq!(&suffix_read, &read, "compacted, from the last snapshot");
             if exactly_once {
                 let all = compacted(&log, log.len(), log.len());
                 let kept: usize = all.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
