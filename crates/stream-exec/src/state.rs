@@ -113,16 +113,18 @@ impl StateCodec {
         Ok(messages)
     }
 
-    /// A message of no rows, to [`StateCodec::append`] rows to.
-    pub(crate) fn empty_message(&self) -> Vec<u8> {
-        match self.rows {
-            Some(_) => vec![FORMAT],
-            None => vec![],
+    /// A message of no rows, to [`StateCodec::append`] rows to, with room for `bytes`
+    /// more.
+    pub(crate) fn message_with_capacity(&self, bytes: usize) -> Vec<u8> {
+        let mut message = Vec::with_capacity(1 + bytes);
+        if self.rows.is_some() {
+            message.push(FORMAT);
         }
+        message
     }
 
     /// Row `i` of `batch` appended to `messages[owners[i]]`, each message begun as
-    /// [`StateCodec::empty_message`]: so one message can hold rows of several batches.
+    /// [`StateCodec::message_with_capacity`]: so one message can hold rows of several batches.
     pub(crate) fn append(
         &self,
         batch: &RecordBatch,

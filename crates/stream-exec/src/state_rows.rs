@@ -162,6 +162,7 @@ impl<'a> Input<'a> {
 
 /// Row `row` of `columns` (see [`RowCodec::columns`]) at the end of `out`.
 fn write_row(columns: &[(Kind, &ArrayRef, ArrayData)], row: usize, out: &mut Vec<u8>) {
+    out.reserve(row_bytes(columns, row));
     for (kind, column, data) in columns {
         if column.is_null(row) {
             out.push(0);
@@ -180,6 +181,24 @@ fn write_row(columns: &[(Kind, &ArrayRef, ArrayData)], row: usize, out: &mut Vec
             Kind::LargeBinary => put_bytes(out, column.as_binary::<i64>().value(row)),
         }
     }
+}
+
+/// The bytes [`write_row`] writes for row `row` at most: it reserves them, so a message
+/// grows once per row at most, not once per value.
+fn row_bytes(columns: &[(Kind, &ArrayRef, ArrayData)], row: usize) -> usize {
+    columns
+        .iter()
+        .map(|(kind, column, _)| {
+            1 + match kind {
+                Kind::Fixed(width) => *width,
+                Kind::Boolean => 1,
+                Kind::Utf8 => 4 + column.as_string::<i32>().value(row).len(),
+                Kind::LargeUtf8 => 4 + column.as_string::<i64>().value(row).len(),
+                Kind::Binary => 4 + column.as_binary::<i32>().value(row).len(),
+                Kind::LargeBinary => 4 + column.as_binary::<i64>().value(row).len(),
+            }
+        })
+        .sum()
 }
 
 /// One column being read back.

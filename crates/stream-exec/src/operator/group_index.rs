@@ -46,6 +46,19 @@ impl GroupIndex {
         }
     }
 
+    /// An empty index with room for `groups` groups before its table grows.
+    pub(crate) fn with_capacity(groups: usize) -> Self {
+        let slots = (groups * MAX_LOAD.1 / MAX_LOAD.0 + 1)
+            .next_power_of_two()
+            .max(16);
+        Self {
+            bytes: vec![],
+            ends: Vec::with_capacity(groups),
+            slots: vec![0; slots],
+            bits: slots.trailing_zeros(),
+        }
+    }
+
     /// Number of groups.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()

@@ -52,6 +52,9 @@ const ALL_TIME: i64 = i64::MAX;
 const WRITTEN: u8 = 1;
 const DIRTY: u8 = 2;
 const TOUCHED: u8 = 4;
+/// Bytes a state row of one group is taken to need, to size a key's changelog value
+/// (a COUNT+SUM group with its key takes about 70); a larger row grows it once.
+const ROW_BYTES_GUESS: usize = 96;
 
 /// The groups of one window.
 struct Window {
@@ -563,41 +566,83 @@ impl Operator for WindowAggregateOperator {
         let mut out = self.deleted_keys()?;
         // One record per key with a changed group, holding its groups in every open
         // window (a closed window's group may linger in a record until the key changes
-        // again; a restore skips it).
-        let mut changed = GroupIndex::new();
-        let mut hashes = vec![];
-        for window in self.windows.values_mut() {
-            for g in std::mem::take(&mut window.dirty) {
+        // again; a restore skips it). The keys are numbered in order of first sight;
+        // per window, `(key number, group)` of the keys' groups in it.
+        let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
+        let mut members: Vec<Vec<(u32, u32)>> = vec![vec![]; windows.len()];
+        let changed = if let [window] = windows.as_mut_slice() {
+            // One window: its changed groups are the changed keys.
+            let dirty = std::mem::take(&mut window.dirty);
+            for &g in &dirty {
                 window.flags[g as usize] &= !DIRTY;
-                let key = window.index.key(g);
-                let hash = hash_key(&self.hasher, key);
-                if changed.intern(hash, key)?.1 {
-                    hashes.push(hash);
+            }
+            members[0] = dirty
+                .iter()
+                .enumerate()
+                .map(|(k, &g)| (k as u32, g))
+                .collect();
+            None
+        } else {
+            let total = windows.iter().map(|w| w.dirty.len()).sum();
+            let mut changed = GroupIndex::with_capacity(total);
+            let mut hashes = Vec::with_capacity(total);
+            for (window, members) in windows.iter_mut().zip(&mut members) {
+                for g in std::mem::take(&mut window.dirty) {
+                    window.flags[g as usize] &= !DIRTY;
+                    let key = window.index.key(g);
+                    let hash = hash_key(&self.hasher, key);
+                    let (k, new) = changed.intern(hash, key)?;
+                    if new {
+                        hashes.push(hash);
+                    }
+                    members.push((k, g));
                 }
             }
-        }
-        if hashes.is_empty() {
+            // A changed key's groups in the windows where it did not change.
+            let mut seen = vec![false; hashes.len()];
+            for (window, members) in windows.iter().zip(&mut members) {
+                seen.fill(false);
+                for &(k, _) in members.iter() {
+                    seen[k as usize] = true;
+                }
+                for (k, &hash) in hashes.iter().enumerate() {
+                    if !seen[k] {
+                        if let Some(g) = window.index.get(hash, changed.key(k as u32)) {
+                            members.push((k as u32, g));
+                        }
+                    }
+                }
+            }
+            Some(changed)
+        };
+        let n = match &changed {
+            Some(changed) => changed.len(),
+            None => members[0].len(),
+        };
+        if n == 0 {
             return Ok(out);
         }
-        let keys = self
-            .keys
-            .decode_bytes((0..hashes.len() as u32).map(|k| changed.key(k)))?;
+        let keys = match &changed {
+            Some(changed) => self
+                .keys
+                .decode_bytes((0..n as u32).map(|k| changed.key(k)))?,
+            None => self
+                .keys
+                .decode_bytes(members[0].iter().map(|&(_, g)| windows[0].index.key(g)))?,
+        };
         let fields = self.codec.schema().fields().clone();
         let n_keys = self.group_names.len();
         let state_fields = &fields[n_keys..fields.len() - 1];
-        let mut values: Vec<Vec<u8>> = vec![self.codec.empty_message(); hashes.len()];
-        for window in self.windows.values_mut() {
-            let mut owners = vec![];
-            let mut groups = vec![];
-            for (k, &hash) in hashes.iter().enumerate() {
-                if let Some(g) = window.index.get(hash, changed.key(k as u32)) {
-                    owners.push(k);
-                    groups.push(g);
-                }
-            }
-            if groups.is_empty() {
+        let row_guess = ROW_BYTES_GUESS * windows.len();
+        let mut values: Vec<Vec<u8>> = (0..n)
+            .map(|_| self.codec.message_with_capacity(row_guess))
+            .collect();
+        for (window, members) in windows.iter_mut().zip(members) {
+            if members.is_empty() {
                 continue;
             }
+            let (owners, groups): (Vec<usize>, Vec<u32>) =
+                members.into_iter().map(|(k, g)| (k as usize, g)).unzip();
             let rows = UInt32Array::from_iter_values(owners.iter().map(|&k| k as u32));
             let key_columns = keys
                 .iter()
@@ -621,7 +666,7 @@ impl Operator for WindowAggregateOperator {
                 .map_err(ExecError::arrow("building state rows"))?;
             self.codec.append(&batch, &owners, &mut values)?;
         }
-        let changelog_keys = self.changelog_keys(&keys, hashes.len())?;
+        let changelog_keys = json_keys(&keys, &self.key_names, n)?;
         out.extend(
             changelog_keys
                 .into_iter()
