@@ -44,18 +44,32 @@ struct Row {
     /// The key's hash: growing the table does not hash every key again (a windowed
     /// table grows by a window's keys each window).
     hash: u64,
-    key: Vec<u8>,
-    /// In arrow's row format. A row that replaces another is written into its buffer:
-    /// updating a key allocates nothing.
-    row: Vec<u8>,
+    /// For a windowed table, the row's window end.
+    end: i64,
+    /// The key's length: `bytes` holds the key, then the row.
+    key_len: u32,
+    /// The key, then the row in arrow's row format, in one allocation. A row that
+    /// replaces another is written into its buffer: updating a key allocates nothing.
+    bytes: Vec<u8>,
+}
+
+impl Row {
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
+    }
+
+    fn row(&self) -> &[u8] {
+        &self.bytes[self.key_len as usize..]
+    }
 }
 
 #[derive(Default)]
 struct Rows {
     by_key: HashTable<Row>,
     hasher: RandomState,
-    /// Keys by window end, for windowed tables.
-    by_end: BTreeMap<i64, Vec<Vec<u8>>>,
+    /// The hashes of the keys by window end, for windowed tables: what to forget when
+    /// a window ends more than the retention before the newest.
+    by_end: BTreeMap<i64, Vec<u64>>,
     newest_end: i64,
     /// While the table is read back from its topic: the query's results written since
     /// the table was made, applied once the reading is done.
@@ -80,20 +94,25 @@ impl Rows {
             self.newest_end = self.newest_end.max(end);
         }
         let hash = self.hasher.hash_one(key);
-        match self.by_key.entry(hash, |r| r.key == key, |r| r.hash) {
+        match self.by_key.entry(hash, |r| r.key() == key, |r| r.hash) {
             Entry::Occupied(mut e) => {
-                let held = &mut e.get_mut().row;
-                held.clear();
-                held.extend_from_slice(row);
+                let held = e.get_mut();
+                held.bytes.truncate(held.key_len as usize);
+                held.bytes.extend_from_slice(row);
             }
             Entry::Vacant(e) => {
+                // Keys are far below 4 GiB (Kafka's record limit is 1 MB).
+                let mut bytes = Vec::with_capacity(key.len() + row.len());
+                bytes.extend_from_slice(key);
+                bytes.extend_from_slice(row);
                 e.insert(Row {
                     hash,
-                    key: key.to_vec(),
-                    row: row.to_vec(),
+                    end: end.unwrap_or(i64::MIN),
+                    key_len: key.len() as u32,
+                    bytes,
                 });
                 if let Some(end) = end {
-                    self.by_end.entry(end).or_default().push(key.to_vec());
+                    self.by_end.entry(end).or_default().push(hash);
                 }
             }
         }
@@ -102,7 +121,17 @@ impl Rows {
     /// Delete the row of `key`, if there is one.
     fn remove(&mut self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
-        if let Ok(e) = self.by_key.find_entry(hash, |r| r.key == key) {
+        if let Ok(e) = self.by_key.find_entry(hash, |r| r.key() == key) {
+            e.remove();
+        }
+    }
+
+    /// Delete the rows of window end `end` whose key hashes to `hash`.
+    fn forget(&mut self, hash: u64, end: i64) {
+        while let Ok(e) = self
+            .by_key
+            .find_entry(hash, |r| r.hash == hash && r.end == end)
+        {
             e.remove();
         }
     }
@@ -375,8 +404,9 @@ impl MaterializedTable {
                 if *entry.key() >= cutoff {
                     break;
                 }
-                for key in entry.remove() {
-                    table.remove(&key);
+                let (end, hashes) = entry.remove_entry();
+                for hash in hashes {
+                    table.forget(hash, end);
                 }
             }
         }
@@ -385,8 +415,8 @@ impl MaterializedTable {
     /// The current rows, in key order.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let table = self.rows.read().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(&Vec<u8>, &Vec<u8>)> =
-            table.by_key.iter().map(|r| (&r.key, &r.row)).collect();
+        let mut rows: Vec<(&[u8], &[u8])> =
+            table.by_key.iter().map(|r| (r.key(), r.row())).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let parser = self.converter.parser();
         let columns = self
