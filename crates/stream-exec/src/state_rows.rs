@@ -14,8 +14,9 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    make_array, Array, ArrayData, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder,
-    LargeBinaryBuilder, LargeStringBuilder, RecordBatch, StringBuilder,
+    make_array, Array, ArrayData, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray,
+    BooleanBuilder, LargeBinaryArray, LargeBinaryBuilder, LargeStringArray, LargeStringBuilder,
+    RecordBatch, StringArray, StringBuilder,
 };
 use datafusion::arrow::buffer::{MutableBuffer, NullBuffer};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -96,11 +97,11 @@ impl RowCodec {
         }
     }
 
-    fn columns<'b>(&self, batch: &'b RecordBatch) -> Vec<(Kind, &'b ArrayRef, ArrayData)> {
+    fn columns<'b>(&self, batch: &'b RecordBatch) -> Vec<View<'b>> {
         self.kinds
             .iter()
             .zip(batch.columns())
-            .map(|(k, c)| (*k, c, c.to_data()))
+            .map(|(kind, c)| View::new(*kind, c))
             .collect()
     }
 
@@ -160,42 +161,78 @@ impl<'a> Input<'a> {
     }
 }
 
+/// One column being written: its values as their type, looked up once per batch rather
+/// than once per value.
+struct View<'b> {
+    nulls: Option<&'b NullBuffer>,
+    values: Values<'b>,
+}
+
+enum Values<'b> {
+    Fixed { width: usize, data: ArrayData },
+    Boolean(&'b BooleanArray),
+    Utf8(&'b StringArray),
+    LargeUtf8(&'b LargeStringArray),
+    Binary(&'b BinaryArray),
+    LargeBinary(&'b LargeBinaryArray),
+}
+
+impl<'b> View<'b> {
+    fn new(kind: Kind, column: &'b ArrayRef) -> Self {
+        let values = match kind {
+            Kind::Fixed(width) => Values::Fixed {
+                width,
+                data: column.to_data(),
+            },
+            Kind::Boolean => Values::Boolean(column.as_boolean()),
+            Kind::Utf8 => Values::Utf8(column.as_string::<i32>()),
+            Kind::LargeUtf8 => Values::LargeUtf8(column.as_string::<i64>()),
+            Kind::Binary => Values::Binary(column.as_binary::<i32>()),
+            Kind::LargeBinary => Values::LargeBinary(column.as_binary::<i64>()),
+        };
+        Self {
+            nulls: column.nulls(),
+            values,
+        }
+    }
+}
+
 /// Row `row` of `columns` (see [`RowCodec::columns`]) at the end of `out`.
-fn write_row(columns: &[(Kind, &ArrayRef, ArrayData)], row: usize, out: &mut Vec<u8>) {
+fn write_row(columns: &[View<'_>], row: usize, out: &mut Vec<u8>) {
     out.reserve(row_bytes(columns, row));
-    for (kind, column, data) in columns {
-        if column.is_null(row) {
+    for column in columns {
+        if column.nulls.is_some_and(|n| n.is_null(row)) {
             out.push(0);
             continue;
         }
         out.push(1);
-        match kind {
-            Kind::Fixed(width) => {
+        match &column.values {
+            Values::Fixed { width, data } => {
                 let at = (data.offset() + row) * width;
                 out.extend_from_slice(&data.buffers()[0].as_slice()[at..at + width]);
             }
-            Kind::Boolean => out.push(column.as_boolean().value(row) as u8),
-            Kind::Utf8 => put_bytes(out, column.as_string::<i32>().value(row)),
-            Kind::LargeUtf8 => put_bytes(out, column.as_string::<i64>().value(row)),
-            Kind::Binary => put_bytes(out, column.as_binary::<i32>().value(row)),
-            Kind::LargeBinary => put_bytes(out, column.as_binary::<i64>().value(row)),
+            Values::Boolean(a) => out.push(a.value(row) as u8),
+            Values::Utf8(a) => put_bytes(out, a.value(row)),
+            Values::LargeUtf8(a) => put_bytes(out, a.value(row)),
+            Values::Binary(a) => put_bytes(out, a.value(row)),
+            Values::LargeBinary(a) => put_bytes(out, a.value(row)),
         }
     }
 }
 
 /// The bytes [`write_row`] writes for row `row` at most: it reserves them, so a message
 /// grows once per row at most, not once per value.
-fn row_bytes(columns: &[(Kind, &ArrayRef, ArrayData)], row: usize) -> usize {
+fn row_bytes(columns: &[View<'_>], row: usize) -> usize {
     columns
         .iter()
-        .map(|(kind, column, _)| {
-            1 + match kind {
-                Kind::Fixed(width) => *width,
-                Kind::Boolean => 1,
-                Kind::Utf8 => 4 + column.as_string::<i32>().value(row).len(),
-                Kind::LargeUtf8 => 4 + column.as_string::<i64>().value(row).len(),
-                Kind::Binary => 4 + column.as_binary::<i32>().value(row).len(),
-                Kind::LargeBinary => 4 + column.as_binary::<i64>().value(row).len(),
+        .map(|column| {
+            1 + match &column.values {
+                Values::Fixed { width, .. } => *width,
+                Values::Boolean(_) => 1,
+                Values::Utf8(a) => 4 + a.value_length(row) as usize,
+                Values::LargeUtf8(a) => 4 + a.value_length(row) as usize,
+                Values::Binary(a) => 4 + a.value_length(row) as usize,
+                Values::LargeBinary(a) => 4 + a.value_length(row) as usize,
             }
         })
         .sum()
