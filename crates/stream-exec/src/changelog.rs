@@ -136,8 +136,7 @@ pub async fn read_changelog(bootstrap_servers: &str, topic: &str) -> Result<Vec<
                 return Ok(records);
             }
             until = Some(from);
-            // Doubling: what is read past the snapshot's start is less than what is kept.
-            stretch = stretch.saturating_mul(2);
+            stretch = stretch.saturating_mul(4);
         }
     })
     .await

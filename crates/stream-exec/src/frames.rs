@@ -44,12 +44,8 @@ use crate::state::StateChange;
 /// records saved.
 pub const FRAME_BYTES: usize = 32 << 10;
 /// A snapshot is due once the frames since the last one hold this many times its bytes
-/// (or [`MIN_SNAPSHOT_BYTES`], if more). A restart reads the changelog from the last
-/// snapshot on, so this bounds it to this many times the state, plus the state. Four
-/// let a restart after 6,000,000 events of `throughput` read 1,300–2,000 records and
-/// take 1.0–2.4 s to its first batch; two bounds it at half that, for a snapshot every
-/// other batch instead of every fourth when every key changes in every batch.
-pub const SNAPSHOT_AFTER: usize = 2;
+/// (or [`MIN_SNAPSHOT_BYTES`], if more).
+pub const SNAPSHOT_AFTER: usize = 4;
 /// The least a snapshot counts as, so a tiny state is not written after every batch.
 /// (Writing a small state again is cheap: its bytes, and a tombstone per frame since.)
 pub const MIN_SNAPSHOT_BYTES: usize = 4 << 10;
@@ -535,7 +531,7 @@ mod tests {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect();
         assert_eq!(entries, expected);
-        // Frames until a snapshot is due: with this little state, past 8 KiB.
+        // Frames until a snapshot is due: with this little state, past 16 KiB.
         let big = "x".repeat(1000);
         let mut batches = 0;
         while !frames.wants_snapshot() {
@@ -544,12 +540,12 @@ mod tests {
             apply_changes(&mut expected, &changes);
             batches += 1;
         }
-        assert_eq!(batches, 8);
+        assert_eq!(batches, 17);
         apply_changes(&mut expected, &[change("0:b", None)]);
         let snapshot = frames.pack_snapshot(&snapshot_of(&expected));
-        // Tombstones first: of the two entry records left and of the 8 frames.
+        // Tombstones first: of the two entry records left and of the 17 frames.
         let tombstones = snapshot.iter().take_while(|r| r.value.is_none()).count();
-        assert_eq!(tombstones, 2 + 8);
+        assert_eq!(tombstones, 2 + 17);
         assert!(snapshot[..tombstones]
             .iter()
             .any(|r| r.key == b"0:c" && r.value.is_none()));
