@@ -765,12 +765,22 @@ async fn start_pipeline(
     pipeline.assign(partitions.iter().copied(), now);
     let mut writer = StateWriter::default();
     if let Some(changelog) = changelog {
+        let started = std::time::Instant::now();
         let records = read_changelog(&config.bootstrap_servers, changelog).await?;
-        let count = records.len();
+        let (count, read_ms) = (records.len(), started.elapsed().as_millis() as u64);
         let (state, read) = StateWriter::read_back(records, config.exactly_once)?;
         pipeline.restore(&state, now)?;
         writer = read;
-        tracing::info!(query_id = %config.query_id, entries = state.len(), records = count, changelog, "state read back");
+        let restore_ms = started.elapsed().as_millis() as u64 - read_ms;
+        tracing::info!(
+            query_id = %config.query_id,
+            entries = state.len(),
+            records = count,
+            read_ms,
+            restore_ms,
+            changelog,
+            "state read back"
+        );
     }
     Ok((pipeline, writer))
 }
