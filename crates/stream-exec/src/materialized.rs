@@ -44,7 +44,8 @@ struct Row {
     /// The key's hash: growing the table does not hash every key again (a windowed
     /// table grows by a window's keys each window).
     hash: u64,
-    /// For a windowed table, the row's window end.
+    /// For a windowed table, the window end the row was inserted with (a key holds its
+    /// window bounds, so an update never changes it; forgetting a window relies on that).
     end: i64,
     /// The key's length: `bytes` holds the key, then the row.
     key_len: u32,

@@ -129,7 +129,7 @@ impl GroupIndex {
             Err(pos) => pos,
         };
         let g = self.groups;
-        if g == u32::MAX - 1 {
+        if g == u32::MAX {
             return Err(ExecError::internal(
                 "WindowAggregate",
                 "too many groups in a window",

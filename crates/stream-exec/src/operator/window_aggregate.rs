@@ -52,8 +52,8 @@ const ALL_TIME: i64 = i64::MAX;
 const WRITTEN: u8 = 1;
 const DIRTY: u8 = 2;
 const TOUCHED: u8 = 4;
-/// Bytes a state row of one group is taken to need, to size a key's changelog value
-/// (a COUNT+SUM group with its key takes about 70); a larger row grows it once.
+/// Bytes a state row of one group is taken to need, to size a key's changelog value (a
+/// COUNT+SUM group of a `card-012345` key takes about 70); larger rows grow it.
 const ROW_BYTES_GUESS: usize = 96;
 
 /// The groups of one window.
@@ -308,12 +308,6 @@ impl WindowAggregateOperator {
         })
     }
 
-    /// The changelog keys of `rows` keys (decoded as `keys`): their JSON, without the
-    /// window bounds, so one record holds a key's groups in every window.
-    fn changelog_keys(&self, keys: &[ArrayRef], rows: usize) -> Result<Vec<Vec<u8>>> {
-        json_keys(keys, &self.key_names, rows)
-    }
-
     /// Whether `key` names one group of one window (it holds window bounds): the
     /// changelog's form before records were per key.
     fn is_per_group_key(&self, key: &[u8]) -> bool {
@@ -364,7 +358,7 @@ impl WindowAggregateOperator {
                 .keys
                 .decode_bytes((0..gone.len() as u32).map(|g| gone.key(g)))?;
             out.extend(
-                self.changelog_keys(&keys, gone.len())?
+                json_keys(&keys, &self.key_names, gone.len())?
                     .into_iter()
                     .map(|key| StateChange { key, value: None }),
             );
@@ -583,9 +577,10 @@ impl Operator for WindowAggregateOperator {
                 .collect();
             None
         } else {
-            let total = windows.iter().map(|w| w.dirty.len()).sum();
-            let mut changed = GroupIndex::with_capacity(total);
-            let mut hashes = Vec::with_capacity(total);
+            // At least this many distinct keys changed (a key may be in many windows).
+            let least = windows.iter().map(|w| w.dirty.len()).max().unwrap_or(0);
+            let mut changed = GroupIndex::with_capacity(least);
+            let mut hashes = Vec::with_capacity(least);
             for (window, members) in windows.iter_mut().zip(&mut members) {
                 for g in std::mem::take(&mut window.dirty) {
                     window.flags[g as usize] &= !DIRTY;
@@ -633,9 +628,14 @@ impl Operator for WindowAggregateOperator {
         let fields = self.codec.schema().fields().clone();
         let n_keys = self.group_names.len();
         let state_fields = &fields[n_keys..fields.len() - 1];
-        let row_guess = ROW_BYTES_GUESS * windows.len();
-        let mut values: Vec<Vec<u8>> = (0..n)
-            .map(|_| self.codec.message_with_capacity(row_guess))
+        // Each key's value sized for its rows: one per window where it has a group.
+        let mut rows_per_key = vec![0usize; n];
+        for &(k, _) in members.iter().flatten() {
+            rows_per_key[k as usize] += 1;
+        }
+        let mut values: Vec<Vec<u8>> = rows_per_key
+            .into_iter()
+            .map(|rows| self.codec.message_with_capacity(ROW_BYTES_GUESS * rows))
             .collect();
         for (window, members) in windows.iter_mut().zip(members) {
             if members.is_empty() {
@@ -666,6 +666,8 @@ impl Operator for WindowAggregateOperator {
                 .map_err(ExecError::arrow("building state rows"))?;
             self.codec.append(&batch, &owners, &mut values)?;
         }
+        // Changelog keys: the keys' JSON without the window bounds, so one record holds a
+        // key's groups in every window.
         let changelog_keys = json_keys(&keys, &self.key_names, n)?;
         out.extend(
             changelog_keys
