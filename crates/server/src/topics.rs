@@ -133,8 +133,10 @@ impl Topics {
                 }
             }
         }
-        // Creation is asynchronous in Kafka: wait until metadata shows the topic.
-        for _ in 0..50 {
+        // Creation is asynchronous in Kafka: wait until metadata shows the topic. A broker
+        // just started on a busy machine took more than 5 s once (in CI, 2026-11-27).
+        let deadline = tokio::time::Instant::now() + METADATA_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
             if self.partitions(topic).await?.is_some() {
                 return Ok(());
             }
