@@ -12,18 +12,21 @@ use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
-use crate::changelog::{changelog_topic, ensure_changelog, read_changelog, read_topic_each};
+use crate::changelog::{changelog_topic, ensure_changelog};
 use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Subscribed};
 use crate::delivery::{new_producer, Delivery, Outgoing, QueryProducer};
 pub use crate::delivery::{producer_config, use_java_partitioner};
 use crate::error::{ExecError, Result};
 use crate::frames::StateWriter;
-use crate::materialized::{MaterializedTable, TableRestore};
+use crate::materialized::MaterializedTable;
 use crate::operator::ChangeBatch;
 use crate::pipeline::Pipeline;
 use crate::reader::{Polled, Reader};
 use crate::record::RawRecord;
 use crate::stats::QueryStats;
+
+mod restore;
+use restore::{restore_table, start_pipeline};
 
 /// A batch ends when the commit interval has passed since its first record, when it
 /// holds [`MAX_BATCH_BYTES`] of input, or at the record limit, which adapts between
@@ -722,67 +725,6 @@ where
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-/// Read the rows of `table` back from its topic (the query's sink) as it was when the
-/// reading began, retrying Kafka failures.
-async fn restore_table(
-    config: &QueryConfig,
-    table: &Arc<MaterializedTable>,
-    stats: &QueryStats,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<()> {
-    let query_id = config.query_id.as_str();
-    let push = |r: &mut TableRestore, key: &[u8], value: Option<&[u8]>| r.push(key, value);
-    let Some((restore, _)) = retry(query_id, "reading table rows back", stats, shutdown, || {
-        read_topic_each(
-            &config.bootstrap_servers,
-            &config.sink_topic,
-            (table.restore(), push),
-        )
-    })
-    .await?
-    else {
-        return Ok(());
-    };
-    let rows = tokio::task::spawn_blocking(move || restore.finish())
-        .await
-        .map_err(|e| ExecError::internal("reading table rows back", &e.to_string()))??;
-    tracing::info!(query_id, rows, sink = %config.sink_topic, "table rows read back");
-    Ok(())
-}
-
-/// A fresh pipeline over `partitions`, its state read back from `changelog`, and the
-/// writer of its changelog.
-async fn start_pipeline(
-    config: &QueryConfig,
-    plan: &StreamPlan,
-    partitions: &[i32],
-    changelog: Option<&str>,
-) -> Result<(Pipeline, StateWriter)> {
-    let mut pipeline = Pipeline::new(&config.query_id, plan, config.idle_timeout)?;
-    let now = std::time::Instant::now();
-    pipeline.assign(partitions.iter().copied(), now);
-    let mut writer = StateWriter::default();
-    if let Some(changelog) = changelog {
-        let started = std::time::Instant::now();
-        let records = read_changelog(&config.bootstrap_servers, changelog).await?;
-        let (count, read_ms) = (records.len(), started.elapsed().as_millis() as u64);
-        let (state, read) = StateWriter::read_back(records, config.exactly_once)?;
-        pipeline.restore(&state, now)?;
-        writer = read;
-        let restore_ms = started.elapsed().as_millis() as u64 - read_ms;
-        tracing::info!(
-            query_id = %config.query_id,
-            entries = state.len(),
-            records = count,
-            read_ms,
-            restore_ms,
-            changelog,
-            "state read back"
-        );
-    }
-    Ok((pipeline, writer))
 }
 
 /// Send a push query's `batches` to its client; `false` when the client has gone away or
