@@ -8,9 +8,9 @@
 //! each query gets the same id, so the same consumer group, and resumes from its committed
 //! offsets. This is ksqlDB's command topic.
 
+use sluice_stream_exec::kafka::client_config;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -52,8 +52,7 @@ impl CommandLog {
 
     /// The log of `service_id` on the cluster at `bootstrap_servers`.
     pub fn new(bootstrap_servers: &str, service_id: &str) -> Result<Self, ApiError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
+        let producer = client_config(bootstrap_servers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .create()
@@ -103,8 +102,7 @@ fn read(topic: &str, bootstrap: &str) -> Result<Vec<Command>, ApiError> {
     let failed = |e: rdkafka::error::KafkaError| {
         ApiError::internal(format!("cannot read the command topic {topic}: {e}"))
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client_config(bootstrap)
         .set("group.id", format!("{topic}_reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")

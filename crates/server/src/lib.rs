@@ -65,8 +65,7 @@ impl Server {
         let config_max_push = config.max_push_queries;
         let producer: rdkafka::producer::FutureProducer =
             sluice_stream_exec::query_runner::use_java_partitioner(
-                rdkafka::config::ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap_servers)
+                sluice_stream_exec::kafka::client_config(&bootstrap_servers)
                     .set("acks", "all")
                     .set("allow.auto.create.topics", "false"),
             )

@@ -6,12 +6,12 @@
 //! `LIMIT n` rows have been sent, or on `POST /close-query`. Offsets are never committed,
 //! so each push query starts where `auto.offset.reset` says: `latest` unless asked.
 
+use sluice_stream_exec::kafka::client_config;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -198,8 +198,7 @@ impl PushQueries {
     ) -> Result<PrintStream, ApiError> {
         let (query_id, stop, registration) = self.reserve("PRINT")?;
         let (tx, rx) = mpsc::channel(256);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
+        let consumer: BaseConsumer = client_config(bootstrap_servers)
             .set("group.id", format!("{service_id}transient_{query_id}"))
             .set("enable.auto.commit", "false")
             .create()

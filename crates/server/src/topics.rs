@@ -1,12 +1,12 @@
 //! `Topics`: creating, describing and deleting topics on the real cluster (Kafka's admin
 //! API) or on the embedded broker (its own API, as the mock cluster ignores CreateTopics).
 
+use sluice_stream_exec::kafka::client_config;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_stream_exec::EmbeddedBroker;
 
@@ -40,8 +40,7 @@ impl Topics {
         // The admin client runs on a producer handle, and a producer's metadata request
         // would create a missing topic with the broker's defaults (1 partition) before
         // Sluice creates it with the partitions asked for.
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
+        let admin: AdminClient<DefaultClientContext> = client_config(bootstrap_servers)
             .set("allow.auto.create.topics", "false")
             .create()
             .map_err(|e| ApiError::internal(format!("cannot create a Kafka admin client: {e}")))?;

@@ -2,12 +2,12 @@
 //! [`crate::state`]) and, for a table, its own result topic, which holds the rows pull
 //! queries see.
 
+use crate::kafka::client_config;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -28,8 +28,7 @@ pub fn changelog_topic(group_id: &str) -> String {
 
 /// Create `topic` as a compacted, one-partition changelog, unless it exists.
 pub async fn ensure_changelog(bootstrap_servers: &str, topic: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap_servers)
         .set("allow.auto.create.topics", "false")
         .create()
         .map_err(|e| ExecError::kafka("creating an admin client", e))?;
@@ -50,6 +49,19 @@ pub async fn ensure_changelog(bootstrap_servers: &str, topic: &str) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Whether `topic` exists, as far as the metadata `consumer` gets from a broker it is
+/// connected to says: asking is cheaper than [`ensure_changelog`]'s new admin client and
+/// request to the controller. `false` when the metadata cannot be had.
+pub fn topic_exists<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> bool {
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .is_ok_and(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        })
 }
 
 /// One record read back: its key and value (`None`: a tombstone).
@@ -91,55 +103,42 @@ where
     .await
 }
 
-/// The records of the state changelog `topic` that its state is read back from: from its
-/// last snapshot on ([`frames::last_snapshot`]), or all when it has none. The changelog
-/// is read backwards from its end, in growing stretches, until one holds a snapshot's
-/// start: the records before it, which compaction deletes only once their segment is
-/// closed (by default after 1 GB), are not read.
+/// A query's state changelog, opened to be read back: a consumer connected to the
+/// cluster, and the topic's partitions.
+pub struct Changelog(ReadBack);
+
+impl Changelog {
+    /// Open `topic` (a topic that does not exist reads as empty).
+    pub async fn open(bootstrap_servers: &str, topic: &str) -> Result<Self> {
+        let (bootstrap_servers, topic) = (bootstrap_servers.to_string(), topic.to_string());
+        blocking(move || ReadBack::open(&bootstrap_servers, &topic).map(Self)).await
+    }
+
+    /// The records its state is read back from: from its last snapshot on
+    /// ([`frames::last_snapshot`]), or all when it has none. The changelog is read
+    /// backwards from its end, in growing stretches, until one holds a snapshot's start:
+    /// the records before it, which compaction deletes only once their segment is closed
+    /// (by default after 1 GB), are not read.
+    pub async fn read(self) -> Result<Vec<KeyedRecord>> {
+        blocking(move || {
+            let Self(back) = self;
+            let records = back.since_last_snapshot();
+            // Closing the consumer can take a tenth of a second, which the query need
+            // not wait for.
+            std::thread::spawn(move || drop(back));
+            records
+        })
+        .await
+    }
+}
+
+/// The records of the state changelog `topic` that its state is read back from (see
+/// [`Changelog::read`]).
 pub async fn read_changelog(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord>> {
-    let bootstrap_servers = bootstrap_servers.to_string();
-    let topic = topic.to_string();
-    blocking(move || {
-        let back = ReadBack::open(&bootstrap_servers, &topic)?;
-        let &[partition] = back.partitions.as_slice() else {
-            // Not a changelog Sluice created (it has one partition): read it all.
-            let mut records = vec![];
-            back.read(&back.whole()?, |k, v| collect(&mut records, k, v))?;
-            return Ok(records);
-        };
-        let (low, high) = back
-            .consumer
-            .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-            .map_err(|e| ExecError::kafka(back.context(), e))?;
-        let (mut records, mut until, mut stretch) = (vec![], None, FIRST_STRETCH);
-        loop {
-            let from = match until {
-                Some(until) => until,
-                None => high,
-            }
-            .saturating_sub(stretch)
-            .max(low);
-            let mut earlier = vec![];
-            let range = Range {
-                partition,
-                from: Offset::Offset(from),
-                until,
-            };
-            back.read(&[range], |k, v| collect(&mut earlier, k, v))?;
-            let snapshot = frames::last_snapshot(&earlier);
-            earlier.append(&mut records);
-            records = earlier;
-            if let Some(at) = snapshot {
-                return Ok(records.split_off(at));
-            }
-            if from <= low {
-                return Ok(records);
-            }
-            until = Some(from);
-            stretch = stretch.saturating_mul(4);
-        }
-    })
-    .await
+    Changelog::open(bootstrap_servers, topic)
+        .await?
+        .read()
+        .await
 }
 
 /// Offsets read back first from the end of a changelog: a few frames' worth.
@@ -173,8 +172,7 @@ impl ReadBack {
     /// A consumer for `topic` (none of whose partitions are assigned yet).
     fn open(bootstrap_servers: &str, topic: &str) -> Result<Self> {
         let context = || format!("reading {topic} back");
-        let consumer: BaseConsumer<Quiet> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
+        let consumer: BaseConsumer<Quiet> = client_config(bootstrap_servers)
             .set("group.id", "sluice-restore")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
@@ -215,6 +213,47 @@ impl ReadBack {
             topic: topic.to_string(),
             partitions,
         })
+    }
+
+    /// The records of this changelog from its last snapshot on (see [`Changelog::read`]).
+    fn since_last_snapshot(&self) -> Result<Vec<KeyedRecord>> {
+        let &[partition] = self.partitions.as_slice() else {
+            // Not a changelog Sluice created (it has one partition): read it all.
+            let mut records = vec![];
+            self.read(&self.whole()?, |k, v| collect(&mut records, k, v))?;
+            return Ok(records);
+        };
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| ExecError::kafka(self.context(), e))?;
+        let (mut records, mut until, mut stretch) = (vec![], None, FIRST_STRETCH);
+        loop {
+            let from = match until {
+                Some(until) => until,
+                None => high,
+            }
+            .saturating_sub(stretch)
+            .max(low);
+            let mut earlier = vec![];
+            let range = Range {
+                partition,
+                from: Offset::Offset(from),
+                until,
+            };
+            self.read(&[range], |k, v| collect(&mut earlier, k, v))?;
+            let snapshot = frames::last_snapshot(&earlier);
+            earlier.append(&mut records);
+            records = earlier;
+            if let Some(at) = snapshot {
+                return Ok(records.split_off(at));
+            }
+            if from <= low {
+                return Ok(records);
+            }
+            until = Some(from);
+            stretch = stretch.saturating_mul(4);
+        }
     }
 
     /// Note `partition` as read to its end, and stop fetching it: a query writing to the

@@ -1,12 +1,12 @@
 //! A query's Kafka consumer: its settings, the context that watches its rebalances, and
 //! the offsets a batch commits.
 
+use crate::kafka::client_config;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -37,9 +37,8 @@ pub(crate) fn subscribe(
 ) -> Result<Subscribed> {
     let revocations = Arc::new(AtomicU64::new(0));
     let assignment = Arc::new(Mutex::new(Assignment::default()));
-    let mut consumer_config = ClientConfig::new();
+    let mut consumer_config = client_config(&config.bootstrap_servers);
     consumer_config
-        .set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", &config.auto_offset_reset)

@@ -3,6 +3,7 @@
 //! transaction (exactly-once) or as produce, wait for the acknowledgements, commit
 //! (at-least-once).
 
+use crate::kafka::client_config;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,9 +103,8 @@ pub fn use_java_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
 ///
 /// Public for the `throughput` benchmark, whose raw pipe writes as a query does.
 pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = client_config(bootstrap_servers);
     config
-        .set("bootstrap.servers", bootstrap_servers)
         .set("linger.ms", "5")
         // A batch's result and changelog records (over 100,000 for a HOP query) are
         // queued at once; with the default (100,000) the writer waited for room.
@@ -122,21 +122,33 @@ pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) 
     config
 }
 
-/// The producer of a persistent query. Exactly-once: transactional, with the query's
-/// consumer group as `transactional.id`, so a new one fences the one it replaces (of a
-/// run that died, or of this run before a Kafka failure) and aborts its open transaction.
-pub(crate) async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
+/// The producer of a persistent query, its transactions not started yet (see
+/// [`start_producer`]). Exactly-once: transactional, with the query's consumer group as
+/// `transactional.id`.
+pub(crate) fn create_producer(config: &QueryConfig) -> Result<QueryProducer> {
     let transactional_id = config.exactly_once.then_some(config.group_id.as_str());
-    let producer_config = producer_config(&config.bootstrap_servers, transactional_id);
-    let producer: QueryProducer = producer_config
+    producer_config(&config.bootstrap_servers, transactional_id)
         .create_with_context(AckContext)
-        .map_err(|e| ExecError::kafka("creating the producer", e))?;
+        .map_err(|e| ExecError::kafka("creating the producer", e))
+}
+
+/// Start the transactions of `producer` (exactly-once): this fences the producer it
+/// replaces (of a run that died, or of this run before a Kafka failure) and completes or
+/// aborts that one's open transaction, so it comes before the query's state is read back.
+pub(crate) async fn start_producer(config: &QueryConfig, producer: &QueryProducer) -> Result<()> {
     if config.exactly_once {
-        transaction(&producer, "starting transactions", |p| {
+        transaction(producer, "starting transactions", |p| {
             p.init_transactions(TRANSACTION_TIMEOUT)
         })
         .await?;
     }
+    Ok(())
+}
+
+/// A persistent query's producer, started.
+pub(crate) async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> {
+    let producer = create_producer(config)?;
+    start_producer(config, &producer).await?;
     Ok(producer)
 }
 

@@ -491,7 +491,7 @@ mod tests {
     }
 
     /// `log` read back whole, once it has read back the same from its last snapshot on,
-    /// as a query reads it (`changelog::read_changelog`).
+    /// as a query reads it (`changelog::Changelog::read`).
     fn read_back_both_ways(log: &[KeyedRecord]) -> Result<(Entries, Frames), TestCaseError> {
         let whole = Frames::read_back(log.to_vec()).unwrap();
         let from = last_snapshot(log).unwrap_or(0);

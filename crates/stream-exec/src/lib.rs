@@ -19,6 +19,7 @@
 //! - [`frames`]: those records packed into few, large ones, with snapshots.
 //! - [`stats`]: per-query counters and the processing log.
 //! - [`embedded_broker`]: the in-process broker used when no Kafka is given.
+//! - [`kafka`]: the configuration every Kafka client starts from.
 
 pub mod changelog;
 mod consumer;
@@ -29,6 +30,7 @@ pub mod frames;
 pub mod json_decoder;
 pub mod json_encoder;
 mod json_flat;
+pub mod kafka;
 pub mod materialized;
 pub mod native;
 pub mod operator;

@@ -12,9 +12,11 @@ use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
-use crate::changelog::{changelog_topic, ensure_changelog};
+use crate::changelog::{changelog_topic, ensure_changelog, topic_exists, Changelog};
 use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Subscribed};
-use crate::delivery::{new_producer, Delivery, Outgoing, QueryProducer};
+use crate::delivery::{
+    create_producer, new_producer, start_producer, Delivery, Outgoing, QueryProducer,
+};
 pub use crate::delivery::{producer_config, use_java_partitioner};
 use crate::error::{ExecError, Result};
 use crate::frames::StateWriter;
@@ -113,12 +115,13 @@ pub async fn run_query(
     stats: Arc<QueryStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    // Its transactions start in `run`, alongside the query's other first requests.
     let producer = retry(
         &config.query_id,
         "creating a producer",
         &stats,
         &mut shutdown,
-        || new_producer(&config),
+        || std::future::ready(create_producer(&config)),
     )
     .await?;
     let table = config.materialized.clone();
@@ -183,45 +186,54 @@ async fn run(
     let query_id = config.query_id.as_str();
     let topic = plan.source.topic.as_str();
     let persistent = matches!(output, Output::Topic(_));
+    let stateful = Pipeline::new(query_id, &plan, config.idle_timeout)?.is_stateful();
+    let changelog = (persistent && stateful).then(|| changelog_topic(&config.group_id));
+    // Three starts at once, each some round trips to Kafka: the producer's transactions
+    // (see `start_output`), a reader of the changelog, and the query's consumer with
+    // its partitions and changelog topic.
+    let mut producer_shutdown = shutdown.clone();
+    let (started, opened, subscribed) = tokio::join!(
+        start_output(&config, &stats, &mut producer_shutdown, &mut output),
+        async {
+            match &changelog {
+                Some(changelog) => Changelog::open(&config.bootstrap_servers, changelog)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        },
+        subscribe_and_prepare(
+            &config,
+            &stats,
+            &mut shutdown,
+            (topic, changelog.as_deref())
+        ),
+    );
+    let (Some(()), Some((subscribed, partitions))) = (started?, subscribed?) else {
+        return Ok(());
+    };
     let Subscribed {
         consumer,
         fetch,
         revocations,
         assignment,
-    } = subscribe(&config, topic, &stats)?;
-    let partitions: Vec<i32> = match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-        Ok(metadata) => metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver");
-            vec![]
-        }
-    };
-    let stateful = Pipeline::new(query_id, &plan, config.idle_timeout)?.is_stateful();
-    let changelog = (persistent && stateful).then(|| changelog_topic(&config.group_id));
-    // Kafka may be down as the query starts (or restarts after a crash): wait for it.
-    if let Some(changelog) = &changelog {
-        let created = retry(
-            query_id,
-            "creating the changelog",
-            &stats,
-            &mut shutdown,
-            || ensure_changelog(&config.bootstrap_servers, changelog),
-        )
-        .await?;
-        if created.is_none() {
-            return Ok(());
-        }
-    }
+    } = subscribed;
+    // A changelog that could not be opened now is opened again, and retried, below.
+    let mut opened = opened.ok().flatten();
     let Some((pipeline, writer)) = retry(
         query_id,
         "reading state back",
         &stats,
         &mut shutdown,
-        || start_pipeline(&config, &plan, &partitions, changelog.as_deref()),
+        || {
+            start_pipeline(
+                &config,
+                &plan,
+                &partitions,
+                changelog.as_deref(),
+                opened.take(),
+            )
+        },
     )
     .await?
     else {
@@ -270,6 +282,81 @@ async fn run(
     stopped?;
     tracing::info!(query_id, "query stopped");
     Ok(())
+}
+
+/// Start the transactions of a persistent query's producer (see
+/// [`start_producer`]), creating a new producer for each attempt after the first;
+/// `None` when the query was stopped meanwhile. A push query has nothing to start.
+async fn start_output(
+    config: &QueryConfig,
+    stats: &QueryStats,
+    shutdown: &mut watch::Receiver<bool>,
+    output: &mut Output,
+) -> Result<Option<()>> {
+    let Output::Topic(producer) = output else {
+        return Ok(Some(()));
+    };
+    let mut created = Some(producer.clone());
+    let started = retry(
+        &config.query_id,
+        "starting transactions",
+        stats,
+        shutdown,
+        || {
+            let created = created.take();
+            async move {
+                let producer = match created {
+                    Some(producer) => producer,
+                    None => create_producer(config)?,
+                };
+                start_producer(config, &producer).await?;
+                Ok(producer)
+            }
+        },
+    )
+    .await?;
+    Ok(started.map(|started| {
+        let old = std::mem::replace(producer, started);
+        tokio::task::spawn_blocking(move || drop(old));
+    }))
+}
+
+/// Subscribe the query's consumer to its source `topic`, list that topic's partitions
+/// and create its `changelog`, if it has one and it does not exist; `None` when the query was
+/// stopped meanwhile.
+async fn subscribe_and_prepare(
+    config: &QueryConfig,
+    stats: &Arc<QueryStats>,
+    shutdown: &mut watch::Receiver<bool>,
+    (topic, changelog): (&str, Option<&str>),
+) -> Result<Option<(Subscribed, Vec<i32>)>> {
+    let query_id = config.query_id.as_str();
+    let subscribed = subscribe(config, topic, stats)?;
+    let partitions: Vec<i32> = match subscribed
+        .consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver");
+            vec![]
+        }
+    };
+    // Kafka may be down as the query starts (or restarts after a crash): wait for it.
+    if let Some(changelog) = changelog.filter(|c| !topic_exists(&subscribed.consumer, c)) {
+        let created = retry(query_id, "creating the changelog", stats, shutdown, || {
+            ensure_changelog(&config.bootstrap_servers, changelog)
+        })
+        .await?;
+        if created.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some((subscribed, partitions)))
 }
 
 /// Where a running query's records come from.
@@ -380,7 +467,7 @@ async fn process(
         () => {
             match tri!(
                 retry(query_id, "reading state back", stats, shutdown, || {
-                    start_pipeline(config, plan, partitions, changelog)
+                    start_pipeline(config, plan, partitions, changelog, None)
                 })
                 .await
             ) {

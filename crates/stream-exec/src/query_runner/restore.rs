@@ -7,7 +7,7 @@ use sluice_sql_planner::StreamPlan;
 use tokio::sync::watch;
 
 use super::{retry, QueryConfig};
-use crate::changelog::{read_changelog, read_topic_each};
+use crate::changelog::{read_topic_each, Changelog};
 use crate::error::{ExecError, Result};
 use crate::frames::StateWriter;
 use crate::materialized::{MaterializedTable, TableRestore};
@@ -42,13 +42,14 @@ pub(super) async fn restore_table(
     Ok(())
 }
 
-/// A fresh pipeline over `partitions`, its state read back from `changelog`, and the
-/// writer of its changelog.
+/// A fresh pipeline over `partitions`, its state read back from `changelog` (by
+/// `opened`, if it was opened already), and the writer of its changelog.
 pub(super) async fn start_pipeline(
     config: &QueryConfig,
     plan: &StreamPlan,
     partitions: &[i32],
     changelog: Option<&str>,
+    opened: Option<Changelog>,
 ) -> Result<(Pipeline, StateWriter)> {
     let mut pipeline = Pipeline::new(&config.query_id, plan, config.idle_timeout)?;
     let now = std::time::Instant::now();
@@ -56,7 +57,11 @@ pub(super) async fn start_pipeline(
     let mut writer = StateWriter::default();
     if let Some(changelog) = changelog {
         let started = std::time::Instant::now();
-        let records = read_changelog(&config.bootstrap_servers, changelog).await?;
+        let opened = match opened {
+            Some(opened) => opened,
+            None => Changelog::open(&config.bootstrap_servers, changelog).await?,
+        };
+        let records = opened.read().await?;
         let (count, read_ms) = (records.len(), started.elapsed().as_millis() as u64);
         let (state, read) = StateWriter::read_back(records, config.exactly_once)?;
         pipeline.restore(&state, now)?;
