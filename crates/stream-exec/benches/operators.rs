@@ -19,6 +19,10 @@
 //!   closing windows. One iteration is 25 batches (102,400 events, 205 s of event time).
 //! - `encode/4096`: [`json_encoder::encode_batch`] of 4096 `tumble_changes` result rows into
 //!   Kafka keys (card id and window bounds) and JSON values.
+//! - `read_back/tumble_changes`: what a restarted query does with its changelog's records
+//!   ([`StateWriter::read_back`], then [`Pipeline::restore`]) at its longest: a snapshot of
+//!   the steady `tumble_changes` state, then the frames of its state changes, batch after
+//!   batch, until the next snapshot would be due.
 //!
 //! Steady state. Each window bench keeps one pipeline across all its iterations, warmed
 //! before measuring, and the input goes on in event time: iteration `k` replays the same
@@ -47,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
@@ -55,9 +59,12 @@ use datafusion::arrow::datatypes::Int64Type;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_sql_planner::{QueryPlanner, StreamPlan};
+use sluice_stream_exec::changelog::KeyedRecord;
+use sluice_stream_exec::frames::{Frames, StateWriter};
 use sluice_stream_exec::json_decoder::JsonDecoder;
 use sluice_stream_exec::json_encoder;
 use sluice_stream_exec::operator::ChangeBatch;
+use sluice_stream_exec::state::StateChange;
 use sluice_stream_exec::{Pipeline, QueryStats, RawRecord};
 
 const DDL: &str = "CREATE STREAM tx (card_id VARCHAR, merchant VARCHAR, amount DOUBLE, \
@@ -210,6 +217,14 @@ impl Running {
 
     /// Process one pass; returns the time spent in `process_decoded` and its results.
     fn pass(&mut self) -> (Duration, Vec<ChangeBatch>) {
+        self.pass_with(|_| {})
+    }
+
+    /// Process one pass, handing the state changes after each batch to `changes`.
+    fn pass_with(
+        &mut self,
+        mut changes: impl FnMut(Vec<StateChange>),
+    ) -> (Duration, Vec<ChangeBatch>) {
         let batches = self.replay.next_pass();
         let mut spent = Duration::ZERO;
         let mut results = vec![];
@@ -222,7 +237,9 @@ impl Running {
             spent += start.elapsed();
             results.extend(out);
             // As a persistent query does after every batch; not what is measured.
-            black_box(self.pipeline.take_state_changes().expect("state changes"));
+            changes(black_box(
+                self.pipeline.take_state_changes().expect("state changes"),
+            ));
         }
         (spent, results)
     }
@@ -305,6 +322,49 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+fn read_back(c: &mut Criterion) {
+    let mut running = Running::new(TUMBLE_CHANGES);
+    let mut frames = Frames::default();
+    let snapshot = running.pipeline.take_state_snapshot().expect("a snapshot");
+    let mut log: Vec<KeyedRecord> = vec![];
+    let mut keep = |changes: Vec<StateChange>| {
+        log.extend(changes.into_iter().map(|c| (c.key, c.value)));
+    };
+    keep(frames.pack_snapshot(&snapshot));
+    while !frames.wants_snapshot() {
+        running.pass_with(|changes| keep(frames.pack(&changes)));
+    }
+    let bytes: usize = log
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    eprintln!(
+        "read_back: {} records, {} MB, from a snapshot of {} entries",
+        log.len(),
+        bytes >> 20,
+        snapshot.len()
+    );
+    let plan = plan(DDL, TUMBLE_CHANGES);
+    let mut group = c.benchmark_group("read_back");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("tumble_changes", |b| {
+        b.iter_batched(
+            || log.clone(),
+            |log| {
+                let (entries, writer) = StateWriter::read_back(log, true).expect("reads back");
+                let mut pipeline = Pipeline::new("bench", &plan, None).expect("builds");
+                pipeline
+                    .restore(&entries, Instant::now())
+                    .expect("restores");
+                (pipeline, writer)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 /// The first `n` result rows of `tumble_changes` in its steady state.
 fn tumble_results(n: usize) -> ChangeBatch {
     let mut running = Running::new(TUMBLE_CHANGES);
@@ -331,6 +391,6 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(10)
         .measurement_time(Duration::from_secs(15));
-    targets = window_aggregate
+    targets = window_aggregate, read_back
 }
 criterion_main!(codecs, engine);
