@@ -12,11 +12,9 @@ use sluice_sql_planner::StreamPlan;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout_at, Instant};
 
-use crate::changelog::{changelog_topic, ensure_changelog, topic_exists, Changelog};
-use crate::consumer::{subscribe, sync_assignment, Assignment, QueryConsumer, Subscribed};
-use crate::delivery::{
-    create_producer, new_producer, start_producer, Delivery, Outgoing, QueryProducer,
-};
+use crate::changelog::{changelog_topic, Changelog};
+use crate::consumer::{sync_assignment, Assignment, QueryConsumer, Subscribed};
+use crate::delivery::{create_producer, new_producer, Delivery, Outgoing, QueryProducer};
 pub use crate::delivery::{producer_config, use_java_partitioner};
 use crate::error::{ExecError, Result};
 use crate::frames::StateWriter;
@@ -28,7 +26,7 @@ use crate::record::RawRecord;
 use crate::stats::QueryStats;
 
 mod restore;
-use restore::{restore_table, start_pipeline};
+use restore::{restore_table, start_output, start_pipeline, subscribe_and_prepare};
 
 /// A batch ends when the commit interval has passed since its first record, when it
 /// holds [`MAX_BATCH_BYTES`] of input, or at the record limit, which adapts between
@@ -282,81 +280,6 @@ async fn run(
     stopped?;
     tracing::info!(query_id, "query stopped");
     Ok(())
-}
-
-/// Start the transactions of a persistent query's producer (see
-/// [`start_producer`]), creating a new producer for each attempt after the first;
-/// `None` when the query was stopped meanwhile. A push query has nothing to start.
-async fn start_output(
-    config: &QueryConfig,
-    stats: &QueryStats,
-    shutdown: &mut watch::Receiver<bool>,
-    output: &mut Output,
-) -> Result<Option<()>> {
-    let Output::Topic(producer) = output else {
-        return Ok(Some(()));
-    };
-    let mut created = Some(producer.clone());
-    let started = retry(
-        &config.query_id,
-        "starting transactions",
-        stats,
-        shutdown,
-        || {
-            let created = created.take();
-            async move {
-                let producer = match created {
-                    Some(producer) => producer,
-                    None => create_producer(config)?,
-                };
-                start_producer(config, &producer).await?;
-                Ok(producer)
-            }
-        },
-    )
-    .await?;
-    Ok(started.map(|started| {
-        let old = std::mem::replace(producer, started);
-        tokio::task::spawn_blocking(move || drop(old));
-    }))
-}
-
-/// Subscribe the query's consumer to its source `topic`, list that topic's partitions
-/// and create its `changelog`, if it has one and it does not exist; `None` when the query was
-/// stopped meanwhile.
-async fn subscribe_and_prepare(
-    config: &QueryConfig,
-    stats: &Arc<QueryStats>,
-    shutdown: &mut watch::Receiver<bool>,
-    (topic, changelog): (&str, Option<&str>),
-) -> Result<Option<(Subscribed, Vec<i32>)>> {
-    let query_id = config.query_id.as_str();
-    let subscribed = subscribe(config, topic, stats)?;
-    let partitions: Vec<i32> = match subscribed
-        .consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-    {
-        Ok(metadata) => metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver");
-            vec![]
-        }
-    };
-    // Kafka may be down as the query starts (or restarts after a crash): wait for it.
-    if let Some(changelog) = changelog.filter(|c| !topic_exists(&subscribed.consumer, c)) {
-        let created = retry(query_id, "creating the changelog", stats, shutdown, || {
-            ensure_changelog(&config.bootstrap_servers, changelog)
-        })
-        .await?;
-        if created.is_none() {
-            return Ok(None);
-        }
-    }
-    Ok(Some((subscribed, partitions)))
 }
 
 /// Where a running query's records come from.

@@ -1,13 +1,20 @@
-//! A query's state at its start: the operators' state read back from its changelog,
-//! and a table's rows from its topic.
+//! A query's start: its producer's transactions, its consumer and changelog, the
+//! operators' state read back from the changelog, and a table's rows from its topic.
 
 use std::sync::Arc;
 
 use sluice_sql_planner::StreamPlan;
 use tokio::sync::watch;
 
-use super::{retry, QueryConfig};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+
+use super::{retry, Output, QueryConfig};
+use crate::changelog::{ensure_changelog, topic_exists};
 use crate::changelog::{read_topic_each, Changelog};
+use crate::consumer::{subscribe, Subscribed};
+use crate::delivery::{create_producer, start_producer};
 use crate::error::{ExecError, Result};
 use crate::frames::StateWriter;
 use crate::materialized::{MaterializedTable, TableRestore};
@@ -78,4 +85,79 @@ pub(super) async fn start_pipeline(
         );
     }
     Ok((pipeline, writer))
+}
+
+/// Start the transactions of a persistent query's producer (see
+/// [`start_producer`]), creating a new producer for each attempt after the first;
+/// `None` when the query was stopped meanwhile. A push query has nothing to start.
+pub(super) async fn start_output(
+    config: &QueryConfig,
+    stats: &QueryStats,
+    shutdown: &mut watch::Receiver<bool>,
+    output: &mut Output,
+) -> Result<Option<()>> {
+    let Output::Topic(producer) = output else {
+        return Ok(Some(()));
+    };
+    let mut created = Some(producer.clone());
+    let started = retry(
+        &config.query_id,
+        "starting transactions",
+        stats,
+        shutdown,
+        || {
+            let created = created.take();
+            async move {
+                let producer = match created {
+                    Some(producer) => producer,
+                    None => create_producer(config)?,
+                };
+                start_producer(config, &producer).await?;
+                Ok(producer)
+            }
+        },
+    )
+    .await?;
+    Ok(started.map(|started| {
+        let old = std::mem::replace(producer, started);
+        tokio::task::spawn_blocking(move || drop(old));
+    }))
+}
+
+/// Subscribe the query's consumer to its source `topic`, list that topic's partitions
+/// and create its `changelog`, if it has one and it does not exist; `None` when the query was
+/// stopped meanwhile.
+pub(super) async fn subscribe_and_prepare(
+    config: &QueryConfig,
+    stats: &Arc<QueryStats>,
+    shutdown: &mut watch::Receiver<bool>,
+    (topic, changelog): (&str, Option<&str>),
+) -> Result<Option<(Subscribed, Vec<i32>)>> {
+    let query_id = config.query_id.as_str();
+    let subscribed = subscribe(config, topic, stats)?;
+    let partitions: Vec<i32> = match subscribed
+        .consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(query_id, error = %e, "no partition list; the watermark follows the partitions that deliver");
+            vec![]
+        }
+    };
+    // Kafka may be down as the query starts (or restarts after a crash): wait for it.
+    if let Some(changelog) = changelog.filter(|c| !topic_exists(&subscribed.consumer, c)) {
+        let created = retry(query_id, "creating the changelog", stats, shutdown, || {
+            ensure_changelog(&config.bootstrap_servers, changelog)
+        })
+        .await?;
+        if created.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some((subscribed, partitions)))
 }
