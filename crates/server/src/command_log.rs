@@ -8,13 +8,13 @@
 //! each query gets the same id, so the same consumer group, and resumes from its committed
 //! offsets. This is ksqlDB's command topic.
 
-use sluice_stream_exec::kafka::client_config;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use sluice_stream_exec::kafka::client_config;
 
 use crate::error::ApiError;
 

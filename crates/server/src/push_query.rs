@@ -6,7 +6,6 @@
 //! `LIMIT n` rows have been sent, or on `POST /close-query`. Offsets are never committed,
 //! so each push query starts where `auto.offset.reset` says: `latest` unless asked.
 
-use sluice_stream_exec::kafka::client_config;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_sql_planner::StreamPlan;
+use sluice_stream_exec::kafka::client_config;
 use sluice_stream_exec::operator::ChangeBatch;
 use sluice_stream_exec::{run_push_query, ExecError, QueryConfig, QueryStats};
 use tokio::sync::{mpsc, watch};

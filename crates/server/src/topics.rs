@@ -1,13 +1,13 @@
 //! `Topics`: creating, describing and deleting topics on the real cluster (Kafka's admin
 //! API) or on the embedded broker (its own API, as the mock cluster ignores CreateTopics).
 
-use sluice_stream_exec::kafka::client_config;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
+use sluice_stream_exec::kafka::client_config;
 use sluice_stream_exec::EmbeddedBroker;
 
 use crate::error::ApiError;

@@ -2,7 +2,6 @@
 //! [`crate::state`]) and, for a table, its own result topic, which holds the rows pull
 //! queries see.
 
-use crate::kafka::client_config;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
 use crate::frames;
+use crate::kafka::client_config;
 
 /// How long reading a topic back may go without a record read (or a partition's end) before
 /// it counts as failed (and is retried).

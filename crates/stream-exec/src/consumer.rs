@@ -1,7 +1,6 @@
 //! A query's Kafka consumer: its settings, the context that watches its rebalances, and
 //! the offsets a batch commits.
 
-use crate::kafka::client_config;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -12,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{ExecError, Result};
+use crate::kafka::client_config;
 use crate::native::FetchQueue;
 use crate::pipeline::Pipeline;
 use crate::query_runner::QueryConfig;

@@ -3,7 +3,6 @@
 //! transaction (exactly-once) or as produce, wait for the acknowledgements, commit
 //! (at-least-once).
 
-use crate::kafka::client_config;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::consumer::{next_offsets, QueryConsumer};
 use crate::error::{ExecError, Result};
 use crate::json_encoder::{encode_batch, EncodedRows};
+use crate::kafka::client_config;
 use crate::native::{KeyValue, ProduceTopic};
 use crate::operator::ChangeBatch;
 use crate::query_runner::{QueryConfig, SLOW_ACKS, TRANSACTION_TIMEOUT};

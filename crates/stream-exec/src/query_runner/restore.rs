@@ -2,17 +2,14 @@
 //! operators' state read back from the changelog, and a table's rows from its topic.
 
 use std::sync::Arc;
-
-use sluice_sql_planner::StreamPlan;
-use tokio::sync::watch;
-
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
+use sluice_sql_planner::StreamPlan;
+use tokio::sync::watch;
 
 use super::{retry, Output, QueryConfig};
-use crate::changelog::{ensure_changelog, topic_exists};
-use crate::changelog::{read_topic_each, Changelog};
+use crate::changelog::{ensure_changelog, read_topic_each, topic_exists, Changelog};
 use crate::consumer::{subscribe, Subscribed};
 use crate::delivery::{create_producer, start_producer};
 use crate::error::{ExecError, Result};
