@@ -17,17 +17,39 @@ pub fn sluice_binary() -> PathBuf {
     dir.join("sluice")
 }
 
-/// A `sluice server` child process and its URL.
+/// A `sluice server` child process, its URL and its log.
 pub struct Process {
     pub child: Child,
     pub url: String,
+    log: PathBuf,
 }
 
+/// Lines of a failing test's server log printed with its failure.
+const LOG_TAIL: usize = 80;
+
 impl Drop for Process {
-    /// A failing test must not leave a server running.
+    /// A failing test must not leave a server running, and shows what its server said
+    /// last: on CI that output is all there is.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // Without the repeats of a broker that is away: each failed connection is
+            // logged by librdkafka and again by rdkafka.
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains(" rdkafka::client: ") && !l.contains("Connection refused"))
+                .collect();
+            eprintln!(
+                "--- the last {} lines of {}, without failed connections:",
+                LOG_TAIL.min(lines.len()),
+                self.log.display()
+            );
+            for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
@@ -37,10 +59,14 @@ pub async fn start(service_id: &str, port: u16) -> Process {
 }
 
 /// Start `sluice server` with `service_id` on `port` against `bootstrap_servers`, with a new,
-/// empty state directory, and wait until it answers. Its log is appended to
+/// empty state directory, and wait until it answers. Its log (with a line for each batch
+/// a query reads and writes, unless `RUST_LOG` says otherwise) is appended to
 /// `$TMPDIR/<service id>server.log`.
 pub async fn start_on(bootstrap_servers: &str, service_id: &str, port: u16) -> Process {
     let state = std::env::temp_dir().join(unique("crash-state"));
+    let log = std::env::temp_dir().join(format!("{service_id}server.log"));
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| "info,rdkafka=warn,sluice_stream_exec=debug".into());
     let child = Command::new(sluice_binary())
         .args([
             "server",
@@ -53,12 +79,13 @@ pub async fn start_on(bootstrap_servers: &str, service_id: &str, port: u16) -> P
             "--state-dir",
         ])
         .arg(&state)
+        .env("RUST_LOG", filter)
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(std::env::temp_dir().join(format!("{service_id}server.log")))
+                .open(&log)
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null()),
         )
@@ -75,7 +102,7 @@ pub async fn start_on(bootstrap_servers: &str, service_id: &str, port: u16) -> P
         assert!(Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Process { child, url }
+    Process { child, url, log }
 }
 
 /// A port nothing listens on now.

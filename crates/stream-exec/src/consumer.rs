@@ -54,6 +54,7 @@ pub(crate) fn subscribe(
         .set("fetch.queue.backoff.ms", "10");
     let consumer: Arc<QueryConsumer> = consumer_config
         .create_with_context(RebalanceWatch {
+            query_id: config.query_id.clone(),
             revocations: revocations.clone(),
             stats: stats.clone(),
             topic: topic.to_string(),
@@ -105,6 +106,7 @@ pub(crate) fn sync_assignment(
 /// fetched; and reports the consumer's Kafka errors (all brokers down, say) to the
 /// query's statistics.
 pub(crate) struct RebalanceWatch {
+    query_id: String,
     revocations: Arc<AtomicU64>,
     stats: Arc<QueryStats>,
     topic: String,
@@ -124,31 +126,44 @@ impl RebalanceWatch {
 
 impl ClientContext for RebalanceWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "consumer error");
+        let query_id = self.query_id.as_str();
+        tracing::warn!(query_id, error = %error, reason, "consumer error");
         self.stats.kafka_failed(format!("{error}: {reason}"));
     }
 }
 
 impl ConsumerContext for RebalanceWatch {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            // Only the reading thread polls the consumer (and so runs this), and it holds
-            // the queue: this is not the last reference.
-            if let Some(fetch) = self.fetch.get().and_then(Weak::upgrade) {
-                for p in self.partitions(list) {
-                    if !fetch.forward(&self.topic, p) {
-                        tracing::warn!(topic = %self.topic, partition = p, "partition not forwarded; its records are polled one at a time");
+        let (query_id, topic) = (self.query_id.as_str(), self.topic.as_str());
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions: Vec<i32> = self.partitions(list).collect();
+                tracing::info!(query_id, topic, ?partitions, "partitions assigned");
+                // Only the reading thread polls the consumer (and so runs this), and it
+                // holds the queue: this is not the last reference.
+                if let Some(fetch) = self.fetch.get().and_then(Weak::upgrade) {
+                    for p in partitions {
+                        if !fetch.forward(topic, p) {
+                            tracing::warn!(
+                                topic,
+                                partition = p,
+                                "partition not forwarded; its records are polled one at a time"
+                            );
+                        }
                     }
                 }
             }
-        }
-        if let Rebalance::Revoke(list) = rebalance {
-            self.revocations.fetch_add(1, Ordering::SeqCst);
-            let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
-            for p in self.partitions(list).collect::<Vec<_>>() {
-                a.partitions.remove(&p);
+            Rebalance::Revoke(list) => {
+                let partitions: Vec<i32> = self.partitions(list).collect();
+                tracing::info!(query_id, topic, ?partitions, "partitions revoked");
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                let mut a = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+                for p in &partitions {
+                    a.partitions.remove(p);
+                }
+                a.version += 1;
             }
-            a.version += 1;
+            Rebalance::Error(e) => tracing::warn!(query_id, topic, error = %e, "rebalance failed"),
         }
     }
 
