@@ -395,14 +395,24 @@ fn apply(value: &[u8], entries: &mut HashMap<Vec<u8>, Vec<u8>>) -> Result<u8> {
     }
     while !r.0.is_empty() {
         let key_len = r.len()?;
-        let key = r.take(key_len as usize)?.to_vec();
+        let key = r.take(key_len as usize)?;
         match r.len()? {
             DELETED => {
-                entries.remove(&key);
+                entries.remove(key);
             }
             n => {
-                let value = r.take(n as usize)?.to_vec();
-                entries.insert(key, value);
+                let value = r.take(n as usize)?;
+                // A tail updates the same entries over and over: an entry's value is
+                // overwritten in place, without allocating its key and value again.
+                match entries.get_mut(key) {
+                    Some(old) => {
+                        old.clear();
+                        old.extend_from_slice(value);
+                    }
+                    None => {
+                        entries.insert(key.to_vec(), value.to_vec());
+                    }
+                }
             }
         }
     }
