@@ -154,6 +154,15 @@ impl Reader {
                 generation,
                 mut records,
             } => {
+                let dropped = drop_repeats(&self.taken, generation, &mut records);
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        "the consumer went back to records this query has read already, \
+                         with no rebalance and no request to read them again; they are \
+                         dropped, not processed twice"
+                    );
+                }
                 if records.len() > max.max(1) {
                     let rest = records.split_off(max.max(1));
                     self.rest = Some((generation, rest));
@@ -227,6 +236,54 @@ impl Drop for Reader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Drop from `records` (read under revocation count `generation`) those at or before a
+/// record of their partition taken already under the same count, or before a record
+/// ahead of them in `records`; returns how many were dropped.
+///
+/// Within an epoch and an assignment a partition's offsets only grow: the query moves
+/// partitions back only by starting a new epoch, and a rebalance changes the count. A
+/// consumer that goes back anyway (should librdkafka reset a partition's position, say
+/// after a broker restart) would have the query process records twice; they are dropped
+/// instead. Cheap when nothing goes back:
+/// one comparison per record and one lookup per run of a partition's records.
+fn drop_repeats(
+    taken: &BTreeMap<i32, (i64, u64)>,
+    generation: u64,
+    records: &mut Vec<RawRecord>,
+) -> usize {
+    let next_of = |p: i32| match taken.get(&p) {
+        Some(&(next, g)) if g == generation => next,
+        _ => i64::MIN,
+    };
+    let mut back = false;
+    let mut i = 0;
+    while i < records.len() && !back {
+        let partition = records[i].partition;
+        let mut next = next_of(partition);
+        while i < records.len() && records[i].partition == partition {
+            back |= records[i].offset < next;
+            next = records[i].offset + 1;
+            i += 1;
+        }
+    }
+    if !back {
+        return 0;
+    }
+    let before = records.len();
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    records.retain(|r| {
+        let n = next
+            .entry(r.partition)
+            .or_insert_with(|| next_of(r.partition));
+        let keep = r.offset >= *n;
+        if keep {
+            *n = r.offset + 1;
+        }
+        keep
+    });
+    before - records.len()
 }
 
 /// The reading thread: take records, hand them over in chunks, move partitions when asked.
@@ -389,5 +446,62 @@ fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         value: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offsets: std::ops::Range<i64>) -> Vec<RawRecord> {
+        offsets
+            .map(|offset| RawRecord {
+                partition,
+                offset,
+                timestamp_ms: Some(0),
+                value: None,
+            })
+            .collect()
+    }
+
+    fn offsets(records: &[RawRecord]) -> Vec<(i32, i64)> {
+        records.iter().map(|r| (r.partition, r.offset)).collect()
+    }
+
+    #[test]
+    fn records_ahead_of_those_taken_are_kept() {
+        let taken = BTreeMap::from([(0, (10, 1)), (1, (5, 1))]);
+        let mut records = [at(0, 10..13), at(1, 5..7), at(2, 0..2)].concat();
+        let all = offsets(&records);
+        assert_eq!(drop_repeats(&taken, 1, &mut records), 0);
+        assert_eq!(offsets(&records), all);
+    }
+
+    #[test]
+    fn a_partition_gone_back_loses_what_was_taken_already() {
+        // Partition 0 was taken up to offset 9; the consumer starts it again at 0.
+        let taken = BTreeMap::from([(0, (10, 1))]);
+        let mut records = [at(1, 0..2), at(0, 0..12)].concat();
+        assert_eq!(drop_repeats(&taken, 1, &mut records), 10);
+        assert_eq!(offsets(&records), [(1, 0), (1, 1), (0, 10), (0, 11)]);
+    }
+
+    #[test]
+    fn going_back_within_a_chunk_is_caught_too() {
+        let mut records = [at(0, 0..4), at(0, 2..6)].concat();
+        assert_eq!(drop_repeats(&BTreeMap::new(), 1, &mut records), 2);
+        assert_eq!(
+            offsets(&records),
+            (0..6).map(|o| (0, o)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn after_a_rebalance_a_partition_may_start_again_earlier() {
+        // Taken under revocation count 1; read again under count 2 (from the commit).
+        let taken = BTreeMap::from([(0, (10, 1))]);
+        let mut records = at(0, 3..8);
+        assert_eq!(drop_repeats(&taken, 2, &mut records), 0);
+        assert_eq!(records.len(), 5);
     }
 }
