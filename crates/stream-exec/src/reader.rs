@@ -246,8 +246,8 @@ impl Drop for Reader {
 /// partitions back only by starting a new epoch, and a rebalance changes the count. A
 /// consumer that goes back anyway (should librdkafka reset a partition's position, say
 /// after a broker restart) would have the query process records twice; they are dropped
-/// instead. Cheap when nothing goes back:
-/// one comparison per record and one lookup per run of a partition's records.
+/// instead. Cheap when nothing goes back: one comparison per record, and per run of a
+/// partition's records one lookup among the chunk's few partitions.
 fn drop_repeats(
     taken: &BTreeMap<i32, (i64, u64)>,
     generation: u64,
@@ -257,16 +257,27 @@ fn drop_repeats(
         Some(&(next, g)) if g == generation => next,
         _ => i64::MIN,
     };
+    // Each partition's next offset so far in this chunk: a partition can come in more
+    // than one run.
+    let mut runs: Vec<(i32, i64)> = vec![];
     let mut back = false;
     let mut i = 0;
     while i < records.len() && !back {
         let partition = records[i].partition;
-        let mut next = next_of(partition);
+        let run = match runs.iter().position(|(p, _)| *p == partition) {
+            Some(run) => run,
+            None => {
+                runs.push((partition, next_of(partition)));
+                runs.len() - 1
+            }
+        };
+        let mut next = runs[run].1;
         while i < records.len() && records[i].partition == partition {
             back |= records[i].offset < next;
             next = records[i].offset + 1;
             i += 1;
         }
+        runs[run].1 = next;
     }
     if !back {
         return 0;
@@ -493,6 +504,16 @@ mod tests {
         assert_eq!(
             offsets(&records),
             (0..6).map(|o| (0, o)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn going_back_in_a_later_run_of_the_same_chunk_is_caught_too() {
+        let mut records = [at(0, 0..4), at(1, 0..2), at(0, 1..5)].concat();
+        assert_eq!(drop_repeats(&BTreeMap::new(), 1, &mut records), 3);
+        assert_eq!(
+            offsets(&records),
+            [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (0, 4)]
         );
     }
 
