@@ -12,10 +12,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use sluice_e2e::{consume_until_on, test_file, unique};
+use sluice_stream_exec::changelog::read_topic;
 
 use crate::process::{free_port, start_on};
 
@@ -179,17 +179,20 @@ async fn broker_outage_pauses_queries_and_loses_nothing() {
     feeder.await.expect("all input delivered");
 
     eprintln!("outage: all input delivered after {:?}", t0.elapsed());
-    // The input as the broker holds it. The producer delivers each record at least once:
-    // when the broker went away with a request in flight, it can have written the
-    // request's records and then have them sent again under a new producer epoch. The
-    // queries must turn each record in the topic into exactly one result, so the
-    // expected results come from what the topic holds.
-    let input = read_all(&bootstrap, &topic).await;
+    // The input as the broker holds it, to its end. The producer delivers each record at
+    // least once: when the broker went away with a request in flight, it can have
+    // written the request's records and then have them sent again under a new producer
+    // epoch. The queries must turn each record in the topic into exactly one result, so
+    // the expected results come from what the topic holds.
+    let input: Vec<Value> = read_topic(&bootstrap, &topic)
+        .await
+        .expect("the input read back")
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v.expect("a value")).expect("JSON"))
+        .collect();
     let mut written: HashMap<i64, usize> = HashMap::new();
     for r in &input {
-        *written
-            .entry(r.value["id"].as_i64().expect("id"))
-            .or_default() += 1;
+        *written.entry(r["id"].as_i64().expect("id")).or_default() += 1;
     }
     let unsent: Vec<i64> = (0..total)
         .filter(|i| !written.contains_key(i))
@@ -238,8 +241,8 @@ async fn broker_outage_pauses_queries_and_loses_nothing() {
 
     let mut expected: BTreeMap<(String, i64), i64> = BTreeMap::new();
     for r in &input {
-        let ts = r.value["ts"].as_i64().expect("ts");
-        let k = r.value["k"].as_str().expect("k").to_string();
+        let ts = r["ts"].as_i64().expect("ts");
+        let k = r["k"].as_str().expect("k").to_string();
         *expected.entry((k, ts - ts % 5_000)).or_default() += 1;
     }
     let key_of = |v: &Value| {
@@ -284,40 +287,4 @@ async fn broker_outage_pauses_queries_and_loses_nothing() {
         assert_eq!(q["state"], "RUNNING", "{q}");
         assert_eq!(q["statistics"]["kafka_error"], Value::Null, "{q}");
     }
-}
-
-/// Every record in `topic` now: as many as its partitions' offsets say it holds.
-async fn read_all(bootstrap: &str, topic: &str) -> Vec<sluice_e2e::Consumed> {
-    let (servers, name) = (bootstrap.to_string(), topic.to_string());
-    let held = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &servers)
-            .create()
-            .expect("consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(&name), Duration::from_secs(30))
-            .expect("metadata");
-        let partitions: Vec<i32> = metadata.topics()[0]
-            .partitions()
-            .iter()
-            .map(|p| p.id())
-            .collect();
-        partitions
-            .into_iter()
-            .map(|p| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&name, p, Duration::from_secs(30))
-                    .expect("watermarks");
-                (high - low) as usize
-            })
-            .sum::<usize>()
-    })
-    .await
-    .expect("offsets");
-    let input = consume_until_on(bootstrap, topic, Duration::from_secs(60), move |r| {
-        r.len() >= held
-    })
-    .await;
-    assert_eq!(input.len(), held, "the input topic read back");
-    input
 }
