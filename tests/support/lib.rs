@@ -22,17 +22,19 @@ use sluice_server::{Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-/// The broker the tests use: `SLUICE_TEST_BOOTSTRAP`, else the one `scripts/kafka-local`
-/// starts.
+/// The broker the tests use: `SLUICE_TEST_BOOTSTRAP`, else the tests' own one that
+/// `scripts/test` starts on 127.0.0.1:9192 and leaves running.
 pub fn bootstrap() -> String {
-    let b = std::env::var("SLUICE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let b = std::env::var("SLUICE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9192".into());
     let reachable = b.split(',').any(|addr| {
         addr.parse()
             .is_ok_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
     });
     assert!(
         reachable,
-        "no Kafka broker at {b}: start one with `scripts/kafka-local start` (scripts/test does this)"
+        "no Kafka broker at {b}: `scripts/test` starts the tests' own on 127.0.0.1:9192; \
+         or set SLUICE_TEST_BOOTSTRAP to a running one, such as `scripts/kafka-local start`'s \
+         127.0.0.1:9092"
     );
     b
 }
