@@ -78,6 +78,11 @@ const TUMBLE_FINAL: &str = "CREATE TABLE t AS SELECT card_id, COUNT(*) AS n, \
     SUM(amount) AS total FROM tx \
     WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 3 MINUTES) GROUP BY card_id EMIT FINAL;";
 
+const HOP_FINAL: &str = "CREATE TABLE t AS SELECT card_id, COUNT(*) AS n, \
+    SUM(amount) AS total FROM tx \
+    WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 20 SECONDS, GRACE PERIOD 3 MINUTES) \
+    GROUP BY card_id EMIT FINAL;";
+
 const SESSION_CHANGES: &str = "CREATE TABLE t AS SELECT card_id, COUNT(*) AS n, \
     SUM(amount) AS total FROM tx \
     WINDOW SESSION (30 SECONDS, GRACE PERIOD 3 MINUTES) GROUP BY card_id EMIT CHANGES;";
@@ -281,6 +286,7 @@ fn window_aggregate(c: &mut Criterion) {
     for (name, sql) in [
         ("tumble_changes", TUMBLE_CHANGES),
         ("tumble_final", TUMBLE_FINAL),
+        ("hop_final", HOP_FINAL),
         ("session_changes", SESSION_CHANGES),
     ] {
         // Built on first use: criterion calls the closure only for benches the

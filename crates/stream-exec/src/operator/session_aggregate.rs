@@ -205,18 +205,10 @@ impl SessionAggregateOperator {
         };
         // Each row's position among the batch's keys.
         let mut positions = Vec::with_capacity(n);
-        for r in 0..n {
-            let k = self.index.key_of(keys.rows.row(r).as_ref());
-            let k = match k {
-                Ok(k) => k,
-                Err(e) => {
-                    by_key
-                        .keys
-                        .iter()
-                        .for_each(|&(k, _)| self.index.set_batch_key(k, NONE));
-                    return Err(e);
-                }
-            };
+        let numbers = self
+            .index
+            .key_of_each((0..n).map(|r| keys.rows.row(r).data()))?;
+        for (r, k) in numbers.into_iter().enumerate() {
             let mut p = self.index.batch_key(k);
             if p == NONE {
                 p = by_key.keys.len() as u32;

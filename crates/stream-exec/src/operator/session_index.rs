@@ -120,6 +120,30 @@ impl SessionIndex {
         Ok(k)
     }
 
+    /// The number of each key of `keys` (arrow row-format bytes), added if new, in
+    /// order. Its lookups prefetch ([`GroupIndex::prefetch_ahead`]).
+    pub(crate) fn key_of_each<'a>(
+        &mut self,
+        keys: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    ) -> Result<Vec<u32>> {
+        let hashes: Vec<u64> = keys
+            .clone()
+            .map(|key| hash_key(&self.hasher, key))
+            .collect();
+        let mut numbers = Vec::with_capacity(hashes.len());
+        for (i, key) in keys.enumerate() {
+            self.keys.prefetch_ahead(&hashes, i);
+            let (k, new) = self.keys.intern(hashes[i], key)?;
+            if new {
+                self.head.push(NONE);
+                self.key_dirty.push(false);
+                self.batch_key.push(NONE);
+            }
+            numbers.push(k);
+        }
+        Ok(numbers)
+    }
+
     /// The bytes of key `k`.
     pub(crate) fn key_bytes(&self, k: u32) -> &[u8] {
         self.keys.key(k)

@@ -452,10 +452,15 @@ impl Operator for WindowAggregateOperator {
             let mut groups = Vec::with_capacity(rows.len());
             // (first row, group) of each group the batch touched.
             let mut touched: Vec<(u32, u32)> = vec![];
-            for &r in &rows {
+            let hashes: Vec<u64> = rows
+                .iter()
+                .map(|&r| hash_key(&self.hasher, keys.rows.row(r as usize).as_ref()))
+                .collect();
+            for (i, &r) in rows.iter().enumerate() {
+                window.index.prefetch_ahead(&hashes, i);
                 let key = keys.rows.row(r as usize);
                 let key = key.as_ref();
-                let (g, new) = window.index.intern(hash_key(&self.hasher, key), key)?;
+                let (g, new) = window.index.intern(hashes[i], key)?;
                 if new {
                     window.states.push(&self.aggregates)?;
                     window.flags.push(0);
@@ -601,6 +606,7 @@ impl Operator for WindowAggregateOperator {
                     seen[k as usize] = true;
                 }
                 for (k, &hash) in hashes.iter().enumerate() {
+                    window.index.prefetch_ahead(&hashes, k);
                     if !seen[k] {
                         if let Some(g) = window.index.get(hash, changed.key(k as u32)) {
                             members.push((k as u32, g));
