@@ -111,7 +111,12 @@ impl SessionIndex {
 
     /// The number of `key` (arrow row-format bytes), added if new.
     pub(crate) fn key_of(&mut self, key: &[u8]) -> Result<u32> {
-        let (k, new) = self.keys.intern(hash_key(&self.hasher, key), key)?;
+        self.number(hash_key(&self.hasher, key), key)
+    }
+
+    /// The number of `key`, whose hash is `hash`, added if new.
+    fn number(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
+        let (k, new) = self.keys.intern(hash, key)?;
         if new {
             self.head.push(NONE);
             self.key_dirty.push(false);
@@ -133,13 +138,7 @@ impl SessionIndex {
         let mut numbers = Vec::with_capacity(hashes.len());
         for (i, key) in keys.enumerate() {
             self.keys.prefetch_ahead(&hashes, i);
-            let (k, new) = self.keys.intern(hashes[i], key)?;
-            if new {
-                self.head.push(NONE);
-                self.key_dirty.push(false);
-                self.batch_key.push(NONE);
-            }
-            numbers.push(k);
+            numbers.push(self.number(hashes[i], key)?);
         }
         Ok(numbers)
     }
