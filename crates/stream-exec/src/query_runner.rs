@@ -247,8 +247,14 @@ async fn run(
         }
     };
     tracing::info!(query_id, topic, sink = %config.sink_topic, "query started");
-    let mut reader = Reader::start(consumer.clone(), fetch, topic, revocations.clone())
-        .map_err(|e| ExecError::internal("query loop", &format!("starting the reader: {e}")))?;
+    let mut reader = Reader::start(
+        query_id,
+        consumer.clone(),
+        fetch,
+        topic,
+        revocations.clone(),
+    )
+    .map_err(|e| ExecError::internal("query loop", &format!("starting the reader: {e}")))?;
     let stopped = {
         let processing = process(
             &config,

@@ -84,12 +84,16 @@ pub(crate) struct Reader {
     rest: Option<(u64, Vec<RawRecord>)>,
     /// Whether the last chunk taken was full: the thread had more records waiting.
     behind: bool,
+    /// The query and its source topic, for the log.
+    query_id: String,
+    topic: String,
 }
 
 impl Reader {
-    /// Start reading `topic` through `consumer` (subscribed already); `revocations` is
-    /// the consumer's count of partition revocations.
+    /// Start reading `topic` for query `query_id` through `consumer` (subscribed
+    /// already); `revocations` is the consumer's count of partition revocations.
     pub(crate) fn start(
+        query_id: &str,
         consumer: Arc<QueryConsumer>,
         fetch: Arc<FetchQueue>,
         topic: &str,
@@ -124,6 +128,8 @@ impl Reader {
             taken: BTreeMap::new(),
             rest: None,
             behind: false,
+            query_id: query_id.to_string(),
+            topic: topic.to_string(),
         })
     }
 
@@ -157,6 +163,8 @@ impl Reader {
                 let dropped = drop_repeats(&self.taken, generation, &mut records);
                 if dropped > 0 {
                     tracing::warn!(
+                        query_id = %self.query_id,
+                        topic = %self.topic,
                         dropped,
                         "the consumer went back to records this query has read already, \
                          with no rebalance and no request to read them again; they are \
