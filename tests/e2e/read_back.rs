@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::producer::FutureRecord;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_e2e::{bootstrap, ordered_producer, unique};
 use sluice_stream_exec::changelog::{ensure_changelog, read_changelog, read_topic, KeyedRecord};
 use sluice_stream_exec::frames::{last_snapshot, Frames};
@@ -100,4 +101,73 @@ async fn a_changelog_without_a_snapshot_is_read_back_whole() {
         .await
         .expect("missing");
     assert!(none.is_empty());
+}
+
+/// A transactional producer of its own (`id` names it), with a transaction begun.
+fn in_transaction(id: &str) -> FutureProducer {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", id)
+        .create()
+        .expect("producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init");
+    producer.begin_transaction().expect("begin");
+    producer
+}
+
+/// Records of a transaction open when reading back starts are waited for: read when it
+/// commits, left out when it aborts. A consumer of committed records is told a partition
+/// ends before them; Kafka answers a commit before the markers that end that are written,
+/// so a query that read its state back right after its own commit (partitions moved
+/// meanwhile, as after a broker outage) lost the last batch's state changes.
+#[tokio::test]
+async fn reading_back_waits_for_a_transaction_open_when_it_starts() {
+    let b = bootstrap();
+    for commit in [true, false] {
+        for whole in [true, false] {
+            let topic = unique("read_back_open_transaction");
+            ensure_changelog(&b, &topic).await.expect("changelog");
+            let before = entries(0, 3);
+            write(&topic, &before).await;
+            let producer = in_transaction(&unique("read_back_transaction"));
+            let open = entries(3, 2);
+            for c in &open {
+                let record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&topic)
+                    .key(&c.key)
+                    .payload(c.value.as_ref().expect("a value"));
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .expect("written");
+            }
+            let (b2, t2) = (b.clone(), topic.clone());
+            let reading = tokio::spawn(async move {
+                if whole {
+                    read_topic(&b2, &t2).await
+                } else {
+                    read_changelog(&b2, &t2).await
+                }
+            });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(!reading.is_finished(), "read before the transaction ended");
+            tokio::task::spawn_blocking(move || {
+                if commit {
+                    producer.commit_transaction(Duration::from_secs(30))
+                } else {
+                    producer.abort_transaction(Duration::from_secs(30))
+                }
+            })
+            .await
+            .expect("joined")
+            .expect("transaction ended");
+            let read = reading.await.expect("joined").expect("read back");
+            let mut expected = as_records(&before);
+            if commit {
+                expected.extend(as_records(&open));
+            }
+            assert_eq!(read, expected, "commit: {commit}, whole topic: {whole}");
+        }
+    }
 }

@@ -67,9 +67,10 @@ pub fn topic_exists<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str)
 /// One record read back: its key and value (`None`: a tombstone).
 pub type KeyedRecord = (Vec<u8>, Option<Vec<u8>>);
 
-/// Every committed record of `topic`, from the beginning to its end as the reading starts,
-/// in offset order per partition (so in order per key). A topic that does not exist reads
-/// as empty.
+/// Every committed record of `topic` written before the reading starts, in offset order per
+/// partition (so in order per key). A transaction still open then (or committed, but its
+/// markers not yet written, as just after a commit) is waited for. A topic that does not
+/// exist reads as empty.
 pub async fn read_topic(bootstrap_servers: &str, topic: &str) -> Result<Vec<KeyedRecord>> {
     let (records, _) = read_topic_each(bootstrap_servers, topic, (vec![], collect)).await?;
     Ok(records)
@@ -156,22 +157,33 @@ async fn blocking<T: Send + 'static>(
 
 /// A consumer for reading a topic back, and the topic's partitions.
 struct ReadBack {
+    /// Reads committed records only.
     consumer: BaseConsumer<Quiet>,
+    /// Asks for partitions' ends. `consumer` cannot: a consumer of committed records is
+    /// told the last stable offset, which stops before the records of a transaction whose
+    /// markers are not written yet, and a commit is answered before they are.
+    ends: BaseConsumer<Quiet>,
     topic: String,
     partitions: Vec<i32>,
 }
 
-/// What to read of one partition: from `from` to its end, or to before offset `until`.
+/// What to read of one partition: from `from` to before offset `until`.
 struct Range {
     partition: i32,
     from: Offset,
-    until: Option<i64>,
+    until: i64,
 }
 
 impl ReadBack {
     /// A consumer for `topic` (none of whose partitions are assigned yet).
     fn open(bootstrap_servers: &str, topic: &str) -> Result<Self> {
         let context = || format!("reading {topic} back");
+        let ends: BaseConsumer<Quiet> = client_config(bootstrap_servers)
+            .set("group.id", "sluice-restore")
+            .set("isolation.level", "read_uncommitted")
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(Quiet)
+            .map_err(|e| ExecError::kafka(context(), e))?;
         let consumer: BaseConsumer<Quiet> = client_config(bootstrap_servers)
             .set("group.id", "sluice-restore")
             .set("enable.auto.commit", "false")
@@ -210,6 +222,7 @@ impl ReadBack {
         }
         Ok(Self {
             consumer,
+            ends,
             topic: topic.to_string(),
             partitions,
         })
@@ -223,18 +236,13 @@ impl ReadBack {
             self.read(&self.whole()?, |k, v| collect(&mut records, k, v))?;
             return Ok(records);
         };
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-            .map_err(|e| ExecError::kafka(self.context(), e))?;
-        let (mut records, mut until, mut stretch) = (vec![], None, FIRST_STRETCH);
+        let (low, high) = self.ends(partition)?;
+        if high <= low {
+            return Ok(vec![]);
+        }
+        let (mut records, mut until, mut stretch) = (vec![], high, FIRST_STRETCH);
         loop {
-            let from = match until {
-                Some(until) => until,
-                None => high,
-            }
-            .saturating_sub(stretch)
-            .max(low);
+            let from = until.saturating_sub(stretch).max(low);
             let mut earlier = vec![];
             let range = Range {
                 partition,
@@ -251,7 +259,7 @@ impl ReadBack {
             if from <= low {
                 return Ok(records);
             }
-            until = Some(from);
+            until = from;
             stretch = stretch.saturating_mul(4);
         }
     }
@@ -272,19 +280,78 @@ impl ReadBack {
     fn whole(&self) -> Result<Vec<Range>> {
         let mut ranges = vec![];
         for &partition in &self.partitions {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
-                .map_err(|e| ExecError::kafka(self.context(), e))?;
+            let (low, high) = self.ends(partition)?;
             if high > low {
                 ranges.push(Range {
                     partition,
                     from: Offset::Beginning,
-                    until: Some(high),
+                    until: high,
                 });
             }
         }
         Ok(ranges)
+    }
+
+    /// The first offset `partition` has, and the offset after the last record written to
+    /// it, committed or not.
+    fn ends(&self, partition: i32) -> Result<(i64, i64)> {
+        self.ends
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| ExecError::kafka(self.context(), e))
+    }
+
+    /// The offset after the last record of `partition` this consumer has been handed (or
+    /// skipped: an aborted record, a transaction marker); `None` before the first.
+    fn position(&self, partition: i32) -> Result<Option<i64>> {
+        let positions = self
+            .consumer
+            .position()
+            .map_err(|e| ExecError::kafka(self.context(), e))?;
+        Ok(positions
+            .find_partition(&self.topic, partition)
+            .and_then(|p| match p.offset() {
+                Offset::Offset(at) => Some(at),
+                _ => None,
+            }))
+    }
+
+    /// Whether the end of `range` just reported (a PartitionEOF) is past its records.
+    ///
+    /// A consumer of committed records reaches an end at the partition's last stable
+    /// offset: before the first record of a transaction still open. When that is before
+    /// `until`, its records are not all read yet: the transaction is waited for (its
+    /// markers move the end once written, which is reported again). `settled` holds the
+    /// partitions read anew from where they were once no transaction before `until` was
+    /// open: their next end is past it.
+    fn past_until(&self, range: &Range, settled: &mut HashSet<i32>) -> Result<bool> {
+        let partition = range.partition;
+        let position = self.position(partition)?;
+        if settled.contains(&partition) || position.is_some_and(|at| at >= range.until) {
+            return Ok(true);
+        }
+        let (_, last_stable) = self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| ExecError::kafka(self.context(), e))?;
+        if last_stable >= range.until {
+            // Every transaction before `until` is over, but the end reported may have been
+            // reached before: the records left (if any: the log can have a gap there, left
+            // by compaction) are read by reading on anew, whose first end is past `until`.
+            let from = position.map_or(range.from, Offset::Offset);
+            self.consumer
+                .seek(&self.topic, partition, from, METADATA_TIMEOUT)
+                .map_err(|e| ExecError::kafka(self.context(), e))?;
+            settled.insert(partition);
+        } else {
+            tracing::debug!(
+                topic = %self.topic,
+                partition,
+                last_stable,
+                until = range.until,
+                "reading back waits for an open transaction"
+            );
+        }
+        Ok(false)
     }
 
     fn context(&self) -> String {
@@ -313,20 +380,19 @@ impl ReadBack {
         self.consumer
             .resume(&assignment)
             .map_err(|e| ExecError::kafka(self.context(), e))?;
-        let until: HashMap<i32, i64> = ranges
-            .iter()
-            .filter_map(|r| Some((r.partition, r.until?)))
-            .collect();
-        let mut done: HashSet<i32> = HashSet::new();
+        let by_partition: HashMap<i32, &Range> = ranges.iter().map(|r| (r.partition, r)).collect();
+        let (mut done, mut settled) = (HashSet::new(), HashSet::new());
         // Reading fails when it stops making progress, however long the topic.
         let mut deadline = Instant::now() + READ_TIMEOUT;
         let (mut read, mut seen) = (0u64, 0u64);
-        // The end of a partition (after the last committed record, past transaction
-        // markers) is reported as a PartitionEOF event.
+        // The end of a partition (see `past_until`) is reported as a PartitionEOF event.
         while done.len() < ranges.len() {
             match self.consumer.poll(Duration::from_millis(500)) {
                 Some(Ok(m)) if !done.contains(&m.partition()) => {
-                    if until.get(&m.partition()).is_some_and(|&u| m.offset() >= u) {
+                    if by_partition
+                        .get(&m.partition())
+                        .is_some_and(|r| m.offset() >= r.until)
+                    {
                         self.finished(m.partition(), &mut done);
                         read += 1;
                     } else {
@@ -338,10 +404,15 @@ impl ReadBack {
                 }
                 // Fetched before its partition was paused: not progress.
                 Some(Ok(_)) => {}
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    self.finished(p, &mut done);
-                    read += 1;
+                Some(Err(KafkaError::PartitionEOF(p))) if !done.contains(&p) => {
+                    if let Some(range) = by_partition.get(&p) {
+                        if self.past_until(range, &mut settled)? {
+                            self.finished(p, &mut done);
+                            read += 1;
+                        }
+                    }
                 }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 // The caller retries (a broker outage, say) and reports it.
                 Some(Err(e)) => return Err(ExecError::kafka(self.context(), e)),
                 None => {}
