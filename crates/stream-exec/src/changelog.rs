@@ -343,7 +343,7 @@ impl ReadBack {
                 .map_err(|e| ExecError::kafka(self.context(), e))?;
             settled.insert(partition);
         } else {
-            tracing::debug!(
+            tracing::info!(
                 topic = %self.topic,
                 partition,
                 last_stable,
@@ -356,6 +356,37 @@ impl ReadBack {
 
     fn context(&self) -> String {
         format!("reading {} back", self.topic)
+    }
+
+    /// What reading `ranges` waited for when it stopped making progress: each partition
+    /// not read to its end yet, where it was and where it was to stop.
+    fn stalled(&self, ranges: &[Range], done: &HashSet<i32>, settled: &HashSet<i32>) -> String {
+        let waiting: Vec<String> = ranges
+            .iter()
+            .filter(|r| !done.contains(&r.partition))
+            .map(|r| {
+                let at = match self.position(r.partition) {
+                    Ok(Some(at)) => at.to_string(),
+                    Ok(None) => "no record yet".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let settled = if settled.contains(&r.partition) {
+                    ", read anew"
+                } else {
+                    ""
+                };
+                format!(
+                    "partition {}: read to {at}, to read to {}{settled}",
+                    r.partition, r.until
+                )
+            })
+            .collect();
+        format!(
+            "{}: nothing read for {} s ({})",
+            self.context(),
+            READ_TIMEOUT.as_secs(),
+            waiting.join("; ")
+        )
     }
 
     /// Hand the committed records of `ranges` to `each`, in offset order per partition.
@@ -423,7 +454,7 @@ impl ReadBack {
                 deadline = now + READ_TIMEOUT;
             } else if now > deadline {
                 return Err(ExecError::kafka(
-                    self.context(),
+                    self.stalled(ranges, &done, &settled),
                     KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
                 ));
             }
