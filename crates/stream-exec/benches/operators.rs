@@ -17,6 +17,11 @@
 //!   session window, fed already-decoded batches through [`Pipeline::process_decoded`]:
 //!   scan (event time, window assignment, lateness), aggregation, and the watermark
 //!   closing windows. One iteration is 25 batches (102,400 events, 205 s of event time).
+//! - `materialize/tumble_changes`, `…/session_changes`: a pass's results of those queries
+//!   applied to the [`MaterializedTable`] pull queries read (one table across all
+//!   iterations, keeping 10 minutes of windows instead of a day, so it stays bounded; a
+//!   session that grows is a tombstone for its old row and a new row). Only
+//!   `apply_encoded` is timed.
 //! - `encode/4096`: [`json_encoder::encode_batch`] of 4096 `tumble_changes` result rows into
 //!   Kafka keys (card id and window bounds) and JSON values.
 //! - `read_back/tumble_changes`: what a restarted query does with its changelog's records
@@ -63,6 +68,7 @@ use sluice_stream_exec::changelog::KeyedRecord;
 use sluice_stream_exec::frames::{Frames, StateWriter};
 use sluice_stream_exec::json_decoder::JsonDecoder;
 use sluice_stream_exec::json_encoder;
+use sluice_stream_exec::materialized::MaterializedTable;
 use sluice_stream_exec::operator::ChangeBatch;
 use sluice_stream_exec::state::StateChange;
 use sluice_stream_exec::{Pipeline, QueryStats, RawRecord};
@@ -316,6 +322,52 @@ fn window_aggregate(c: &mut Criterion) {
     group.finish();
 }
 
+fn materialize(c: &mut Criterion) {
+    let mut group = c.benchmark_group("materialize");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements((BATCHES_PER_ITER * BATCH) as u64));
+    for (name, sql) in [
+        ("tumble_changes", TUMBLE_CHANGES),
+        ("session_changes", SESSION_CHANGES),
+    ] {
+        let mut built: Option<(Running, Arc<MaterializedTable>, StreamPlan)> = None;
+        group.bench_function(name, |b| {
+            let (running, table, plan) = built.get_or_insert_with(|| {
+                let plan = plan(DDL, sql);
+                // A retention of 10 minutes (three passes) instead of a day, so the
+                // table stays bounded and the bench measures its steady state.
+                let window = plan.window_retention.map(|(end, _)| (end, 600_000));
+                let table = Arc::new(
+                    MaterializedTable::new(plan.output_schema.clone(), window).expect("table"),
+                );
+                table.restore().finish().expect("nothing to read back");
+                (Running::new(sql), table, plan)
+            });
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let (_, results) = running.pass();
+                    let encoded: Vec<_> = results
+                        .iter()
+                        .map(|r| json_encoder::encode_batch(r, &plan.key_columns).expect("encodes"))
+                        .collect();
+                    let start = Instant::now();
+                    for (batch, encoded) in results.iter().zip(&encoded) {
+                        table.apply_encoded(batch, encoded).expect("applies");
+                    }
+                    spent += start.elapsed();
+                }
+                spent
+            })
+        });
+        if let Some((_, table, _)) = &built {
+            eprintln!("materialize/{name}: {} rows at the end", table.len());
+        }
+    }
+    group.finish();
+}
+
 fn encode(c: &mut Criterion) {
     let plan = plan(DDL, TUMBLE_CHANGES);
     let mut batch: Option<ChangeBatch> = None;
@@ -397,6 +449,6 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(10)
         .measurement_time(Duration::from_secs(15));
-    targets = window_aggregate, read_back
+    targets = window_aggregate, materialize, read_back
 }
 criterion_main!(codecs, engine);
