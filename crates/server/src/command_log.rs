@@ -10,10 +10,9 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use sluice_stream_exec::changelog::read_topic_each;
 use sluice_stream_exec::kafka::client_config;
 
 use crate::error::ApiError;
@@ -89,63 +88,31 @@ impl CommandLog {
             })
     }
 
-    /// Every command recorded so far, in order.
+    /// Every command recorded so far, in order (read as a query's changelog is: to the
+    /// topic's end as the reading starts, waiting for writes still in flight). A command
+    /// that cannot be decoded is logged and skipped.
     pub async fn read_all(&self) -> Result<Vec<Command>, ApiError> {
-        let (topic, bootstrap) = (self.topic.clone(), self.bootstrap_servers.clone());
-        tokio::task::spawn_blocking(move || read(&topic, &bootstrap))
-            .await
-            .map_err(|e| ApiError::internal(format!("reading the command topic: {e}")))?
-    }
-}
-
-fn read(topic: &str, bootstrap: &str) -> Result<Vec<Command>, ApiError> {
-    let failed = |e: rdkafka::error::KafkaError| {
-        ApiError::internal(format!("cannot read the command topic {topic}: {e}"))
-    };
-    let consumer: BaseConsumer = client_config(bootstrap)
-        .set("group.id", format!("{topic}_reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .map_err(failed)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .map_err(failed)?;
-    if high <= low {
-        return Ok(vec![]);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(low))
-        .map_err(failed)?;
-    consumer.assign(&assignment).map_err(failed)?;
-    let mut commands = vec![];
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut next = low;
-    while next < high {
-        if std::time::Instant::now() > deadline {
-            return Err(ApiError::internal(format!(
-                "reading the command topic {topic} took longer than 60 s"
-            )));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                next = m.offset() + 1;
-                if let Some(payload) = m.payload() {
-                    match serde_json::from_slice::<Command>(payload) {
-                        Ok(c) => commands.push(c),
-                        Err(e) => tracing::warn!(
-                            topic,
-                            offset = m.offset(),
-                            error = %e,
-                            "skipping a command that cannot be read"
-                        ),
-                    }
-                }
+        let topic = self.topic.clone();
+        let skip = move |commands: &mut Vec<Command>, key: &[u8], value: Option<&[u8]>| {
+            let Some(value) = value else {
+                return Ok(());
+            };
+            match serde_json::from_slice::<Command>(value) {
+                Ok(c) => commands.push(c),
+                Err(e) => tracing::warn!(
+                    topic,
+                    sequence = %String::from_utf8_lossy(key),
+                    error = %e,
+                    "skipping a command that cannot be read"
+                ),
             }
-            Some(Err(e)) => return Err(failed(e)),
-            None => {}
-        }
+            Ok(())
+        };
+        let (commands, _) = read_topic_each(&self.bootstrap_servers, &self.topic, (vec![], skip))
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("cannot read the command topic {}: {e}", self.topic))
+            })?;
+        Ok(commands)
     }
-    Ok(commands)
 }
