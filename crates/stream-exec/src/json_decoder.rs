@@ -49,6 +49,11 @@ impl JsonDecoder {
             .map_err(ExecError::arrow("building the JSON decoder"))
     }
 
+    /// The schema of the batches it decodes.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// Decode `values`; bad ones are listed in [`Decoded::errors`].
     pub fn decode(&self, values: &[&[u8]]) -> Result<Decoded> {
         match self.decode_fast(values)? {

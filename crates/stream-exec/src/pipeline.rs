@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use sluice_sql_planner::StreamPlan;
 
@@ -34,6 +35,16 @@ pub struct Pipeline {
     last_watermark: Option<i64>,
     /// The stream time last handed out as a state change.
     checkpointed_time: Option<StreamTimeCheckpoint>,
+}
+
+/// Records of a batch decoded ahead of processing (see [`Pipeline::decode`]).
+pub struct DecodedPart {
+    /// One row per record decoded.
+    batch: RecordBatch,
+    /// Per row, its record's index in the batch.
+    rows: Vec<usize>,
+    /// Records that could not be decoded: index in the batch, and why.
+    errors: Vec<(usize, String)>,
 }
 
 /// The changelog key of the stream time (per partition) and the watermark.
@@ -193,7 +204,14 @@ impl Pipeline {
         stats: &QueryStats,
         now: Instant,
     ) -> Result<Vec<ChangeBatch>> {
-        stats.add_in(records.len() as u64);
+        let part = self.decode(records, 0)?;
+        self.process_parts(records, vec![part], stats, now)
+    }
+
+    /// Decode `records`, the ones of a batch from its `first` on, ahead of
+    /// [`Pipeline::process_parts`]: the Kafka loop decodes each chunk as it arrives, while
+    /// the next is read. Decoding is the same for any split of the records.
+    pub fn decode(&self, records: &[RawRecord], first: usize) -> Result<DecodedPart> {
         let with_value: Vec<usize> = (0..records.len())
             .filter(|&i| records[i].value.is_some())
             .collect();
@@ -202,16 +220,50 @@ impl Pipeline {
             .filter_map(|&i| records[i].value.as_deref())
             .collect();
         let decoded = self.decoder.decode(&values)?;
-        for (i, message) in decoded.errors {
-            self.log_skip(
-                stats,
-                &records[with_value[i]],
-                SkipReason::Malformed,
-                message,
-            );
+        Ok(DecodedPart {
+            batch: decoded.batch,
+            rows: decoded
+                .rows
+                .iter()
+                .map(|&i| first + with_value[i])
+                .collect(),
+            errors: decoded
+                .errors
+                .into_iter()
+                .map(|(i, message)| (first + with_value[i], message))
+                .collect(),
+        })
+    }
+
+    /// [`Pipeline::process_at`] of `records`, decoded in `parts` (in order, together
+    /// covering them all).
+    pub fn process_parts(
+        &mut self,
+        records: &[RawRecord],
+        parts: Vec<DecodedPart>,
+        stats: &QueryStats,
+        now: Instant,
+    ) -> Result<Vec<ChangeBatch>> {
+        stats.add_in(records.len() as u64);
+        for part in &parts {
+            for (i, message) in &part.errors {
+                self.log_skip(stats, &records[*i], SkipReason::Malformed, message.clone());
+            }
         }
-        let rows: Vec<usize> = decoded.rows.iter().map(|&i| with_value[i]).collect();
-        self.run_values(&decoded.batch, &rows, records, stats, now)
+        let (batch, rows) = match <[DecodedPart; 1]>::try_from(parts) {
+            Ok([part]) => (part.batch, part.rows),
+            Err(parts) => {
+                let schema = match parts.first() {
+                    Some(part) => part.batch.schema(),
+                    None => self.decoder.schema().clone(),
+                };
+                let batch = concat_batches(&schema, parts.iter().map(|p| &p.batch))
+                    .map_err(ExecError::arrow("joining decoded parts"))?;
+                let rows = parts.into_iter().flat_map(|p| p.rows).collect();
+                (batch, rows)
+            }
+        };
+        self.run_values(&batch, &rows, records, stats, now)
     }
 
     /// Process `values`, already decoded: row `i` came from `records[i]` (whose `value`

@@ -457,6 +457,8 @@ async fn process(
         };
         let read_started = Instant::now();
         let mut records: Vec<RawRecord> = vec![];
+        // Each chunk is decoded as it arrives, while the reading thread reads the next.
+        let mut parts = vec![];
         let mut generation = revocations.load(Ordering::SeqCst);
         match first {
             Some(Some(Polled::Records {
@@ -466,6 +468,7 @@ async fn process(
                 consumer_errors = 0;
                 generation = g;
                 records = r;
+                parts.push(tri!(pipeline.decode(&records, 0)));
             }
             Some(Some(Polled::Error(e))) => {
                 // While the broker is away this repeats: log the first and every 50th.
@@ -482,6 +485,7 @@ async fn process(
             Some(None) => break Err(ExecError::internal("query loop", "the reader stopped")),
             None => {}
         }
+        let mut undecoded = None;
         if !records.is_empty() {
             let deadline = Instant::now() + config.commit_interval;
             let mut bytes: usize = records.iter().map(RawRecord::size).sum();
@@ -497,6 +501,13 @@ async fn process(
                 match timeout_at(until, reader.next(batch_limit - records.len())).await {
                     Ok(Some(Polled::Records { records: r, .. })) => {
                         bytes += r.iter().map(RawRecord::size).sum::<usize>();
+                        match pipeline.decode(&r, records.len()) {
+                            Ok(part) => parts.push(part),
+                            Err(e) => {
+                                undecoded = Some(e);
+                                break;
+                            }
+                        }
                         records.extend(r);
                     }
                     Ok(Some(Polled::Error(e))) => {
@@ -507,6 +518,9 @@ async fn process(
                     }
                     Err(_) => break,
                 }
+            }
+            if let Some(e) = undecoded {
+                break Err(e);
             }
             if persistent && revocations.load(Ordering::SeqCst) != generation {
                 // The partitions were taken away and given back while this batch was
@@ -548,7 +562,7 @@ async fn process(
         let batches = tri!(if records.is_empty() {
             pipeline.tick(std::time::Instant::now(), stats)
         } else {
-            pipeline.process(&records, stats)
+            pipeline.process_parts(&records, parts, stats, std::time::Instant::now())
         });
         if let Output::Client(client) = output {
             if !send(client, batches, stats, shutdown).await {

@@ -91,13 +91,9 @@ struct Event {
     late: bool,
 }
 
-/// Run `sql` over `events` in batches of `chunks` sizes; returns every result row (a
-/// tombstone as `{"k":…, "ws":…, "we":…, "tombstone":true}`) and the late count.
-fn streaming_result(events: &[Event], chunks: &[usize], sql: &str) -> (Vec<Value>, u64) {
-    let plan = plan(sql);
-    let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
-    let stats = QueryStats::default();
-    let records: Vec<RawRecord> = events
+/// The records holding `events`, at offsets from 0 on.
+fn records_of(events: &[Event]) -> Vec<RawRecord> {
+    events
         .iter()
         .enumerate()
         .map(|(i, e)| RawRecord {
@@ -106,7 +102,16 @@ fn streaming_result(events: &[Event], chunks: &[usize], sql: &str) -> (Vec<Value
             timestamp_ms: None,
             value: Some(e.value.to_string().into_bytes()),
         })
-        .collect();
+        .collect()
+}
+
+/// Run `sql` over `events` in batches of `chunks` sizes; returns every result row (a
+/// tombstone as `{"k":…, "ws":…, "we":…, "tombstone":true}`) and the late count.
+fn streaming_result(events: &[Event], chunks: &[usize], sql: &str) -> (Vec<Value>, u64) {
+    let plan = plan(sql);
+    let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
+    let stats = QueryStats::default();
+    let records = records_of(events);
     let mut out = vec![];
     let mut rest = &records[..];
     let mut sizes = chunks.iter().cycle();
@@ -388,6 +393,54 @@ proptest! {
         prop_assert_eq!(late, late_count(&ev));
         let batch = latest(batch_result(&on_time(&ev), &batch_sql()));
         prop_assert_eq!(latest(rows), batch);
+    }
+
+    #[test]
+    fn a_batch_decoded_in_parts_is_processed_as_if_decoded_at_once(
+        ev in events(),
+        cuts in prop::collection::vec(0usize..150, 0..6),
+        bad in prop::collection::vec(0usize..150, 0..5),
+        empty in prop::collection::vec(0usize..150, 0..3),
+    ) {
+        // The Kafka loop decodes each chunk of a batch as it arrives.
+        let mut records = records_of(&ev);
+        let n = records.len();
+        for &i in bad.iter().filter(|&&i| i < n) {
+            records[i].value = Some(br#"{"k": "k1", "v": tru"#.to_vec());
+        }
+        for &i in empty.iter().filter(|&&i| i < n) {
+            records[i].value = None;
+        }
+        let plan = plan(&streaming_sql());
+        let now = std::time::Instant::now();
+        let (at_once, in_parts) = (QueryStats::default(), QueryStats::default());
+        let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
+        let expected = pipeline.process_at(&records, &at_once, now).expect("process");
+        let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
+        let mut bounds: Vec<usize> = cuts.into_iter().filter(|&c| c < n).collect();
+        bounds.extend([0, n]);
+        bounds.sort_unstable();
+        bounds.dedup();
+        let parts = bounds
+            .windows(2)
+            .map(|w| pipeline.decode(&records[w[0]..w[1]], w[0]).expect("decodes"))
+            .collect();
+        let got = pipeline.process_parts(&records, parts, &in_parts, now).expect("process");
+        let rows = |out: &[sluice_stream_exec::operator::ChangeBatch]| {
+            to_json(&out.iter().map(|c| c.rows.clone()).collect::<Vec<_>>())
+        };
+        prop_assert_eq!(rows(&got), rows(&expected));
+        let (a, b) = (at_once.snapshot(), in_parts.snapshot());
+        prop_assert_eq!(b.malformed_records, a.malformed_records);
+        prop_assert_eq!(b.late_records, a.late_records);
+        prop_assert_eq!(b.records_in, a.records_in);
+        // The same records skipped, for the same reasons.
+        let skipped = |log: &[sluice_stream_exec::stats::ProcessingLogEntry]| {
+            log.iter()
+                .map(|e| (e.partition, e.offset, e.message.clone()))
+                .collect::<Vec<_>>()
+        };
+        prop_assert_eq!(skipped(&b.recent_errors), skipped(&a.recent_errors));
     }
 
     #[test]
