@@ -240,28 +240,24 @@ impl Pipeline {
     pub fn process_parts(
         &mut self,
         records: &[RawRecord],
-        parts: Vec<DecodedPart>,
+        mut parts: Vec<DecodedPart>,
         stats: &QueryStats,
         now: Instant,
     ) -> Result<Vec<ChangeBatch>> {
         stats.add_in(records.len() as u64);
-        for part in &parts {
-            for (i, message) in &part.errors {
-                self.log_skip(stats, &records[*i], SkipReason::Malformed, message.clone());
+        for part in &mut parts {
+            for (i, message) in std::mem::take(&mut part.errors) {
+                self.log_skip(stats, &records[i], SkipReason::Malformed, message);
             }
         }
-        let (batch, rows) = match <[DecodedPart; 1]>::try_from(parts) {
-            Ok([part]) => (part.batch, part.rows),
-            Err(parts) => {
-                let schema = match parts.first() {
-                    Some(part) => part.batch.schema(),
-                    None => self.decoder.schema().clone(),
-                };
-                let batch = concat_batches(&schema, parts.iter().map(|p| &p.batch))
-                    .map_err(ExecError::arrow("joining decoded parts"))?;
-                let rows = parts.into_iter().flat_map(|p| p.rows).collect();
-                (batch, rows)
-            }
+        let (batch, rows) = if parts.len() == 1 {
+            let part = parts.remove(0);
+            (part.batch, part.rows)
+        } else {
+            let batch = concat_batches(self.decoder.schema(), parts.iter().map(|p| &p.batch))
+                .map_err(ExecError::arrow("joining decoded parts"))?;
+            let rows = parts.into_iter().flat_map(|p| p.rows).collect();
+            (batch, rows)
         };
         self.run_values(&batch, &rows, records, stats, now)
     }
