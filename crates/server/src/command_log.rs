@@ -93,7 +93,7 @@ impl CommandLog {
     /// that cannot be decoded is logged and skipped.
     pub async fn read_all(&self) -> Result<Vec<Command>, ApiError> {
         let topic = self.topic.clone();
-        let skip = move |commands: &mut Vec<Command>, key: &[u8], value: Option<&[u8]>| {
+        let each = move |commands: &mut Vec<Command>, key: &[u8], value: Option<&[u8]>| {
             let Some(value) = value else {
                 return Ok(());
             };
@@ -108,7 +108,7 @@ impl CommandLog {
             }
             Ok(())
         };
-        let (commands, _) = read_topic_each(&self.bootstrap_servers, &self.topic, (vec![], skip))
+        let (commands, _) = read_topic_each(&self.bootstrap_servers, &self.topic, (vec![], each))
             .await
             .map_err(|e| {
                 ApiError::internal(format!("cannot read the command topic {}: {e}", self.topic))

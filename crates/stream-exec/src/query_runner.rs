@@ -485,8 +485,8 @@ async fn process(
             Some(None) => break Err(ExecError::internal("query loop", "the reader stopped")),
             None => {}
         }
-        let mut undecoded = None;
         if !records.is_empty() {
+            let mut undecoded = None;
             let deadline = Instant::now() + config.commit_interval;
             let mut bytes: usize = records.iter().map(RawRecord::size).sum();
             while records.len() < batch_limit && bytes < MAX_BATCH_BYTES {
