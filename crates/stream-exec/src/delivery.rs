@@ -203,13 +203,20 @@ impl Delivery {
             offsets,
         } = batch;
         let (batches, changes) = (&batches[..], &changes[..]);
+        let started = std::time::Instant::now();
+        // Times for the debug log: queueing the records, their acknowledgements, the
+        // table's update.
+        let (queued, acked, table);
         if config.exactly_once {
             transaction(producer, "beginning a transaction", |p| {
                 p.begin_transaction()
             })
             .await?;
             let encoded = match self.produce(producer, batches, changes).await {
-                Ok(encoded) => encoded,
+                Ok((encoded, took)) => {
+                    (queued, acked) = (took, started.elapsed());
+                    encoded
+                }
                 Err(e) => {
                     let _ = transaction(producer, "aborting a transaction", |p| {
                         p.abort_transaction(TRANSACTION_TIMEOUT)
@@ -243,28 +250,45 @@ impl Delivery {
                 }
                 Err(e) => return Err(e),
             }
+            let before_table = std::time::Instant::now();
             materialize(config, batches, &encoded)?;
+            table = before_table.elapsed();
         } else {
-            let encoded = self.produce(producer, batches, changes).await?;
+            let (encoded, took) = self.produce(producer, batches, changes).await?;
+            (queued, acked) = (took, started.elapsed());
             if offsets.count() > 0 {
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                     tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
                 }
             }
+            let before_table = std::time::Instant::now();
             materialize(config, batches, &encoded)?;
+            table = before_table.elapsed();
         }
+        tracing::debug!(
+            query_id = %config.query_id,
+            rows = batches.iter().map(ChangeBatch::num_rows).sum::<usize>(),
+            state_changes = changes.len(),
+            queued_ms = queued.as_millis() as u64,
+            acked_ms = acked.as_millis() as u64,
+            table_ms = table.as_millis() as u64,
+            done_ms = started.elapsed().as_millis() as u64,
+            "batch delivered"
+        );
         Ok(true)
     }
 
     /// Write `batches` to the sink and `changes` to the changelog, and wait until the
-    /// broker has them all. Returns the records written for `batches`, one per batch.
+    /// broker has them all. Returns the records written for `batches`, one per batch,
+    /// and how long encoding and queueing them took.
     async fn produce(
         &self,
         producer: &QueryProducer,
         batches: &[ChangeBatch],
         changes: &[StateChange],
-    ) -> Result<Vec<EncodedRows>> {
+    ) -> Result<(Vec<EncodedRows>, std::time::Duration)> {
         let sink = self.config.sink_topic.as_str();
+        let started = std::time::Instant::now();
         let (acks, done) = Acks::new();
         let mut produced = 0u64;
         let mut encoded = Vec::with_capacity(batches.len());
@@ -283,6 +307,7 @@ impl Delivery {
         }
         // Every record is queued: give up the writer's count.
         acks.settle(None);
+        let queued = started.elapsed();
         tokio::pin!(done);
         let finished = tokio::select! {
             d = &mut done => d,
@@ -305,7 +330,7 @@ impl Delivery {
             return Err(ExecError::kafka(format!("producing to {sink}"), e));
         }
         self.stats.add_out(produced);
-        Ok(encoded)
+        Ok((encoded, queued))
     }
 }
 
