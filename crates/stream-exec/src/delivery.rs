@@ -203,18 +203,17 @@ impl Delivery {
             offsets,
         } = batch;
         let (batches, changes) = (&batches[..], &changes[..]);
+        // For the debug log: when the records were all queued, and acknowledged.
         let started = std::time::Instant::now();
-        // Times for the debug log: queueing the records, their acknowledgements, the
-        // table's update.
-        let (queued, acked, table);
-        if config.exactly_once {
+        let (queued, acked);
+        let encoded = if config.exactly_once {
             transaction(producer, "beginning a transaction", |p| {
                 p.begin_transaction()
             })
             .await?;
             let encoded = match self.produce(producer, batches, changes).await {
-                Ok((encoded, took)) => {
-                    (queued, acked) = (took, started.elapsed());
+                Ok((encoded, queued_at)) => {
+                    (queued, acked) = (queued_at - started, started.elapsed());
                     encoded
                 }
                 Err(e) => {
@@ -250,28 +249,26 @@ impl Delivery {
                 }
                 Err(e) => return Err(e),
             }
-            let before_table = std::time::Instant::now();
-            materialize(config, batches, &encoded)?;
-            table = before_table.elapsed();
+            encoded
         } else {
-            let (encoded, took) = self.produce(producer, batches, changes).await?;
-            (queued, acked) = (took, started.elapsed());
+            let (encoded, queued_at) = self.produce(producer, batches, changes).await?;
+            (queued, acked) = (queued_at - started, started.elapsed());
             if offsets.count() > 0 {
                 if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
                     tracing::warn!(query_id = %config.query_id, error = %e, "offset commit failed; records may be processed again");
                 }
             }
-            let before_table = std::time::Instant::now();
-            materialize(config, batches, &encoded)?;
-            table = before_table.elapsed();
-        }
+            encoded
+        };
+        let before_table = std::time::Instant::now();
+        materialize(config, batches, &encoded)?;
         tracing::debug!(
             query_id = %config.query_id,
             rows = batches.iter().map(ChangeBatch::num_rows).sum::<usize>(),
             state_changes = changes.len(),
             queued_ms = queued.as_millis() as u64,
             acked_ms = acked.as_millis() as u64,
-            table_ms = table.as_millis() as u64,
+            table_ms = before_table.elapsed().as_millis() as u64,
             done_ms = started.elapsed().as_millis() as u64,
             "batch delivered"
         );
@@ -280,15 +277,14 @@ impl Delivery {
 
     /// Write `batches` to the sink and `changes` to the changelog, and wait until the
     /// broker has them all. Returns the records written for `batches`, one per batch,
-    /// and how long encoding and queueing them took.
+    /// and when the last record was queued.
     async fn produce(
         &self,
         producer: &QueryProducer,
         batches: &[ChangeBatch],
         changes: &[StateChange],
-    ) -> Result<(Vec<EncodedRows>, std::time::Duration)> {
+    ) -> Result<(Vec<EncodedRows>, std::time::Instant)> {
         let sink = self.config.sink_topic.as_str();
-        let started = std::time::Instant::now();
         let (acks, done) = Acks::new();
         let mut produced = 0u64;
         let mut encoded = Vec::with_capacity(batches.len());
@@ -307,7 +303,7 @@ impl Delivery {
         }
         // Every record is queued: give up the writer's count.
         acks.settle(None);
-        let queued = started.elapsed();
+        let queued = std::time::Instant::now();
         tokio::pin!(done);
         let finished = tokio::select! {
             d = &mut done => d,
