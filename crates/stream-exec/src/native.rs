@@ -8,7 +8,8 @@
 //! same runs: `poll` read 2.0–2.1M records/s at 0.66–0.85 µs of CPU each, and
 //! `rd_kafka_consume_batch_queue` (1024 at a time, each payload copied out) read
 //! 3.8–4.4M records/s at 0.23 µs each. For a stateless query the reading thread was a
-//! fifth of the server's CPU.
+//! fifth of the server's CPU. The payloads of one call are copied into one buffer, which
+//! the records' values share.
 //!
 //! The batch call cannot take from the consumer's own queue: that queue carries the
 //! rebalance events too, and the batch call would serve them itself (librdkafka's default
@@ -37,6 +38,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -124,13 +126,28 @@ impl FetchQueue {
         let n = usize::try_from(n).unwrap_or(0).min(max);
         // SAFETY: the first `n` entries were written by librdkafka just above.
         unsafe { messages.set_len(n) };
+        // The records' payloads, copied into one buffer that their values share: a
+        // buffer per payload was an allocation on this thread and a free on the query's
+        // (see `docs/benchmarks.md`, "One buffer per take").
+        // SAFETY: each message is valid until it is destroyed, below.
+        let payloads = messages.iter().map(|&m| unsafe { payload(m) });
+        let mut buffer = Vec::with_capacity(payloads.clone().flatten().map(<[u8]>::len).sum());
+        for payload in payloads.flatten() {
+            buffer.extend_from_slice(payload);
+        }
+        let buffer = Bytes::from(buffer);
+        let mut at = 0;
         for &message in &messages {
             // SAFETY: each message is valid until it is destroyed, right after it is
-            // read; its payload is `len` bytes (or null).
+            // read.
             let record = unsafe {
                 let m = &*message;
                 let record = if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    Ok(raw(message, m))
+                    let value = payload(message).map(|p| {
+                        at += p.len();
+                        buffer.slice(at - p.len()..at)
+                    });
+                    Ok(raw(message, m, value))
                 } else {
                     Err(KafkaError::MessageConsumption(RDKafkaErrorCode::from(
                         m.err,
@@ -145,21 +162,33 @@ impl FetchQueue {
     }
 }
 
-/// The record `m` (at `message`) holds, its payload copied out.
+/// The payload of `message` when it is a record (not an error) with one.
+///
+/// # Safety
+/// `message` must be a valid, not yet destroyed message; the slice lives as long as it.
+unsafe fn payload<'m>(message: *const rd::rd_kafka_message_t) -> Option<&'m [u8]> {
+    // SAFETY: `message` is valid (the caller's promise).
+    let m = unsafe { &*message };
+    (m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && !m.payload.is_null())
+        // SAFETY: a non-null payload is `len` bytes that live as long as the message.
+        .then(|| unsafe { std::slice::from_raw_parts(m.payload.cast::<u8>(), m.len) })
+}
+
+/// The record `m` (at `message`) holds, with its payload `value`.
 ///
 /// # Safety
 /// `message` must be a valid, not yet destroyed message, and `m` its contents.
-unsafe fn raw(message: *const rd::rd_kafka_message_t, m: &rd::rd_kafka_message_t) -> RawRecord {
+unsafe fn raw(
+    message: *const rd::rd_kafka_message_t,
+    m: &rd::rd_kafka_message_t,
+    value: Option<Bytes>,
+) -> RawRecord {
     let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
     // SAFETY: `message` is valid (the caller's promise).
     let timestamp = unsafe { rd::rd_kafka_message_timestamp(message, &mut kind) };
     let timestamp_ms = (kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         && timestamp != -1)
         .then_some(timestamp);
-    let value = (!m.payload.is_null()).then(|| {
-        // SAFETY: a non-null payload is `len` bytes that live as long as the message.
-        unsafe { std::slice::from_raw_parts(m.payload.cast::<u8>(), m.len) }.to_vec()
-    });
     RawRecord {
         partition: m.partition,
         offset: m.offset,

@@ -464,7 +464,7 @@ fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
-        value: m.payload().map(<[u8]>::to_vec),
+        value: m.payload().map(bytes::Bytes::copy_from_slice),
     }
 }
 

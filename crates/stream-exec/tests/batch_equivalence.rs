@@ -100,7 +100,7 @@ fn records_of(events: &[Event]) -> Vec<RawRecord> {
             partition: e.partition,
             offset: i as i64,
             timestamp_ms: None,
-            value: Some(e.value.to_string().into_bytes()),
+            value: Some(e.value.to_string().into_bytes().into()),
         })
         .collect()
 }
@@ -406,7 +406,7 @@ proptest! {
         let mut records = records_of(&ev);
         let n = records.len();
         for &i in bad.iter().filter(|&&i| i < n) {
-            records[i].value = Some(br#"{"k": "k1", "v": tru"#.to_vec());
+            records[i].value = Some(bytes::Bytes::from_static(br#"{"k": "k1", "v": tru"#));
         }
         for &i in empty.iter().filter(|&&i| i < n) {
             records[i].value = None;

@@ -31,7 +31,7 @@ fn varchar_times_with_a_format_place_records_in_their_windows() {
             partition: 0,
             offset: i as i64,
             timestamp_ms: None,
-            value: Some(v.to_string().into_bytes()),
+            value: Some(v.to_string().into_bytes().into()),
         })
         .collect();
     let stats = QueryStats::default();
@@ -69,7 +69,7 @@ fn record(partition: i32, offset: i64, v: Value) -> RawRecord {
         partition,
         offset,
         timestamp_ms: None,
-        value: Some(v.to_string().into_bytes()),
+        value: Some(v.to_string().into_bytes().into()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The batch path of a query's reading thread, `FetchQueue`, against the embedded broker
 //! (librdkafka's mock cluster): partitions forwarded to it deliver their records in
-//! batches, in order, with their timestamps and payloads; a partition assigned again (as
+//! batches, in order, with their timestamps and payloads (a batch's payloads share one
+//! buffer; tombstones and empty payloads among them); a partition assigned again (as
 //! after a rebalance, when librdkafka has dropped the forwarding) delivers again once it
 //! is forwarded again, which is what the consumer's context does before each assignment.
 
@@ -17,23 +18,30 @@ use sluice_stream_exec::{EmbeddedBroker, RawRecord};
 const TOPIC: &str = "fetch_batches";
 const RECORDS: i64 = 3000;
 
+/// Record `i`'s payload: none every 7th record, empty every 11th, else text.
+fn payload(i: i64) -> Option<String> {
+    match i {
+        i if i % 7 == 3 => None,
+        i if i % 11 == 5 => Some(String::new()),
+        i => Some(format!("record {i}")),
+    }
+}
+
 fn produce(bootstrap: &str) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("producer");
     for i in 0..RECORDS {
-        let payload = format!("record {i}");
+        let payload = payload(i);
         let partition = i32::try_from(i % 2).expect("0 or 1");
-        producer
-            .send(
-                BaseRecord::<(), _>::to(TOPIC)
-                    .partition(partition)
-                    .payload(&payload)
-                    .timestamp(1_700_000_000_000 + i),
-            )
-            .map_err(|(e, _)| e)
-            .expect("queued");
+        let mut record = BaseRecord::<(), String>::to(TOPIC)
+            .partition(partition)
+            .timestamp(1_700_000_000_000 + i);
+        if let Some(payload) = &payload {
+            record = record.payload(payload);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("queued");
     }
     producer.flush(Duration::from_secs(10)).expect("flushed");
 }
@@ -92,7 +100,7 @@ fn forwarded_partitions_deliver_in_batches_and_again_after_reassignment() {
     assert_eq!(offsets(&records, 1), half);
     for r in &records {
         let i = r.offset * 2 + i64::from(r.partition);
-        assert_eq!(r.value.as_deref(), Some(format!("record {i}").as_bytes()));
+        assert_eq!(r.value.as_deref(), payload(i).as_deref().map(str::as_bytes));
         assert_eq!(r.timestamp_ms, Some(1_700_000_000_000 + i));
     }
     // Nothing is left, and a take without waiting says so at once.

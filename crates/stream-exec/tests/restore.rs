@@ -205,7 +205,12 @@ fn event(offset: i64, partition: i32, k: &str, v: i64, ts: i64) -> RawRecord {
         partition,
         offset,
         timestamp_ms: None,
-        value: Some(json!({"k": k, "v": v, "ts": ts}).to_string().into_bytes()),
+        value: Some(
+            json!({"k": k, "v": v, "ts": ts})
+                .to_string()
+                .into_bytes()
+                .into(),
+        ),
     }
 }
 

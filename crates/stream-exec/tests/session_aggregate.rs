@@ -47,7 +47,12 @@ fn run(sql: &str, watermark: bool, batches: &[&[(&str, i64, i64)]]) -> Vec<Vec<S
                     partition: 0,
                     offset,
                     timestamp_ms: None,
-                    value: Some(json!({"k": k, "v": v, "ts": ts}).to_string().into_bytes()),
+                    value: Some(
+                        json!({"k": k, "v": v, "ts": ts})
+                            .to_string()
+                            .into_bytes()
+                            .into(),
+                    ),
                 }
             })
             .collect();

@@ -84,7 +84,7 @@ pub fn raw_rate(bootstrap: &str, topic: &str, events: usize, mode: RawMode) -> R
             Some(fetch) => {
                 let mut failed = None;
                 seen += fetch.take(Duration::from_millis(100), 1024, &mut |r| match r {
-                    Ok(r) => each(r.value.as_ref().map(Vec::len)),
+                    Ok(r) => each(r.value.as_deref().map(<[u8]>::len)),
                     Err(e) => failed = Some(e),
                 });
                 if let Some(e) = failed {
