@@ -468,6 +468,11 @@ async fn process(
                 consumer_errors = 0;
                 generation = g;
                 records = r;
+                if reader.behind() {
+                    // The batch will likely fill: room for it now, not by doubling (each
+                    // step a copy, and page faults on fresh memory).
+                    records.reserve(batch_limit.saturating_sub(records.len()));
+                }
                 parts.push(tri!(pipeline.decode(&records, 0)));
             }
             Some(Some(Polled::Error(e))) => {
