@@ -49,5 +49,5 @@ pub use error::{ExecError, Result};
 pub use materialized::MaterializedTable;
 pub use pipeline::Pipeline;
 pub use query_runner::{run_push_query, run_query, QueryConfig};
-pub use record::RawRecord;
+pub use record::{Payload, RawRecord};
 pub use stats::{QueryStats, StatsSnapshot};

@@ -38,14 +38,13 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::IntoOpaque;
 
-use crate::record::RawRecord;
+use crate::record::{Payload, RawRecord};
 
 /// A queue of a consumer's client that partitions' records are forwarded to. It keeps
 /// the consumer alive, so it is destroyed before the client is.
@@ -135,7 +134,7 @@ impl FetchQueue {
         for payload in payloads.flatten() {
             buffer.extend_from_slice(payload);
         }
-        let buffer = Bytes::from(buffer);
+        let buffer = Arc::new(buffer);
         let mut at = 0;
         for &message in &messages {
             // SAFETY: each message is valid until it is destroyed, right after it is
@@ -145,7 +144,7 @@ impl FetchQueue {
                 let record = if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                     let value = payload(message).map(|p| {
                         at += p.len();
-                        buffer.slice(at - p.len()..at)
+                        Payload::slice(&buffer, at - p.len(), p.len())
                     });
                     Ok(raw(message, m, value))
                 } else {
@@ -181,7 +180,7 @@ unsafe fn payload<'m>(message: *const rd::rd_kafka_message_t) -> Option<&'m [u8]
 unsafe fn raw(
     message: *const rd::rd_kafka_message_t,
     m: &rd::rd_kafka_message_t,
-    value: Option<Bytes>,
+    value: Option<Payload>,
 ) -> RawRecord {
     let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
     // SAFETY: `message` is valid (the caller's promise).
@@ -424,7 +423,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while read.len() < 20 && std::time::Instant::now() < deadline {
             fetch.take(Duration::from_millis(100), 100, &mut |r| {
-                read.push(r.expect("record").value.expect("a value"));
+                read.push(r.expect("record").value.expect("a value").to_vec());
             });
         }
         let expected: Vec<Vec<u8>> = values[..20]

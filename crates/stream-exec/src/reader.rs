@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::consumer::QueryConsumer;
 use crate::native::FetchQueue;
-use crate::record::RawRecord;
+use crate::record::{Payload, RawRecord};
 
 /// A chunk holds at most this many records...
 const CHUNK_RECORDS: usize = 1024;
@@ -464,7 +464,7 @@ fn raw(m: &BorrowedMessage<'_>) -> RawRecord {
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
-        value: m.payload().map(bytes::Bytes::copy_from_slice),
+        value: m.payload().map(Payload::from),
     }
 }
 

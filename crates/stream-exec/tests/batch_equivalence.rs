@@ -406,7 +406,7 @@ proptest! {
         let mut records = records_of(&ev);
         let n = records.len();
         for &i in bad.iter().filter(|&&i| i < n) {
-            records[i].value = Some(bytes::Bytes::from_static(br#"{"k": "k1", "v": tru"#));
+            records[i].value = Some(br#"{"k": "k1", "v": tru"#.to_vec().into());
         }
         for &i in empty.iter().filter(|&&i| i < n) {
             records[i].value = None;
