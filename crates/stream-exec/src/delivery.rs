@@ -98,6 +98,16 @@ pub fn use_java_partitioner(config: &mut ClientConfig) -> &mut ClientConfig {
         .set("sticky.partitioning.linger.ms", "0")
 }
 
+/// How long librdkafka tries to deliver a record before it reports it failed
+/// (`message.timeout.ms`).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a batch waits for the delivery reports of its records before it is given up
+/// as failed (then processed again from the last commit, with a new producer). Every
+/// record should be reported within [`MESSAGE_TIMEOUT`]; this bounds the wait should
+/// librdkafka hold a report back, as after a broker outage with a request in flight.
+const ACK_DEADLINE: Duration = Duration::from_secs(45);
+
 /// The configuration of a persistent query's producer; transactional when it has a
 /// `transactional_id` (exactly-once).
 ///
@@ -112,7 +122,10 @@ pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) 
         .set("acks", "all")
         // A broker outage fails a batch within this time (then it is retried), well
         // inside the transaction timeout.
-        .set("message.timeout.ms", "30000");
+        .set(
+            "message.timeout.ms",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        );
     use_java_partitioner(&mut config);
     if let Some(id) = transactional_id {
         config
@@ -313,7 +326,10 @@ impl Delivery {
                     "no acknowledgement from Kafka for {} s while producing to {sink}",
                     SLOW_ACKS.as_secs()
                 ));
-                done.await
+                match tokio::time::timeout_at((queued + ACK_DEADLINE).into(), &mut done).await {
+                    Ok(d) => d,
+                    Err(_) => return Err(self.given_up(sink, &acks)),
+                }
             }
         };
         if finished.is_err() {
@@ -327,6 +343,22 @@ impl Delivery {
         }
         self.stats.add_out(produced);
         Ok((encoded, queued))
+    }
+
+    /// The error for a batch whose records were not all reported within [`ACK_DEADLINE`].
+    fn given_up(&self, sink: &str, acks: &Acks) -> ExecError {
+        // The writer's own count is given up already: what is left is records.
+        let unreported = acks.left.load(Ordering::Acquire);
+        tracing::warn!(
+            query_id = %self.config.query_id,
+            unreported,
+            "no delivery report for {unreported} records within {} s; the batch is given up",
+            ACK_DEADLINE.as_secs()
+        );
+        ExecError::kafka(
+            format!("producing to {sink}"),
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+        )
     }
 }
 
