@@ -106,7 +106,7 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// as failed (then processed again from the last commit, with a new producer). Every
 /// record should be reported within [`MESSAGE_TIMEOUT`]; this bounds the wait should
 /// librdkafka hold a report back, as after a broker outage with a request in flight.
-const ACK_DEADLINE: Duration = Duration::from_secs(45);
+const ACK_DEADLINE: Duration = Duration::from_secs(MESSAGE_TIMEOUT.as_secs() + 15);
 
 /// The configuration of a persistent query's producer; transactional when it has a
 /// `transactional_id` (exactly-once).
