@@ -146,9 +146,9 @@ async fn outage(how: Outage) {
     // the broker on its own (`enable.sparse.connections=false`, as Sluice's clients do).
     // Even so, an idempotent producer that needs a new producer id after the outage has
     // twice (librdkafka 2.12.1) held no connection for nine minutes and more after the
-    // broker was back, until its records timed out. So a record not delivered within a minute is
-    // sent again by a new producer: a record this test gives up on is not one the
-    // server lost, and the expected results come from what the topic holds.
+    // broker was back, until its records timed out. So a record not delivered within a
+    // minute is sent again by a new producer: a record this test gives up on is not one
+    // the server lost, and the expected results come from what the topic holds.
     let total = 4_000i64;
     let base = 1_700_000_000_000i64;
     let feed_topic = topic.clone();
