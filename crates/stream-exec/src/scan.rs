@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use sluice_sql_planner::{EventTime, SourceScan, TimestampFormat, WindowKind};
 
@@ -115,10 +115,22 @@ impl ScanStage {
     ) -> Result<RecordBatch> {
         let watermark = self.stream_time.current().unwrap_or(i64::MIN);
         let times = self.event_times(values, rows, records, skipped)?;
-        let mut take: Vec<u32> = Vec::with_capacity(values.num_rows());
-        let mut rowtime: Vec<i64> = Vec::with_capacity(values.num_rows());
-        let mut window_start: Vec<i64> = vec![];
         let window = self.scan.window;
+        // Rows out per record: one, or one per hopping window.
+        let per_record = match window.map(|w| w.spec.kind) {
+            Some(WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            }) => usize::try_from(size_ms.saturating_add(advance_ms - 1) / advance_ms).unwrap_or(1),
+            _ => 1,
+        };
+        let capacity = values.num_rows().saturating_mul(per_record);
+        let mut picked: Vec<u32> = Vec::with_capacity(capacity);
+        let mut rowtime: Vec<i64> = Vec::with_capacity(capacity);
+        let mut window_start: Vec<i64> = match window {
+            Some(_) => Vec::with_capacity(capacity),
+            None => vec![],
+        };
         for (row, ts) in times.iter().enumerate() {
             let Some(ts) = *ts else { continue };
             if ts < 0 {
@@ -134,7 +146,7 @@ impl ScanStage {
             let stream_time = self.stream_time.observe(partition, ts, now);
             let threshold = stream_time.max(watermark);
             let Some(w) = &window else {
-                take.push(row as u32);
+                picked.push(row as u32);
                 rowtime.push(ts);
                 continue;
             };
@@ -147,7 +159,7 @@ impl ScanStage {
                     .saturating_add(w.grace_ms)
                     .saturating_add(1);
                 if closes_at > threshold {
-                    take.push(row as u32);
+                    picked.push(row as u32);
                     rowtime.push(ts);
                     window_start.push(ts);
                     open += 1;
@@ -159,7 +171,7 @@ impl ScanStage {
                     let close = start.saturating_add(size).saturating_add(w.grace_ms);
                     closes_at = closes_at.max(close);
                     if close > threshold {
-                        take.push(row as u32);
+                        picked.push(row as u32);
                         rowtime.push(ts);
                         window_start.push(start);
                         open += 1;
@@ -184,16 +196,26 @@ impl ScanStage {
                 });
             }
         }
-        // Most batches keep every row once, in order: no copy needed then.
-        let identity = take.len() == values.num_rows()
-            && take.iter().enumerate().all(|(i, &r)| r as usize == i);
-        let taken = if identity {
-            values.clone()
-        } else {
-            take_record_batch(values, &UInt32Array::from(take))
-                .map_err(ExecError::arrow("selecting scanned rows"))?
+        // Most batches keep every row once, in order: no copy needed then. Otherwise
+        // only the value columns the projection keeps are copied (a hopping window
+        // copies each row once per window).
+        let identity = picked.len() == values.num_rows()
+            && picked.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let picked = (!identity).then(|| UInt32Array::from(picked));
+        let kept = |i: usize| match &self.scan.projection {
+            Some(p) => p.contains(&i),
+            None => true,
         };
-        let mut columns: Vec<ArrayRef> = taken.columns().to_vec();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(values.num_columns() + 5);
+        for (i, column) in values.columns().iter().enumerate() {
+            columns.push(match &picked {
+                Some(picked) if kept(i) => take(column, picked, None)
+                    .map_err(ExecError::arrow("selecting scanned rows"))?,
+                // Not in the output: any array of the right type stands in.
+                Some(_) => datafusion::arrow::array::new_empty_array(column.data_type()),
+                None => column.clone(),
+            });
+        }
         columns.push(Arc::new(Int64Array::from(rowtime)));
         if let Some(w) = &window {
             let size = match w.spec.kind {
