@@ -10,7 +10,8 @@
 //! A windowed table forgets windows that ended more than its retention before the newest
 //! window end it has seen, so it stays bounded on an unbounded stream.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -68,9 +69,16 @@ impl Row {
 struct Rows {
     by_key: HashTable<Row>,
     hasher: RandomState,
-    /// The hashes of the keys by window end, for windowed tables: what to forget when
-    /// a window ends more than the retention before the newest.
-    by_end: BTreeMap<i64, Vec<u64>>,
+    /// For windowed tables, `(window end, key hash)` per row inserted, oldest end first:
+    /// what to forget when a window ends more than the retention before the newest. A
+    /// row deleted leaves its entry behind (finding it would cost more than forgetting
+    /// it); see `stale`.
+    by_end: BinaryHeap<Reverse<(i64, u64)>>,
+    /// Entries of `by_end` whose row was deleted. When they outnumber the rows, `by_end`
+    /// is made again from the rows: a session table, whose rows are deleted and inserted
+    /// again as their sessions grow, would otherwise hold an entry per update for the
+    /// whole retention (a day by default), not one per row.
+    stale: usize,
     newest_end: i64,
     /// While the table is read back from its topic: the query's results written since
     /// the table was made, applied once the reading is done.
@@ -113,7 +121,7 @@ impl Rows {
                     bytes,
                 });
                 if let Some(end) = end {
-                    self.by_end.entry(end).or_default().push(hash);
+                    self.by_end.push(Reverse((end, hash)));
                 }
             }
         }
@@ -123,20 +131,43 @@ impl Rows {
     fn remove(&mut self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
         if let Ok(e) = self.by_key.find_entry(hash, |r| r.key() == key) {
-            e.remove();
+            let (row, _) = e.remove();
+            if row.end != i64::MIN {
+                self.stale += 1;
+                if self.stale > self.by_key.len() + STALE_SLACK {
+                    self.by_end = self
+                        .by_key
+                        .iter()
+                        .filter(|r| r.end != i64::MIN)
+                        .map(|r| Reverse((r.end, r.hash)))
+                        .collect();
+                    self.stale = 0;
+                }
+            }
         }
     }
 
-    /// Delete the rows of window end `end` whose key hashes to `hash`.
-    fn forget(&mut self, hash: u64, end: i64) {
-        while let Ok(e) = self
-            .by_key
-            .find_entry(hash, |r| r.hash == hash && r.end == end)
-        {
-            e.remove();
+    /// Forget the rows whose window ended before `cutoff`.
+    fn forget_before(&mut self, cutoff: i64) {
+        while let Some(&Reverse((end, hash))) = self.by_end.peek() {
+            if end >= cutoff {
+                break;
+            }
+            self.by_end.pop();
+            // The entry's row, or one of its hash and window (both go).
+            match self
+                .by_key
+                .find_entry(hash, |r| r.hash == hash && r.end == end)
+            {
+                Ok(e) => drop(e.remove()),
+                Err(_) => self.stale = self.stale.saturating_sub(1),
+            }
         }
     }
 }
+
+/// Deleted rows' entries `Rows::by_end` holds beyond one per row before it is made again.
+const STALE_SLACK: usize = 64 * 1024;
 
 /// Records read back from a table's topic, applied a chunk at a time: the values decoded
 /// together, then each record applied in order (a row upserts its key; a tombstone, or a
@@ -400,16 +431,7 @@ impl MaterializedTable {
     /// newest window end.
     fn evict(&self, table: &mut Rows) {
         if let Some((_, retention)) = self.window {
-            let cutoff = table.newest_end.saturating_sub(retention);
-            while let Some(entry) = table.by_end.first_entry() {
-                if *entry.key() >= cutoff {
-                    break;
-                }
-                let (end, hashes) = entry.remove_entry();
-                for hash in hashes {
-                    table.forget(hash, end);
-                }
-            }
+            table.forget_before(table.newest_end.saturating_sub(retention));
         }
     }
 
@@ -594,6 +616,39 @@ mod tests {
             Some("its query failed: no broker")
         );
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn rows_deleted_and_inserted_again_hold_no_more_than_their_rows() {
+        // A session table: each update deletes its session's row and inserts the grown
+        // session under a new key (column 1 holds the window end).
+        let retention = 1_000_000_000;
+        let first = batch(&["s0"], &[0], None);
+        let table = ready(first.rows.schema(), Some((1, retention)));
+        apply(&table, &[first]);
+        let updates = 3 * STALE_SLACK as i64;
+        for chunk in (1..=updates).collect::<Vec<_>>().chunks(1000) {
+            let mut keys = vec![];
+            let mut ends = vec![];
+            let mut tombstones = vec![];
+            for &i in chunk {
+                keys.extend([format!("s{}", i - 1), format!("s{i}")]);
+                ends.extend([i - 1, i]);
+                tombstones.extend([true, false]);
+            }
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            apply(&table, &[batch(&keys, &ends, Some(tombstones))]);
+        }
+        assert_eq!(contents(&table), vec![(format!("s{updates}"), updates)]);
+        let entries = table.rows.read().expect("rows").by_end.len();
+        assert!(
+            entries <= 1 + STALE_SLACK + 1,
+            "{entries} entries for one row"
+        );
+        // Forgetting still finds the row after its entries were made again.
+        let later = updates + retention + 1;
+        apply(&table, &[batch(&["late"], &[later], None)]);
+        assert_eq!(contents(&table), vec![("late".to_string(), later)]);
     }
 
     #[test]
