@@ -17,7 +17,8 @@
 //!   session window, fed already-decoded batches through [`Pipeline::process_decoded`]:
 //!   scan (event time, window assignment, lateness), aggregation, and the watermark
 //!   closing windows. One iteration is 25 batches (102,400 events, 205 s of event time).
-//! - `materialize/tumble_changes`, `…/session_changes`: a pass's results of those queries
+//! - `materialize/tumble_changes`, `…/session_changes`, `…/hop_final`: a pass's results of
+//!   those queries
 //!   applied to the [`MaterializedTable`] pull queries read (one table across all
 //!   iterations, keeping 10 minutes of windows instead of a day, so it stays bounded; a
 //!   session that grows is a tombstone for its old row and a new row). Only
@@ -330,6 +331,7 @@ fn materialize(c: &mut Criterion) {
     for (name, sql) in [
         ("tumble_changes", TUMBLE_CHANGES),
         ("session_changes", SESSION_CHANGES),
+        ("hop_final", HOP_FINAL),
     ] {
         let mut built: Option<(Running, Arc<MaterializedTable>, StreamPlan)> = None;
         group.bench_function(name, |b| {
