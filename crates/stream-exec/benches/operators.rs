@@ -18,10 +18,9 @@
 //!   scan (event time, window assignment, lateness), aggregation, and the watermark
 //!   closing windows. One iteration is 25 batches (102,400 events, 205 s of event time).
 //! - `materialize/tumble_changes`, `…/session_changes`, `…/hop_final`: a pass's results of
-//!   those queries
-//!   applied to the [`MaterializedTable`] pull queries read (one table across all
-//!   iterations, keeping 10 minutes of windows instead of a day, so it stays bounded; a
-//!   session that grows is a tombstone for its old row and a new row). Only
+//!   those queries applied to the [`MaterializedTable`] pull queries read (one table across
+//!   all iterations, keeping 10 minutes of windows instead of a day, so it stays bounded;
+//!   a session that grows is a tombstone for its old row and a new row). Only
 //!   `apply_encoded` is timed.
 //! - `encode/4096`: [`json_encoder::encode_batch`] of 4096 `tumble_changes` result rows into
 //!   Kafka keys (card id and window bounds) and JSON values.

@@ -71,7 +71,7 @@ struct Part {
 impl Part {
     /// A part of `columns` (of `rows` rows), whose row `i` has key `key(i)`.
     fn new<'a>(columns: Vec<ArrayRef>, rows: usize, key: impl Fn(usize) -> &'a [u8]) -> Self {
-        let mut keys = Vec::new();
+        let mut keys = Vec::with_capacity((0..rows).map(|i| key(i).len()).sum());
         let mut key_ends = Vec::with_capacity(rows);
         for i in 0..rows {
             keys.extend_from_slice(key(i));
@@ -873,7 +873,7 @@ mod tests {
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let key = format!("k{}", (rng >> 33) % 20_000);
-                let delete = (rng >> 20) % 10 == 0;
+                let delete = (rng >> 20).is_multiple_of(10);
                 if delete {
                     expected.remove(&key);
                 } else {
