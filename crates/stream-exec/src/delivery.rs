@@ -224,6 +224,7 @@ impl Delivery {
                 p.begin_transaction()
             })
             .await?;
+            tracing::debug!(query_id = %config.query_id, "transaction begun");
             let encoded = match self.produce(producer, batches, changes).await {
                 Ok((encoded, queued_at)) => {
                     (queued, acked) = (queued_at - started, started.elapsed());
@@ -317,6 +318,7 @@ impl Delivery {
         // Every record is queued: give up the writer's count.
         acks.settle(None);
         let queued = std::time::Instant::now();
+        tracing::debug!(query_id = %self.config.query_id, records = produced, "records queued");
         tokio::pin!(done);
         let finished = tokio::select! {
             d = &mut done => d,
@@ -416,17 +418,38 @@ async fn queue_records<'r>(
     }
 }
 
-/// Run a blocking transaction call of librdkafka off the async threads.
+/// How long a blocking transaction call of librdkafka may take before the batch is given
+/// up (then processed again from the last commit, with a new producer). The calls that
+/// take a timeout get [`TRANSACTION_TIMEOUT`]; `begin_transaction` takes none, and a
+/// query was seen waiting on its delivery for minutes after a broker outage without its
+/// delivery reports' deadline ever firing.
+const TRANSACTION_CALL_DEADLINE: Duration = Duration::from_secs(TRANSACTION_TIMEOUT.as_secs() + 15);
+
+/// Run a blocking transaction call of librdkafka off the async threads, for at most
+/// [`TRANSACTION_CALL_DEADLINE`] (the call itself goes on, on its blocking thread, until
+/// librdkafka returns).
 pub(crate) async fn transaction(
     producer: &QueryProducer,
     context: &'static str,
     call: impl FnOnce(&QueryProducer) -> rdkafka::error::KafkaResult<()> + Send + 'static,
 ) -> Result<()> {
     let producer = producer.clone();
-    tokio::task::spawn_blocking(move || call(&producer))
-        .await
-        .map_err(|_| ExecError::kafka(context, rdkafka::error::KafkaError::Canceled))?
-        .map_err(|e| ExecError::kafka(context, e))
+    let call = tokio::task::spawn_blocking(move || call(&producer));
+    match tokio::time::timeout(TRANSACTION_CALL_DEADLINE, call).await {
+        Ok(done) => done
+            .map_err(|_| ExecError::kafka(context, KafkaError::Canceled))?
+            .map_err(|e| ExecError::kafka(context, e)),
+        Err(_) => {
+            tracing::warn!(
+                "{context}: no answer from librdkafka within {} s; the batch is given up",
+                TRANSACTION_CALL_DEADLINE.as_secs()
+            );
+            Err(ExecError::kafka(
+                context,
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            ))
+        }
+    }
 }
 
 /// Apply written `batches`, whose records were `encoded`, to the table's
