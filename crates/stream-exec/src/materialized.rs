@@ -11,24 +11,21 @@
 //! A windowed table forgets windows that ended more than its retention before the newest
 //! window end it has seen, so it stays bounded on an unbounded stream.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
-use datafusion::common::hash_utils::RandomState;
-use hashbrown::hash_table::Entry;
-use hashbrown::HashTable;
 use tokio::sync::watch;
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
 use crate::json_encoder::EncodedRows;
 use crate::operator::ChangeBatch;
+
+mod rows;
+use rows::{Part, Rows};
 
 /// A table's current rows by key. Cheap to share; reads take a snapshot.
 pub struct MaterializedTable {
@@ -39,306 +36,6 @@ pub struct MaterializedTable {
     /// Whether the table holds its topic's rows (see [`MaterializedTable::restore`]).
     restored: watch::Sender<bool>,
 }
-
-/// Where one key's row is.
-struct Slot {
-    /// The key's hash: growing the table does not hash every key again (a windowed
-    /// table grows by a window's keys each window).
-    hash: u64,
-    /// For a windowed table, the window end the row was inserted with (a key holds its
-    /// window bounds, so an update never changes it; forgetting a window relies on
-    /// that); `i64::MIN` for a table without windows.
-    end: i64,
-    /// The row: row `row` of part `part`, whose key is the slot's key.
-    part: u32,
-    row: u32,
-}
-
-/// Rows as one result batch (or one chunk read back) brought them: its arrays, shared
-/// with the batch, and its rows' keys. A row no slot points at (replaced, deleted,
-/// forgotten, or a tombstone's) is dead. A part whose rows are all dead is dropped, and
-/// parts mostly dead are compacted (see [`Rows::compact`]), so the parts hold at most
-/// about twice the live rows.
-struct Part {
-    columns: Vec<ArrayRef>,
-    /// The rows' keys, one after the other; row `i`'s ends at `key_ends[i]`.
-    keys: Vec<u8>,
-    key_ends: Vec<usize>,
-    /// Rows a slot points at.
-    live: usize,
-}
-
-impl Part {
-    /// A part of `columns` (of `rows` rows), whose row `i` has key `key(i)`.
-    fn new<'a>(columns: Vec<ArrayRef>, rows: usize, key: impl Fn(usize) -> &'a [u8]) -> Self {
-        let mut keys = Vec::with_capacity((0..rows).map(|i| key(i).len()).sum());
-        let mut key_ends = Vec::with_capacity(rows);
-        for i in 0..rows {
-            keys.extend_from_slice(key(i));
-            key_ends.push(keys.len());
-        }
-        Self {
-            columns,
-            keys,
-            key_ends,
-            live: 0,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.key_ends.len()
-    }
-
-    fn key(&self, row: u32) -> &[u8] {
-        let row = row as usize;
-        let start = if row == 0 { 0 } else { self.key_ends[row - 1] };
-        &self.keys[start..self.key_ends[row]]
-    }
-}
-
-#[derive(Default)]
-struct Rows {
-    by_key: HashTable<Slot>,
-    hasher: RandomState,
-    /// The parts rows are in, by number; `None`: a number free for the next part.
-    parts: Vec<Option<Part>>,
-    free_parts: Vec<u32>,
-    /// Rows of the parts that no slot points at.
-    dead: usize,
-    /// For windowed tables, `(window end, key hash)` per row inserted, oldest end first:
-    /// what to forget when a window ends more than the retention before the newest. A
-    /// row deleted leaves its entry behind (finding it would cost more than forgetting
-    /// it); see `stale`.
-    by_end: BinaryHeap<Reverse<(i64, u64)>>,
-    /// Entries of `by_end` whose row was deleted. When they outnumber the rows, `by_end`
-    /// is made again from the rows: a session table, whose rows are deleted and inserted
-    /// again as their sessions grow, would otherwise hold an entry per update for the
-    /// whole retention (a day by default), not one per row.
-    stale: usize,
-    newest_end: i64,
-    /// While the table is read back from its topic: the query's results written since
-    /// the table was made, applied once the reading is done.
-    pending: Option<Vec<(ChangeBatch, EncodedRows)>>,
-    /// Why it could not be read back (see [`MaterializedTable::abandon_restore`]).
-    failed: Option<String>,
-}
-
-impl Rows {
-    /// No rows, read back from the topic next, with results that wait for that.
-    fn restoring(pending: Vec<(ChangeBatch, EncodedRows)>) -> Self {
-        Self {
-            newest_end: i64::MIN,
-            pending: Some(pending),
-            ..Self::default()
-        }
-    }
-
-    /// Add `part`, its rows all dead until [`Rows::upsert`] points keys at them; returns
-    /// its number. The part is pinned: it stays, even with no row live, until
-    /// [`Rows::unpin`] (a batch's tombstone may delete a row the batch inserted before
-    /// the batch's next rows go into the part).
-    fn add_part(&mut self, mut part: Part) -> u32 {
-        self.dead += part.len();
-        part.live += 1;
-        match self.free_parts.pop() {
-            Some(number) => {
-                self.parts[number as usize] = Some(part);
-                number
-            }
-            None => {
-                self.parts.push(Some(part));
-                (self.parts.len() - 1) as u32
-            }
-        }
-    }
-
-    /// A row of part `number` is no longer pointed at; the part goes once none is.
-    fn release(&mut self, number: u32) {
-        self.dead += 1;
-        self.unpin(number);
-    }
-
-    /// Take away one of part `number`'s live rows or its pin, dropping the part when
-    /// none is left.
-    fn unpin(&mut self, number: u32) {
-        let slot = &mut self.parts[number as usize];
-        let part = slot.as_mut().expect("a slot points into a held part");
-        part.live -= 1;
-        if part.live == 0 {
-            self.dead -= part.len();
-            *slot = None;
-            self.free_parts.push(number);
-        }
-    }
-
-    /// Point the key of row `row` of part `part` at that row, replacing the key's row if
-    /// it has one; its window ends at `end` (windowed tables).
-    fn upsert(&mut self, part: u32, row: u32, end: Option<i64>) {
-        if let Some(end) = end {
-            self.newest_end = self.newest_end.max(end);
-        }
-        let Rows {
-            by_key,
-            hasher,
-            parts,
-            by_end,
-            ..
-        } = self;
-        let key = parts[part as usize].as_ref().expect("held").key(row);
-        let hash = hasher.hash_one(key);
-        let replaced = match by_key.entry(hash, |s| held_key(parts, s) == key, |s| s.hash) {
-            Entry::Occupied(mut e) => {
-                let slot = e.get_mut();
-                let old = slot.part;
-                slot.part = part;
-                slot.row = row;
-                Some(old)
-            }
-            Entry::Vacant(e) => {
-                e.insert(Slot {
-                    hash,
-                    end: end.unwrap_or(i64::MIN),
-                    part,
-                    row,
-                });
-                if let Some(end) = end {
-                    by_end.push(Reverse((end, hash)));
-                }
-                None
-            }
-        };
-        let new = self.parts[part as usize].as_mut().expect("held");
-        new.live += 1;
-        self.dead -= 1;
-        if let Some(old) = replaced {
-            self.release(old);
-        }
-    }
-
-    /// Delete the row of `key`, if there is one.
-    fn remove(&mut self, key: &[u8]) {
-        let hash = self.hasher.hash_one(key);
-        let parts = &self.parts;
-        let Ok(e) = self.by_key.find_entry(hash, |s| held_key(parts, s) == key) else {
-            return;
-        };
-        let (slot, _) = e.remove();
-        self.release(slot.part);
-        if slot.end != i64::MIN {
-            self.stale += 1;
-            if self.stale > self.by_key.len() + STALE_SLACK {
-                self.by_end = self
-                    .by_key
-                    .iter()
-                    .filter(|s| s.end != i64::MIN)
-                    .map(|s| Reverse((s.end, s.hash)))
-                    .collect();
-                self.stale = 0;
-            }
-        }
-    }
-
-    /// Forget the rows whose window ended before `cutoff`.
-    fn forget_before(&mut self, cutoff: i64) {
-        while let Some(&Reverse((end, hash))) = self.by_end.peek() {
-            if end >= cutoff {
-                break;
-            }
-            self.by_end.pop();
-            // The entry's row, or one of its hash and window (both go).
-            match self
-                .by_key
-                .find_entry(hash, |s| s.hash == hash && s.end == end)
-            {
-                Ok(e) => {
-                    let (slot, _) = e.remove();
-                    self.release(slot.part);
-                }
-                Err(_) => self.stale = self.stale.saturating_sub(1),
-            }
-        }
-    }
-
-    /// When the dead rows outnumber the live ones by more than [`DEAD_SLACK`], copy the
-    /// live rows of the parts that are mostly dead into one new part. Those parts then
-    /// go, and every part left is at least half live: the parts hold at most about twice
-    /// the live rows. Each row copied was in a part at least half dead, so the copying
-    /// costs less than the rows that died there.
-    fn compact(&mut self) -> Result<()> {
-        if self.dead <= self.by_key.len() + DEAD_SLACK {
-            return Ok(());
-        }
-        // Parts at most half live, and where each one's rows go in the list of them.
-        let mut position = vec![u32::MAX; self.parts.len()];
-        let mut sparse: Vec<&Part> = vec![];
-        for (number, part) in self.parts.iter().enumerate() {
-            if let Some(part) = part.as_ref().filter(|p| p.live * 2 <= p.len()) {
-                position[number] = sparse.len() as u32;
-                sparse.push(part);
-            }
-        }
-        // Their live rows, in the order of the slots (walked again below, unchanged).
-        let picked: Vec<(usize, usize)> = self
-            .by_key
-            .iter()
-            .filter(|s| position[s.part as usize] != u32::MAX)
-            .map(|s| (position[s.part as usize] as usize, s.row as usize))
-            .collect();
-        let Some(first) = sparse.first() else {
-            return Ok(());
-        };
-        let columns = (0..first.columns.len())
-            .map(|c| {
-                let arrays: Vec<&dyn Array> =
-                    sparse.iter().map(|p| p.columns[c].as_ref()).collect();
-                interleave(&arrays, &picked)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(ExecError::arrow("compacting table rows"))?;
-        let part = Part::new(columns, picked.len(), |i| {
-            let (p, row) = picked[i];
-            sparse[p].key(row as u32)
-        });
-        // The sparse parts go; the new one holds their live rows, all live.
-        let mut gone = 0;
-        for (number, &at) in position.iter().enumerate() {
-            if at != u32::MAX {
-                gone += self.parts[number].take().expect("held").len();
-                self.free_parts.push(number as u32);
-            }
-        }
-        let moved = picked.len();
-        let number = self.add_part(Part {
-            live: moved,
-            ..part
-        });
-        self.dead -= gone;
-        self.unpin(number);
-        let mut next = 0;
-        for slot in self.by_key.iter_mut() {
-            if position[slot.part as usize] != u32::MAX {
-                slot.part = number;
-                slot.row = next;
-                next += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The key of the row `slot` points at.
-fn held_key<'a>(parts: &'a [Option<Part>], slot: &Slot) -> &'a [u8] {
-    parts[slot.part as usize]
-        .as_ref()
-        .expect("a slot points into a held part")
-        .key(slot.row)
-}
-
-/// Deleted rows' entries `Rows::by_end` holds beyond one per row before it is made again.
-const STALE_SLACK: usize = 64 * 1024;
-
-/// Dead rows the parts hold beyond one per live row before they are compacted.
-const DEAD_SLACK: usize = 64 * 1024;
 
 /// Records read back from a table's topic, applied a chunk at a time: the values decoded
 /// together, then each record applied in order (a row upserts its key; a tombstone, or a
@@ -645,6 +342,7 @@ mod tests {
     use datafusion::arrow::array::{BooleanArray, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
+    use super::rows::{DEAD_SLACK, STALE_SLACK};
     use super::*;
     use crate::json_encoder::encode_batch;
 
