@@ -39,7 +39,7 @@ pub(super) struct Part {
     /// The rows' keys, one after the other; row `i`'s ends at `key_ends[i]`.
     keys: Vec<u8>,
     key_ends: Vec<usize>,
-    /// Rows a slot points at.
+    /// Rows a slot points at, plus one while the part is pinned (see [`Rows::add_part`]).
     live: usize,
 }
 
@@ -98,7 +98,8 @@ pub(super) struct Rows {
     /// While the table is read back from its topic: the query's results written since
     /// the table was made, applied once the reading is done.
     pub(super) pending: Option<Vec<(ChangeBatch, EncodedRows)>>,
-    /// Why it could not be read back (see [`MaterializedTable::abandon_restore`]).
+    /// Why it could not be read back (see
+    /// [`MaterializedTable::abandon_restore`](super::MaterializedTable::abandon_restore)).
     pub(super) failed: Option<String>,
 }
 
