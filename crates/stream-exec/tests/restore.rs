@@ -341,6 +341,45 @@ fn the_changelog_holds_the_keys_of_open_windows_only() {
     }
 }
 
+/// Keys that have left every window are forgotten, not only deleted from the changelog:
+/// on a stream whose keys never come back, the state stays the size of a few windows'.
+#[test]
+fn keys_that_left_every_window_are_forgotten() {
+    // 500 seconds, a new key every 5 of them.
+    let records: Vec<RawRecord> = (0..2000)
+        .map(|i| {
+            let key = format!("key-{}", i / 20);
+            event(i, (i % 2) as i32, &key, 1, 1_000_000 + i * 250)
+        })
+        .collect();
+    for sql in [&queries()[0], &queries()[1]] {
+        let plan = support::plan(EVENTS, sql);
+        let stats = QueryStats::default();
+        let now = std::time::Instant::now();
+        let mut pipeline = Pipeline::new("q", &plan, None).expect("pipeline");
+        pipeline.assign([0, 1], now);
+        let mut changelog = PerEntry::default();
+        let mut bytes = vec![];
+        for (batch, chunk) in records.chunks(40).enumerate() {
+            pipeline.process_at(chunk, &stats, now).expect("process");
+            changelog.write(batch, &mut pipeline);
+            bytes.push(pipeline.state_bytes());
+        }
+        // The state after 20 windows' keys, and its largest after 100 windows' keys.
+        let early = bytes[10..20].iter().max().copied().unwrap_or(0);
+        let late = bytes[40..].iter().max().copied().unwrap_or(0);
+        assert!(
+            late < early * 2,
+            "{sql}: {early} state bytes after 20 keys, up to {late} after 100"
+        );
+        assert!(group_keys(&changelog.0).len() <= 4, "{sql}");
+        // And a restart goes on as if there had been none.
+        let straight = run(sql, &records, &[40], &[]);
+        let restarted = run(sql, &records, &[40], &[13, 29, 41]);
+        assert_eq!(restarted, straight, "{sql}");
+    }
+}
+
 /// A key's groups in several windows are one record: a hopping window's event is in
 /// three windows, and their states are written together.
 #[test]

@@ -161,6 +161,7 @@ impl GroupIndex {
     }
 
     /// The group of `key` (whose [`hash_key`] is `hash`), if it has one.
+    #[cfg(test)]
     pub(crate) fn get(&self, hash: u64, key: &[u8]) -> Option<u32> {
         self.find(hash, key).ok()
     }

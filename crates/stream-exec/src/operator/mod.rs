@@ -10,6 +10,7 @@ mod aggregates;
 mod filter;
 mod group_index;
 mod group_states;
+mod key_groups;
 mod project;
 mod session_aggregate;
 mod session_index;

@@ -2,11 +2,14 @@
 //! over all time.
 //!
 //! Group keys (the GROUP BY values but the window bounds, which are the same for all of a
-//! window's groups and kept once per window) are encoded with arrow's row format. State
-//! is kept per window, by window end: a [`GroupIndex`] numbers the window's keys densely and [`GroupStates`] holds every aggregate's state of its groups
-//! in vectors indexed by that number (plain primitives for `COUNT`, `SUM`, `MIN`, `MAX`,
-//! `AVG`; a DataFusion `Accumulator` per group for the others). A batch's rows are mapped
-//! to their groups' numbers, then each aggregate folds the whole batch in one pass.
+//! window's groups and kept once per window) are encoded with arrow's row format and
+//! numbered once, in one [`GroupIndex`] that every open window shares: a hopping window's
+//! event hashes and looks up its key once, not once per window. State is kept per window,
+//! by window end: [`KeyGroups`] maps a key's number to the window's dense group number,
+//! and [`GroupStates`] holds every aggregate's state of its groups in vectors indexed by
+//! that number (plain primitives for `COUNT`, `SUM`, `MIN`, `MAX`, `AVG`; a DataFusion
+//! `Accumulator` per group for the others). A batch's rows are mapped to their groups'
+//! numbers, then each aggregate folds the whole batch in one pass.
 //!
 //! With `EMIT CHANGES` the groups a batch touched are emitted after it, in order of their
 //! first row in the batch; with `EMIT FINAL` a group is emitted once, when the watermark
@@ -20,6 +23,8 @@
 //! windows next close, unless it is in a window again by then (most keys are: a key's
 //! next window opens right after its last one closes). A record may so hold groups of
 //! windows already closed; a restore skips them, by the watermark restored with them.
+//! Keys deleted so stay numbered until they outnumber the others, then the index is
+//! built again without them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,16 +34,18 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{concat_batches, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::row::Rows;
 use datafusion::common::hash_utils::RandomState;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_sql_planner::window::WINDOW_COLUMNS;
-use sluice_sql_planner::{Emit, StreamOperator};
+use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
 
 use super::aggregates::{changes, Aggregates, GroupKeys, Having, Outcome};
 use super::group_index::{hash_key, GroupIndex};
 use super::group_states::GroupStates;
+use super::key_groups::KeyGroups;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 use crate::state::{json_keys, StateChange, StateCodec};
@@ -48,10 +55,22 @@ const NAME: &str = "WindowAggregate";
 /// The one "window" of an aggregation over all time.
 const ALL_TIME: i64 = i64::MAX;
 
-/// Group flags, one byte per group.
+/// Group flags, one byte per group: its last row was written and passed HAVING (EMIT
+/// CHANGES); touched by the current batch.
 const WRITTEN: u8 = 1;
-const DIRTY: u8 = 2;
-const TOUCHED: u8 = 4;
+const TOUCHED: u8 = 2;
+/// Key flags, one byte per key: in the operator's `changed`, `left`, `retired` lists;
+/// its record was deleted and no window has held it since.
+const CHANGED: u8 = 1;
+const LEFT: u8 = 2;
+const RETIRED: u8 = 4;
+const DELETED: u8 = 8;
+/// Deleted keys stay numbered until there are more of them than of the others and than
+/// this. Small in debug builds, so that every test with a few keys leaving windows also
+/// numbers keys again.
+const DELETED_SLACK: usize = if cfg!(debug_assertions) { 2 } else { 1 << 16 };
+/// How many keys ahead the changed keys' groups are brought into the cache.
+const PREFETCH_KEYS: usize = 16;
 /// Bytes a state row of one group is taken to need, to size a key's changelog value (a
 /// COUNT+SUM group of a `card-012345` key takes about 70); larger rows grow it.
 const ROW_BYTES_GUESS: usize = 96;
@@ -60,31 +79,43 @@ const ROW_BYTES_GUESS: usize = 96;
 struct Window {
     /// The window's values of the window bound columns ([`Bounds`]).
     bounds: Vec<ScalarValue>,
-    index: GroupIndex,
+    /// Its group of each of its keys, by key number.
+    groups: KeyGroups,
+    /// Per group: its key's number.
+    keys: Vec<u32>,
     states: GroupStates,
-    /// Per group: its last row was written and passed HAVING (`WRITTEN`, EMIT CHANGES);
-    /// changed since its state was last taken (`DIRTY`); touched by the current batch.
+    /// Per group: `WRITTEN`, `TOUCHED`.
     flags: Vec<u8>,
-    /// The `DIRTY` groups.
-    dirty: Vec<u32>,
 }
 
 impl Window {
     fn new(aggregates: &Aggregates, bounds: Vec<ScalarValue>) -> Self {
         Self {
             bounds,
-            index: GroupIndex::new(),
+            groups: KeyGroups::new(),
+            keys: vec![],
             states: GroupStates::new(aggregates),
             flags: vec![],
-            dirty: vec![],
         }
     }
 
+    /// The group of key `k`, added (with a fresh state) when the window has none; and
+    /// whether it was added.
+    fn group(&mut self, aggregates: &Aggregates, k: u32) -> Result<(u32, bool)> {
+        let (g, new) = self.groups.get_or_insert(k, self.keys.len() as u32);
+        if new {
+            self.keys.push(k);
+            self.states.push(aggregates)?;
+            self.flags.push(0);
+        }
+        Ok((g, new))
+    }
+
     fn heap_bytes(&self) -> usize {
-        self.index.heap_bytes()
+        self.groups.heap_bytes()
+            + self.keys.capacity() * size_of::<u32>()
             + self.states.heap_bytes()
             + self.flags.capacity()
-            + self.dirty.capacity() * size_of::<u32>()
     }
 }
 
@@ -162,18 +193,33 @@ pub struct WindowAggregateOperator {
     having: Option<Having>,
     /// Open windows by end; `ALL_TIME` when not windowed.
     windows: BTreeMap<i64, Window>,
-    /// Keys of the windows closed since state was last taken.
-    closed: Vec<GroupIndex>,
-    /// Keys of the windows closed before that (or, after a restore, keys whose record
-    /// held only closed windows): their records are deleted at the next closing unless
-    /// the key is in a window again by then.
-    retired: Vec<GroupIndex>,
+    /// Every key with a group in an open window, or whose changelog record may yet be
+    /// deleted, numbered; and keys deleted since it was last built.
+    index: GroupIndex,
+    /// Per key: how many open windows have a group of it.
+    held: Vec<u32>,
+    /// Per key: `CHANGED`, `LEFT`, `RETIRED`, `DELETED`.
+    key_flags: Vec<u8>,
+    /// Keys with a group changed since state was last taken.
+    changed: Vec<u32>,
+    /// Whether a window closed since state was last taken.
+    window_closed: bool,
+    /// Keys that left every window (their last one closed) since state was last taken.
+    left: Vec<u32>,
+    /// Keys that left every window before that (or, after a restore, keys whose record
+    /// held only closed windows): their records are deleted when windows next close
+    /// unless the key is in a window again by then.
+    retired: Vec<u32>,
+    /// Keys marked `DELETED`.
+    deleted: usize,
     /// Changelog keys read at restore in the form before records were per key: deleted
     /// with the next state changes.
     superseded: Vec<Vec<u8>>,
     groups: usize,
     window_end: Option<usize>,
     grace_ms: i64,
+    /// Whether the windows hop: a record's row per window come one after the other.
+    hopping: bool,
     emit: Emit,
     hasher: RandomState,
     /// State rows: the group columns, the aggregates' states, `written`.
@@ -251,12 +297,19 @@ impl WindowAggregateOperator {
                 .map(|h| Having::new(h, output, NAME))
                 .transpose()?,
             windows: BTreeMap::new(),
-            closed: vec![],
+            index: GroupIndex::new(),
+            held: vec![],
+            key_flags: vec![],
+            changed: vec![],
+            window_closed: false,
+            left: vec![],
             retired: vec![],
+            deleted: 0,
             superseded: vec![],
             groups: 0,
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
+            hopping: window.is_some_and(|w| matches!(w.spec.kind, WindowKind::Hopping { .. })),
             emit: *emit,
             hasher: RandomState::default(),
         })
@@ -324,39 +377,103 @@ impl WindowAggregateOperator {
         )
     }
 
-    /// Deletes for the records of keys that have left every window. Checked when windows
-    /// close, for the keys of the windows that closed the time before: a key with events
-    /// in every window (most, with a key's next window opening right after) is
-    /// written again with its new window rather than deleted and written again.
-    fn deleted_keys(&mut self) -> Result<Vec<StateChange>> {
-        let superseded = std::mem::take(&mut self.superseded)
-            .into_iter()
-            .map(|key| StateChange { key, value: None });
-        if self.closed.is_empty() {
-            return Ok(superseded.collect());
+    /// The number of each row's key. With hopping windows, a row with the key of the row
+    /// before (a record's rows, one per window, come one after the other) takes its
+    /// number without hashing or a lookup.
+    fn numbers(&mut self, rows: &Rows) -> Result<Vec<u32>> {
+        let n = rows.num_rows();
+        let firsts: Vec<usize> = if self.hopping {
+            (0..n)
+                .filter(|&r| r == 0 || rows.row(r).as_ref() != rows.row(r - 1).as_ref())
+                .collect()
+        } else {
+            (0..n).collect()
+        };
+        let hashes: Vec<u64> = firsts
+            .iter()
+            .map(|&r| hash_key(&self.hasher, rows.row(r).as_ref()))
+            .collect();
+        let mut numbers = Vec::with_capacity(n);
+        for (i, &first) in firsts.iter().enumerate() {
+            self.index.prefetch_ahead(&hashes, i);
+            let k = self.number(hashes[i], rows.row(first).as_ref())?;
+            let end = firsts.get(i + 1).copied().unwrap_or(n);
+            numbers.resize(end, k);
         }
-        let closed = std::mem::take(&mut self.closed);
-        let mut gone = GroupIndex::new();
-        for index in std::mem::replace(&mut self.retired, closed) {
-            for g in 0..index.len() as u32 {
-                let key = index.key(g);
-                let hash = hash_key(&self.hasher, key);
-                let held = self
-                    .windows
-                    .values()
-                    .map(|w| &w.index)
-                    .chain(&self.retired)
-                    .any(|i| i.get(hash, key).is_some());
-                if !held {
-                    gone.intern(hash, key)?;
-                }
+        Ok(numbers)
+    }
+
+    /// The number of `key` (whose [`hash_key`] is `hash`), numbered now if it had none.
+    fn number(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
+        let (k, new) = self.index.intern(hash, key)?;
+        if new {
+            self.held.push(0);
+            self.key_flags.push(0);
+        }
+        Ok(k)
+    }
+
+    /// Key `k` got a group in a window.
+    fn hold(&mut self, k: u32) {
+        let k = k as usize;
+        if self.key_flags[k] & DELETED != 0 {
+            self.key_flags[k] &= !DELETED;
+            self.deleted -= 1;
+        }
+        self.held[k] += 1;
+    }
+
+    /// Key `k`'s group in a window that closed is gone.
+    fn release(&mut self, k: u32) {
+        let at = k as usize;
+        self.held[at] -= 1;
+        if self.held[at] == 0 && self.key_flags[at] & LEFT == 0 {
+            self.key_flags[at] |= LEFT;
+            self.left.push(k);
+        }
+    }
+
+    /// A group of key `k` changed.
+    #[inline]
+    fn mark_changed(&mut self, k: u32) {
+        let flags = &mut self.key_flags[k as usize];
+        if *flags & CHANGED == 0 {
+            *flags |= CHANGED;
+            self.changed.push(k);
+        }
+    }
+
+    /// Deletes for the records of keys that have left every window. Checked when windows
+    /// close, for the keys that left the time before: a key with events in every window
+    /// (most, with a key's next window opening right after) is written again with its new
+    /// window rather than deleted and written again.
+    fn deleted_keys(&mut self) -> Result<Vec<StateChange>> {
+        let mut out: Vec<StateChange> = std::mem::take(&mut self.superseded)
+            .into_iter()
+            .map(|key| StateChange { key, value: None })
+            .collect();
+        if !std::mem::take(&mut self.window_closed) {
+            return Ok(out);
+        }
+        let mut gone = vec![];
+        for k in std::mem::take(&mut self.retired) {
+            let flags = &mut self.key_flags[k as usize];
+            *flags &= !RETIRED;
+            // Not when it left again since: it is retired anew below.
+            if self.held[k as usize] == 0 && *flags & (LEFT | DELETED) == 0 {
+                *flags |= DELETED;
+                self.deleted += 1;
+                gone.push(k);
             }
         }
-        let mut out: Vec<StateChange> = superseded.collect();
-        if gone.len() > 0 {
+        for &k in &self.left {
+            self.key_flags[k as usize] = (self.key_flags[k as usize] & !LEFT) | RETIRED;
+        }
+        self.retired = std::mem::take(&mut self.left);
+        if !gone.is_empty() {
             let keys = self
                 .keys
-                .decode_bytes((0..gone.len() as u32).map(|g| gone.key(g)))?;
+                .decode_bytes(gone.iter().map(|&k| self.index.key(k)))?;
             out.extend(
                 json_keys(&keys, &self.key_names, gone.len())?
                     .into_iter()
@@ -364,6 +481,47 @@ impl WindowAggregateOperator {
             );
         }
         Ok(out)
+    }
+
+    /// Number the keys again without the deleted ones, once they outnumber the others
+    /// (by [`DELETED_SLACK`]), so the index stays bounded on an unbounded key space.
+    fn drop_deleted_keys(&mut self) -> Result<()> {
+        let n = self.index.len();
+        if self.deleted <= (n - self.deleted).max(DELETED_SLACK) {
+            return Ok(());
+        }
+        let mut index = GroupIndex::with_capacity(n - self.deleted);
+        let mut numbers = vec![u32::MAX; n];
+        let mut held = Vec::with_capacity(n - self.deleted);
+        let mut key_flags = Vec::with_capacity(n - self.deleted);
+        for (k, number) in numbers.iter_mut().enumerate() {
+            if self.key_flags[k] & DELETED != 0 {
+                continue;
+            }
+            let key = self.index.key(k as u32);
+            *number = index.intern(hash_key(&self.hasher, key), key)?.0;
+            held.push(self.held[k]);
+            key_flags.push(self.key_flags[k]);
+        }
+        for window in self.windows.values_mut() {
+            for k in &mut window.keys {
+                *k = numbers[*k as usize];
+            }
+            window.groups.renumber(&window.keys);
+        }
+        for k in self
+            .retired
+            .iter_mut()
+            .chain(&mut self.left)
+            .chain(&mut self.changed)
+        {
+            *k = numbers[*k as usize];
+        }
+        self.index = index;
+        self.held = held;
+        self.key_flags = key_flags;
+        self.deleted = 0;
+        Ok(())
     }
 
     /// `parts` as one change batch, rows by their `order`.
@@ -407,6 +565,7 @@ impl Operator for WindowAggregateOperator {
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(ExecError::eval(NAME))?;
         let args = self.aggregates.evaluate_args(&batch)?;
+        let numbers = self.numbers(&keys.rows)?;
         // The batch's rows per window, windows in order of their first row.
         let mut segments: Vec<(i64, Vec<u32>)> = vec![];
         match self.bounds.end {
@@ -452,28 +611,22 @@ impl Operator for WindowAggregateOperator {
             let mut groups = Vec::with_capacity(rows.len());
             // (first row, group) of each group the batch touched.
             let mut touched: Vec<(u32, u32)> = vec![];
-            let hashes: Vec<u64> = rows
-                .iter()
-                .map(|&r| hash_key(&self.hasher, keys.rows.row(r as usize).as_ref()))
-                .collect();
             for (i, &r) in rows.iter().enumerate() {
-                window.index.prefetch_ahead(&hashes, i);
-                let key = keys.rows.row(r as usize);
-                let key = key.as_ref();
-                let (g, new) = window.index.intern(hashes[i], key)?;
+                if let Some(&ahead) = rows.get(i + PREFETCH_KEYS) {
+                    window.groups.prefetch(numbers[ahead as usize]);
+                }
+                let k = numbers[r as usize];
+                let (g, new) = window.group(&self.aggregates, k)?;
                 if new {
-                    window.states.push(&self.aggregates)?;
-                    window.flags.push(0);
                     self.groups += 1;
+                    self.hold(k);
                 }
+                self.mark_changed(k);
                 let flags = &mut window.flags[g as usize];
-                if *flags & DIRTY == 0 {
-                    window.dirty.push(g);
-                }
                 if *flags & TOUCHED == 0 {
+                    *flags |= TOUCHED;
                     touched.push((r, g));
                 }
-                *flags |= DIRTY | TOUCHED;
                 groups.push(g);
             }
             window
@@ -492,8 +645,11 @@ impl Operator for WindowAggregateOperator {
                         .collect::<std::result::Result<Vec<_>, _>>()
                         .map_err(ExecError::arrow("selecting group keys"))?
                 } else {
-                    self.keys
-                        .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?
+                    self.keys.decode_bytes(
+                        groups
+                            .iter()
+                            .map(|&g| self.index.key(window.keys[g as usize])),
+                    )?
                 };
                 let columns = self
                     .bounds
@@ -515,19 +671,26 @@ impl Operator for WindowAggregateOperator {
                 break;
             }
             let mut window = entry.remove();
-            self.groups -= window.index.len();
+            self.groups -= window.keys.len();
             if self.emit == Emit::Final {
                 // In key order, so the output does not depend on arrival (or restore) order.
-                let mut groups: Vec<u32> = (0..window.index.len() as u32).collect();
-                groups.sort_unstable_by(|a, b| window.index.key(*a).cmp(window.index.key(*b)));
-                let keys = self
+                let mut sorted: Vec<(&[u8], u32)> = window
                     .keys
-                    .decode_bytes(groups.iter().map(|&g| window.index.key(g)))?;
+                    .iter()
+                    .enumerate()
+                    .map(|(g, &k)| (self.index.key(k), g as u32))
+                    .collect();
+                sorted.sort_unstable();
+                let keys = self.keys.decode_bytes(sorted.iter().map(|&(key, _)| key))?;
+                let groups: Vec<u32> = sorted.into_iter().map(|(_, g)| g).collect();
                 let columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
                 let order = vec![0; groups.len()];
                 parts.push(self.part(&mut window, &groups, columns, order)?);
             }
-            self.closed.push(window.index);
+            for &k in &window.keys {
+                self.release(k);
+            }
+            self.window_closed = true;
         }
         self.put_together(parts)
     }
@@ -538,12 +701,11 @@ impl Operator for WindowAggregateOperator {
 
     fn state_bytes(&self) -> usize {
         self.windows.values().map(Window::heap_bytes).sum::<usize>()
-            + self
-                .closed
-                .iter()
-                .chain(&self.retired)
-                .map(GroupIndex::heap_bytes)
-                .sum::<usize>()
+            + self.index.heap_bytes()
+            + self.held.capacity() * size_of::<u32>()
+            + self.key_flags.capacity()
+            + (self.changed.capacity() + self.left.capacity() + self.retired.capacity())
+                * size_of::<u32>()
     }
 
     fn is_stateful(&self) -> bool {
@@ -551,12 +713,9 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn mark_all_changed(&mut self) {
-        for window in self.windows.values_mut() {
-            for (g, flags) in window.flags.iter_mut().enumerate() {
-                if *flags & DIRTY == 0 {
-                    *flags |= DIRTY;
-                    window.dirty.push(g as u32);
-                }
+        for k in 0..self.held.len() as u32 {
+            if self.held[k as usize] > 0 {
+                self.mark_changed(k);
             }
         }
     }
@@ -565,72 +724,44 @@ impl Operator for WindowAggregateOperator {
         let mut out = self.deleted_keys()?;
         // One record per key with a changed group, holding its groups in every open
         // window (a closed window's group may linger in a record until the key changes
-        // again; a restore skips it). The keys are numbered in order of first sight;
-        // per window, `(key number, group)` of the keys' groups in it.
+        // again; a restore skips it). Per window, `(position in written, group)` of the
+        // keys' groups in it.
+        let changed = std::mem::take(&mut self.changed);
+        for &k in &changed {
+            self.key_flags[k as usize] &= !CHANGED;
+        }
         let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
-        let mut members: Vec<Vec<(u32, u32)>> = vec![vec![]; windows.len()];
-        let changed = if let [window] = windows.as_mut_slice() {
-            // One window: its changed groups are the changed keys.
-            let dirty = std::mem::take(&mut window.dirty);
-            for &g in &dirty {
-                window.flags[g as usize] &= !DIRTY;
-            }
-            members[0] = dirty
-                .iter()
-                .enumerate()
-                .map(|(k, &g)| (k as u32, g))
-                .collect();
-            None
-        } else {
-            // At least this many distinct keys changed (a key may be in many windows).
-            let least = windows.iter().map(|w| w.dirty.len()).max().unwrap_or(0);
-            let mut changed = GroupIndex::with_capacity(least);
-            let mut hashes = Vec::with_capacity(least);
-            for (window, members) in windows.iter_mut().zip(&mut members) {
-                for g in std::mem::take(&mut window.dirty) {
-                    window.flags[g as usize] &= !DIRTY;
-                    let key = window.index.key(g);
-                    let hash = hash_key(&self.hasher, key);
-                    let (k, new) = changed.intern(hash, key)?;
-                    if new {
-                        hashes.push(hash);
-                    }
-                    members.push((k, g));
+        let mut members: Vec<Vec<(u32, u32)>> = windows
+            .iter()
+            .map(|_| Vec::with_capacity(changed.len()))
+            .collect();
+        // The changed keys still in a window (a key's window may have closed since).
+        let mut written: Vec<u32> = Vec::with_capacity(changed.len());
+        for (i, &k) in changed.iter().enumerate() {
+            if let Some(&ahead) = changed.get(i + PREFETCH_KEYS) {
+                for window in &windows {
+                    window.groups.prefetch(ahead);
                 }
             }
-            // A changed key's groups in the windows where it did not change.
-            let mut seen = vec![false; hashes.len()];
+            if self.held[k as usize] == 0 {
+                continue;
+            }
+            let at = written.len() as u32;
             for (window, members) in windows.iter().zip(&mut members) {
-                seen.fill(false);
-                for &(k, _) in members.iter() {
-                    seen[k as usize] = true;
-                }
-                for (k, &hash) in hashes.iter().enumerate() {
-                    window.index.prefetch_ahead(&hashes, k);
-                    if !seen[k] {
-                        if let Some(g) = window.index.get(hash, changed.key(k as u32)) {
-                            members.push((k as u32, g));
-                        }
-                    }
+                if let Some(g) = window.groups.get(k) {
+                    members.push((at, g));
                 }
             }
-            Some(changed)
-        };
-        let n = match &changed {
-            Some(changed) => changed.len(),
-            None => members[0].len(),
-        };
+            written.push(k);
+        }
+        let n = written.len();
         if n == 0 {
+            self.drop_deleted_keys()?;
             return Ok(out);
         }
-        let keys = match &changed {
-            Some(changed) => self
-                .keys
-                .decode_bytes((0..n as u32).map(|k| changed.key(k)))?,
-            None => self
-                .keys
-                .decode_bytes(members[0].iter().map(|&(_, g)| windows[0].index.key(g)))?,
-        };
+        let keys = self
+            .keys
+            .decode_bytes(written.iter().map(|&k| self.index.key(k)))?;
         let fields = self.codec.schema().fields().clone();
         let n_keys = self.group_names.len();
         let state_fields = &fields[n_keys..fields.len() - 1];
@@ -663,11 +794,11 @@ impl Operator for WindowAggregateOperator {
                     .states
                     .checkpoint(&self.aggregates, &groups, state_fields)?,
             );
-            let written: Vec<bool> = groups
+            let was_written: Vec<bool> = groups
                 .iter()
                 .map(|&g| window.flags[g as usize] & WRITTEN != 0)
                 .collect();
-            columns.push(Arc::new(BooleanArray::from(written)));
+            columns.push(Arc::new(BooleanArray::from(was_written)));
             let batch = RecordBatch::try_new(self.codec.schema().clone(), columns)
                 .map_err(ExecError::arrow("building state rows"))?;
             self.codec.append(&batch, &owners, &mut values)?;
@@ -684,6 +815,7 @@ impl Operator for WindowAggregateOperator {
                     value: Some(value),
                 }),
         );
+        self.drop_deleted_keys()?;
         Ok(out)
     }
 
@@ -712,16 +844,19 @@ impl Operator for WindowAggregateOperator {
             Some(i) => batch.column(i).as_primitive::<Int64Type>(),
             None => &all_time,
         };
-        // Keys of groups in windows that had closed: their records are deleted later,
-        // unless the key is in a window again by then.
-        let mut closed = GroupIndex::new();
         for (i, row) in rows.iter().enumerate() {
             let key = row.as_ref();
+            let k = self.number(hash_key(&self.hasher, key), key)?;
             let end = ends.value(i);
             let closed_before = self.window_end.is_some()
                 && watermark.is_some_and(|wm| end.saturating_add(self.grace_ms) <= wm);
             if closed_before {
-                closed.intern(hash_key(&self.hasher, key), key)?;
+                // Its record is deleted when windows next close, unless the key is in a
+                // window again by then.
+                if self.key_flags[k as usize] & RETIRED == 0 {
+                    self.key_flags[k as usize] |= RETIRED;
+                    self.retired.push(k);
+                }
                 continue;
             }
             let window = match self.windows.entry(end) {
@@ -731,17 +866,13 @@ impl Operator for WindowAggregateOperator {
                     self.bounds.of_row(group_columns, i)?,
                 )),
             };
-            let (g, new) = window.index.intern(hash_key(&self.hasher, key), key)?;
+            let (g, new) = window.group(&self.aggregates, k)?;
             if new {
-                window.states.push(&self.aggregates)?;
-                window.flags.push(0);
                 self.groups += 1;
+                self.held[k as usize] += 1;
             }
             window.states.restore(&self.aggregates, g, state, i)?;
             window.flags[g as usize] = if written.value(i) { WRITTEN } else { 0 };
-        }
-        if closed.len() > 0 {
-            self.retired.push(closed);
         }
         if !self.superseded.is_empty() {
             // The old records are deleted with the next changes: every group goes into

@@ -1,0 +1,272 @@
+//! `KeyGroups`: one window's groups by key number. The window aggregate numbers every key
+//! once, in a [`super::group_index::GroupIndex`] that all its open windows share; each
+//! window maps a key's number to its own group of that key here.
+//!
+//! A window holding most keys (a tumbling or hopping window over a steady key set) keeps
+//! an array indexed by key number: a lookup is one read. A sparse window (a few keys of
+//! many, as with many windows open at once) keeps an open-addressing table of `u64`
+//! slots, each the key number + 1 in the high 32 bits and the group in the low: a lookup
+//! hashes a number (one multiplication) and reads slots. Either way no key's bytes are
+//! read, and the memory follows the window's groups (the array is used while it has at
+//! most [`DENSE_SLOTS`] entries per group), not the number of keys.
+
+/// Table slots per group at most, as a fraction: grow past 3/4 full.
+const MAX_LOAD: (usize, usize) = (3, 4);
+/// Array entries per group at most, in the array form.
+const DENSE_SLOTS: usize = 4;
+/// Groups a window has before it may take the array form.
+const DENSE_MIN: usize = 64;
+
+/// One window's group of each of its keys. See the module docs.
+#[derive(Debug)]
+pub(crate) struct KeyGroups {
+    /// The array form (when not empty): per key number, its group + 1, or 0.
+    dense: Vec<u32>,
+    /// The table form (when `dense` is empty): 0 when empty, else
+    /// `(key + 1) << 32 | group`.
+    slots: Vec<u64>,
+    /// log2 of `slots.len()`.
+    bits: u32,
+    len: usize,
+    /// The largest key number held, plus one.
+    keys_below: usize,
+}
+
+impl KeyGroups {
+    /// An empty map.
+    pub(crate) fn new() -> Self {
+        Self {
+            dense: vec![],
+            slots: vec![0; 16],
+            bits: 4,
+            len: 0,
+            keys_below: 0,
+        }
+    }
+
+    /// The heap bytes it holds.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.dense.capacity() * size_of::<u32>() + self.slots.capacity() * size_of::<u64>()
+    }
+
+    /// The first slot to probe for `key`.
+    #[inline]
+    fn home(&self, key: u32) -> usize {
+        ((u64::from(key) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+    }
+
+    /// The group of `key` in the table form, else the empty slot where it would go.
+    #[inline]
+    fn find(&self, key: u32) -> std::result::Result<u32, usize> {
+        let tag = u64::from(key) + 1;
+        let mask = self.slots.len() - 1;
+        let mut pos = self.home(key);
+        loop {
+            let slot = self.slots[pos];
+            if slot == 0 {
+                return Err(pos);
+            }
+            if slot >> 32 == tag {
+                return Ok(slot as u32);
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// The group of `key`, if the window has one.
+    #[inline]
+    pub(crate) fn get(&self, key: u32) -> Option<u32> {
+        if self.dense.is_empty() {
+            self.find(key).ok()
+        } else {
+            match self.dense.get(key as usize) {
+                Some(&g) if g != 0 => Some(g - 1),
+                _ => None,
+            }
+        }
+    }
+
+    /// The group of `key`, else `group`, now its group; and whether it was added.
+    #[inline]
+    pub(crate) fn get_or_insert(&mut self, key: u32, group: u32) -> (u32, bool) {
+        let at = key as usize;
+        if let Some(&g) = self.dense.get(at) {
+            if g != 0 {
+                return (g - 1, false);
+            }
+            self.dense[at] = group + 1;
+            self.len += 1;
+            return (group, true);
+        }
+        if !self.dense.is_empty() {
+            if (self.len + 1) * DENSE_SLOTS > at {
+                // Room in the array form: grow it, by half at least.
+                let grown = (at + 1)
+                    .max(self.dense.len() * 3 / 2)
+                    .min((self.len + 1) * DENSE_SLOTS);
+                self.dense.resize(grown, 0);
+                self.dense[at] = group + 1;
+                self.len += 1;
+                self.keys_below = self.keys_below.max(at + 1);
+                return (group, true);
+            }
+            self.to_table();
+        }
+        match self.find(key) {
+            Ok(g) => (g, false),
+            Err(pos) => {
+                self.slots[pos] = ((u64::from(key) + 1) << 32) | u64::from(group);
+                self.len += 1;
+                self.keys_below = self.keys_below.max(at + 1);
+                if self.len >= DENSE_MIN && self.len * DENSE_SLOTS >= self.keys_below {
+                    self.to_array();
+                } else if self.len * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
+                    self.grow();
+                }
+                (group, true)
+            }
+        }
+    }
+
+    /// Bring where a lookup of `key` reads into the cache.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u32) {
+        if self.dense.is_empty() {
+            crate::native::prefetch(&self.slots[self.home(key)]);
+        } else if let Some(entry) = self.dense.get(key as usize) {
+            crate::native::prefetch(entry);
+        }
+    }
+
+    /// The same groups under new key numbers: group `g`'s key is now `keys[g]`.
+    pub(crate) fn renumber(&mut self, keys: &[u32]) {
+        *self = Self::new();
+        for (g, &key) in keys.iter().enumerate() {
+            self.get_or_insert(key, g as u32);
+        }
+    }
+
+    /// From the table form to the array form.
+    fn to_array(&mut self) {
+        let mut dense = vec![0; self.keys_below];
+        for &slot in self.slots.iter().filter(|s| **s != 0) {
+            dense[((slot >> 32) - 1) as usize] = slot as u32 + 1;
+        }
+        self.dense = dense;
+        self.slots = vec![];
+    }
+
+    /// From the array form to the table form.
+    fn to_table(&mut self) {
+        let dense = std::mem::take(&mut self.dense);
+        let slots = (self.len * MAX_LOAD.1 / MAX_LOAD.0 + 1)
+            .next_power_of_two()
+            .max(16);
+        self.slots = vec![0; slots];
+        self.bits = slots.trailing_zeros();
+        for (key, &g) in dense.iter().enumerate().filter(|(_, g)| **g != 0) {
+            self.place(((key as u64 + 1) << 32) | u64::from(g - 1));
+        }
+    }
+
+    /// Put `slot` of a key not in the table into it.
+    fn place(&mut self, slot: u64) {
+        let mask = self.slots.len() - 1;
+        let mut pos = self.home(((slot >> 32) - 1) as u32);
+        while self.slots[pos] != 0 {
+            pos = (pos + 1) & mask;
+        }
+        self.slots[pos] = slot;
+    }
+
+    /// Double the table.
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        self.bits += 1;
+        self.slots = vec![0; old.len() * 2];
+        for slot in old.into_iter().filter(|s| *s != 0) {
+            self.place(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_their_groups_as_the_table_grows_and_after_renumbering() {
+        let mut map = KeyGroups::new();
+        // Sparse and dense key numbers, key 0 and the largest among them.
+        let keys: Vec<u32> = (0..5000u32)
+            .map(|i| if i % 3 == 0 { i * 7919 } else { i })
+            .chain([u32::MAX - 1])
+            .collect();
+        let mut unique = vec![];
+        for &k in &keys {
+            let next = unique.len() as u32;
+            let (g, new) = map.get_or_insert(k, next);
+            if new {
+                unique.push(k);
+            }
+            assert_eq!(unique[g as usize], k);
+        }
+        for (g, &k) in unique.iter().enumerate() {
+            assert_eq!(map.get(k), Some(g as u32));
+        }
+        assert_eq!(map.get(3), None);
+        assert!(map.dense.is_empty(), "sparse keys are in the table form");
+        assert!(map.heap_bytes() <= unique.len() * 8 * 8 / 3 + 128);
+        let renumbered: Vec<u32> = (0..unique.len() as u32).map(|g| g * 2 + 1).collect();
+        map.renumber(&renumbered);
+        for (g, &k) in renumbered.iter().enumerate() {
+            assert_eq!(map.get(k), Some(g as u32));
+            assert_eq!(map.get(k - 1), None);
+        }
+    }
+
+    #[test]
+    fn dense_then_sparse_then_dense_keys_change_form_and_keep_their_groups() {
+        let mut map = KeyGroups::new();
+        let mut held: Vec<u32> = vec![];
+        let check = |map: &KeyGroups, held: &[u32]| {
+            for (g, &k) in held.iter().enumerate() {
+                assert_eq!(map.get(k), Some(g as u32), "key {k}");
+            }
+            assert!(
+                map.heap_bytes() <= held.len() * 24 + 256,
+                "{}",
+                map.heap_bytes()
+            );
+        };
+        let mut add = |map: &mut KeyGroups, keys: &mut dyn Iterator<Item = u32>| {
+            for k in keys {
+                let next = held.len() as u32;
+                assert_eq!(map.get_or_insert(k, next), (next, true), "key {k}");
+                held.push(k);
+                assert_eq!(map.get_or_insert(k, next + 1), (next, false), "key {k}");
+            }
+            check(map, &held);
+        };
+        add(&mut map, &mut (0..1000).rev());
+        assert!(
+            !map.dense.is_empty(),
+            "1000 of the first 1000 numbers: the array form"
+        );
+        add(&mut map, &mut [1_000_000].into_iter());
+        assert!(map.dense.is_empty(), "one far key: the table form");
+        add(&mut map, &mut (1001..1_200_000).step_by(3));
+        assert!(
+            !map.dense.is_empty(),
+            "a third of the numbers: the array form again"
+        );
+        assert_eq!(map.get(1000), None);
+        assert_eq!(map.get(1002), None);
+        assert_eq!(map.get(5_000_000), None);
+        let renumbered: Vec<u32> = (0..held.len() as u32).collect();
+        map.renumber(&renumbered);
+        for g in 0..held.len() as u32 {
+            assert_eq!(map.get(g), Some(g));
+        }
+    }
+}
