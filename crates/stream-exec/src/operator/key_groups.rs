@@ -110,7 +110,7 @@ impl KeyGroups {
                 self.keys_below = self.keys_below.max(at + 1);
                 return (group, true);
             }
-            self.to_table();
+            self.make_table();
         }
         match self.find(key) {
             Ok(g) => (g, false),
@@ -119,7 +119,7 @@ impl KeyGroups {
                 self.len += 1;
                 self.keys_below = self.keys_below.max(at + 1);
                 if self.len >= DENSE_MIN && self.len * DENSE_SLOTS >= self.keys_below {
-                    self.to_array();
+                    self.make_array();
                 } else if self.len * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
                     self.grow();
                 }
@@ -147,7 +147,7 @@ impl KeyGroups {
     }
 
     /// From the table form to the array form.
-    fn to_array(&mut self) {
+    fn make_array(&mut self) {
         let mut dense = vec![0; self.keys_below];
         for &slot in self.slots.iter().filter(|s| **s != 0) {
             dense[((slot >> 32) - 1) as usize] = slot as u32 + 1;
@@ -157,7 +157,7 @@ impl KeyGroups {
     }
 
     /// From the array form to the table form.
-    fn to_table(&mut self) {
+    fn make_table(&mut self) {
         let dense = std::mem::take(&mut self.dense);
         let slots = (self.len * MAX_LOAD.1 / MAX_LOAD.0 + 1)
             .next_power_of_two()
