@@ -380,6 +380,39 @@ fn keys_that_left_every_window_are_forgotten() {
     }
 }
 
+/// EMIT FINAL writes a closed window's rows in key order, whatever order the keys came
+/// in: with new keys arriving all along, and in windows holding few of the keys.
+#[test]
+fn a_closed_windows_rows_come_in_key_order() {
+    let records: Vec<RawRecord> = (0..900)
+        .map(|i| {
+            // Scrambled keys from a set that grows; the last 20 seconds, one key only.
+            let key = if i < 700 {
+                format!("k{:03}", (i * 37) % (5 + i / 4))
+            } else {
+                "k500".to_string()
+            };
+            event(i, (i % 2) as i32, &key, 1, 1_000_000 + i * 100)
+        })
+        .collect();
+    let sql = &queries()[1];
+    let rows = run(sql, &records, &[50], &[]);
+    let mut windows: Vec<(Value, Vec<String>)> = vec![];
+    for row in &rows {
+        let key = row["k"].as_str().expect("k").to_string();
+        match windows.last_mut() {
+            Some((ws, keys)) if *ws == row["ws"] => keys.push(key),
+            _ => windows.push((row["ws"].clone(), vec![key])),
+        }
+    }
+    assert!(windows.len() >= 20, "{} windows", windows.len());
+    assert!(windows.iter().any(|(_, keys)| keys.len() == 1));
+    assert!(windows.iter().any(|(_, keys)| keys.len() > 50));
+    for (ws, keys) in &windows {
+        assert!(keys.is_sorted(), "window {ws}: {keys:?}");
+    }
+}
+
 /// A key's groups in several windows are one record: a hopping window's event is in
 /// three windows, and their states are written together.
 #[test]

@@ -212,6 +212,9 @@ pub struct WindowAggregateOperator {
     retired: Vec<u32>,
     /// Keys marked `DELETED`.
     deleted: usize,
+    /// Key numbers in key order, of the keys numbered before `sorted.len()` (see
+    /// [`WindowAggregateOperator::in_key_order`]).
+    sorted: Vec<u32>,
     /// Changelog keys read at restore in the form before records were per key: deleted
     /// with the next state changes.
     superseded: Vec<Vec<u8>>,
@@ -305,6 +308,7 @@ impl WindowAggregateOperator {
             left: vec![],
             retired: vec![],
             deleted: 0,
+            sorted: vec![],
             superseded: vec![],
             groups: 0,
             window_end: *window_end,
@@ -483,6 +487,55 @@ impl WindowAggregateOperator {
         Ok(out)
     }
 
+    /// `window`'s groups in the order of their keys. A window holding a good share of
+    /// the keys (as every window does over a steady key set) takes them from the keys in
+    /// order, kept across windows; another sorts its own.
+    fn in_key_order(&mut self, window: &Window) -> Vec<u32> {
+        if window.keys.len() * 4 >= self.index.len() {
+            self.sort_keys();
+            return self
+                .sorted
+                .iter()
+                .filter_map(|&k| window.groups.get(k))
+                .collect();
+        }
+        let mut sorted: Vec<(&[u8], u32)> = window
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(g, &k)| (self.index.key(k), g as u32))
+            .collect();
+        sorted.sort_unstable();
+        sorted.into_iter().map(|(_, g)| g).collect()
+    }
+
+    /// Bring `sorted` up to every key numbered: the keys numbered since, sorted, merged
+    /// in.
+    fn sort_keys(&mut self) {
+        let (from, to) = (self.sorted.len() as u32, self.index.len() as u32);
+        if from == to {
+            return;
+        }
+        let index = &self.index;
+        let mut new: Vec<(&[u8], u32)> = (from..to).map(|k| (index.key(k), k)).collect();
+        new.sort_unstable();
+        let old = std::mem::take(&mut self.sorted);
+        let mut merged = Vec::with_capacity(to as usize);
+        let mut old = old.into_iter().peekable();
+        for (key, k) in new {
+            while let Some(&o) = old.peek() {
+                if index.key(o) > key {
+                    break;
+                }
+                merged.push(o);
+                old.next();
+            }
+            merged.push(k);
+        }
+        merged.extend(old);
+        self.sorted = merged;
+    }
+
     /// Number the keys again without the deleted ones, once they outnumber the others
     /// (by [`DELETED_SLACK`]), so the index stays bounded on an unbounded key space.
     fn drop_deleted_keys(&mut self) -> Result<()> {
@@ -518,6 +571,7 @@ impl WindowAggregateOperator {
             *k = numbers[*k as usize];
         }
         self.index = index;
+        self.sorted.clear();
         self.held = held;
         self.key_flags = key_flags;
         self.deleted = 0;
@@ -674,15 +728,12 @@ impl Operator for WindowAggregateOperator {
             self.groups -= window.keys.len();
             if self.emit == Emit::Final {
                 // In key order, so the output does not depend on arrival (or restore) order.
-                let mut sorted: Vec<(&[u8], u32)> = window
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .map(|(g, &k)| (self.index.key(k), g as u32))
-                    .collect();
-                sorted.sort_unstable();
-                let keys = self.keys.decode_bytes(sorted.iter().map(|&(key, _)| key))?;
-                let groups: Vec<u32> = sorted.into_iter().map(|(_, g)| g).collect();
+                let groups = self.in_key_order(&window);
+                let keys = self.keys.decode_bytes(
+                    groups
+                        .iter()
+                        .map(|&g| self.index.key(window.keys[g as usize])),
+                )?;
                 let columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
                 let order = vec![0; groups.len()];
                 parts.push(self.part(&mut window, &groups, columns, order)?);
@@ -704,7 +755,10 @@ impl Operator for WindowAggregateOperator {
             + self.index.heap_bytes()
             + self.held.capacity() * size_of::<u32>()
             + self.key_flags.capacity()
-            + (self.changed.capacity() + self.left.capacity() + self.retired.capacity())
+            + (self.changed.capacity()
+                + self.left.capacity()
+                + self.retired.capacity()
+                + self.sorted.capacity())
                 * size_of::<u32>()
     }
 
