@@ -44,6 +44,27 @@ impl KeyGroups {
         }
     }
 
+    /// How many keys (groups) it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Every `(key, group)` it holds, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let dense = self
+            .dense
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g != 0)
+            .map(|(k, g)| (k as u32, g - 1));
+        let table = self
+            .slots
+            .iter()
+            .filter(|s| **s != 0)
+            .map(|s| (((s >> 32) - 1) as u32, *s as u32));
+        dense.chain(table)
+    }
+
     /// The heap bytes it holds.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.dense.capacity() * size_of::<u32>() + self.slots.capacity() * size_of::<u64>()
@@ -100,10 +121,12 @@ impl KeyGroups {
         }
         if !self.dense.is_empty() {
             if (self.len + 1) * DENSE_SLOTS > at {
-                // Room in the array form: grow it, by half at least.
+                // Room in the array form: grow it, by an eighth at least (exactly: the
+                // array's size counts in the state's bytes per group).
                 let grown = (at + 1)
-                    .max(self.dense.len() * 3 / 2)
+                    .max(self.dense.len() + self.dense.len() / 8)
                     .min((self.len + 1) * DENSE_SLOTS);
+                self.dense.reserve_exact(grown - self.dense.len());
                 self.dense.resize(grown, 0);
                 self.dense[at] = group + 1;
                 self.len += 1;
@@ -138,11 +161,12 @@ impl KeyGroups {
         }
     }
 
-    /// The same groups under new key numbers: group `g`'s key is now `keys[g]`.
-    pub(crate) fn renumber(&mut self, keys: &[u32]) {
+    /// The same groups under new key numbers: key `k` is now `numbers[k]`.
+    pub(crate) fn renumber(&mut self, numbers: &[u32]) {
+        let pairs: Vec<(u32, u32)> = self.iter().collect();
         *self = Self::new();
-        for (g, &key) in keys.iter().enumerate() {
-            self.get_or_insert(key, g as u32);
+        for (key, g) in pairs {
+            self.get_or_insert(numbers[key as usize], g);
         }
     }
 
@@ -195,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_keep_their_groups_as_the_table_grows_and_after_renumbering() {
+    fn sparse_keys_keep_their_groups_as_the_table_grows() {
         let mut map = KeyGroups::new();
         // Sparse and dense key numbers, key 0 and the largest among them.
         let keys: Vec<u32> = (0..5000u32)
@@ -217,12 +241,10 @@ mod tests {
         assert_eq!(map.get(3), None);
         assert!(map.dense.is_empty(), "sparse keys are in the table form");
         assert!(map.heap_bytes() <= unique.len() * 8 * 8 / 3 + 128);
-        let renumbered: Vec<u32> = (0..unique.len() as u32).map(|g| g * 2 + 1).collect();
-        map.renumber(&renumbered);
-        for (g, &k) in renumbered.iter().enumerate() {
-            assert_eq!(map.get(k), Some(g as u32));
-            assert_eq!(map.get(k - 1), None);
-        }
+        let mut pairs: Vec<(u32, u32)> = map.iter().collect();
+        pairs.sort_unstable_by_key(|&(_, g)| g);
+        let expected: Vec<(u32, u32)> = (0..).zip(&unique).map(|(g, &k)| (k, g)).collect();
+        assert_eq!(pairs, expected);
     }
 
     #[test]
@@ -263,8 +285,13 @@ mod tests {
         assert_eq!(map.get(1000), None);
         assert_eq!(map.get(1002), None);
         assert_eq!(map.get(5_000_000), None);
-        let renumbered: Vec<u32> = (0..held.len() as u32).collect();
-        map.renumber(&renumbered);
+        assert_eq!(map.len(), held.len());
+        // Key `held[g]` becomes `g`.
+        let mut numbers = vec![u32::MAX; 1_200_000];
+        for (g, &k) in held.iter().enumerate() {
+            numbers[k as usize] = g as u32;
+        }
+        map.renumber(&numbers);
         for g in 0..held.len() as u32 {
             assert_eq!(map.get(g), Some(g));
         }

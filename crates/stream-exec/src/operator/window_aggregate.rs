@@ -79,10 +79,8 @@ const ROW_BYTES_GUESS: usize = 96;
 struct Window {
     /// The window's values of the window bound columns ([`Bounds`]).
     bounds: Vec<ScalarValue>,
-    /// Its group of each of its keys, by key number.
+    /// Its group of each of its keys, by key number; groups are numbered densely.
     groups: KeyGroups,
-    /// Per group: its key's number.
-    keys: Vec<u32>,
     states: GroupStates,
     /// Per group: `WRITTEN`, `TOUCHED`.
     flags: Vec<u8>,
@@ -93,7 +91,6 @@ impl Window {
         Self {
             bounds,
             groups: KeyGroups::new(),
-            keys: vec![],
             states: GroupStates::new(aggregates),
             flags: vec![],
         }
@@ -102,9 +99,8 @@ impl Window {
     /// The group of key `k`, added (with a fresh state) when the window has none; and
     /// whether it was added.
     fn group(&mut self, aggregates: &Aggregates, k: u32) -> Result<(u32, bool)> {
-        let (g, new) = self.groups.get_or_insert(k, self.keys.len() as u32);
+        let (g, new) = self.groups.get_or_insert(k, self.groups.len() as u32);
         if new {
-            self.keys.push(k);
             self.states.push(aggregates)?;
             self.flags.push(0);
         }
@@ -112,10 +108,7 @@ impl Window {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.groups.heap_bytes()
-            + self.keys.capacity() * size_of::<u32>()
-            + self.states.heap_bytes()
-            + self.flags.capacity()
+        self.groups.heap_bytes() + self.states.heap_bytes() + self.flags.capacity()
     }
 }
 
@@ -487,26 +480,25 @@ impl WindowAggregateOperator {
         Ok(out)
     }
 
-    /// `window`'s groups in the order of their keys. A window holding a good share of
-    /// the keys (as every window does over a steady key set) takes them from the keys in
+    /// `window`'s `(key, group)`s in key order. A window holding a good share of the
+    /// keys (as every window does over a steady key set) takes them from the keys in
     /// order, kept across windows; another sorts its own.
-    fn in_key_order(&mut self, window: &Window) -> Vec<u32> {
-        if window.keys.len() * 4 >= self.index.len() {
+    fn in_key_order(&mut self, window: &Window) -> Vec<(u32, u32)> {
+        if window.groups.len() * 4 >= self.index.len() {
             self.sort_keys();
             return self
                 .sorted
                 .iter()
-                .filter_map(|&k| window.groups.get(k))
+                .filter_map(|&k| window.groups.get(k).map(|g| (k, g)))
                 .collect();
         }
-        let mut sorted: Vec<(&[u8], u32)> = window
-            .keys
+        let mut sorted: Vec<(&[u8], u32, u32)> = window
+            .groups
             .iter()
-            .enumerate()
-            .map(|(g, &k)| (self.index.key(k), g as u32))
+            .map(|(k, g)| (self.index.key(k), k, g))
             .collect();
         sorted.sort_unstable();
-        sorted.into_iter().map(|(_, g)| g).collect()
+        sorted.into_iter().map(|(_, k, g)| (k, g)).collect()
     }
 
     /// Bring `sorted` up to every key numbered: the keys numbered since, sorted, merged
@@ -557,10 +549,7 @@ impl WindowAggregateOperator {
             key_flags.push(self.key_flags[k]);
         }
         for window in self.windows.values_mut() {
-            for k in &mut window.keys {
-                *k = numbers[*k as usize];
-            }
-            window.groups.renumber(&window.keys);
+            window.groups.renumber(&numbers);
         }
         for k in self
             .retired
@@ -699,11 +688,8 @@ impl Operator for WindowAggregateOperator {
                         .collect::<std::result::Result<Vec<_>, _>>()
                         .map_err(ExecError::arrow("selecting group keys"))?
                 } else {
-                    self.keys.decode_bytes(
-                        groups
-                            .iter()
-                            .map(|&g| self.index.key(window.keys[g as usize])),
-                    )?
+                    self.keys
+                        .decode_bytes(first.iter().map(|&r| self.index.key(numbers[r as usize])))?
                 };
                 let columns = self
                     .bounds
@@ -725,20 +711,19 @@ impl Operator for WindowAggregateOperator {
                 break;
             }
             let mut window = entry.remove();
-            self.groups -= window.keys.len();
+            self.groups -= window.groups.len();
             if self.emit == Emit::Final {
                 // In key order, so the output does not depend on arrival (or restore) order.
-                let groups = self.in_key_order(&window);
-                let keys = self.keys.decode_bytes(
-                    groups
-                        .iter()
-                        .map(|&g| self.index.key(window.keys[g as usize])),
-                )?;
+                let (numbers, groups): (Vec<u32>, Vec<u32>) =
+                    self.in_key_order(&window).into_iter().unzip();
+                let keys = self
+                    .keys
+                    .decode_bytes(numbers.iter().map(|&k| self.index.key(k)))?;
                 let columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
                 let order = vec![0; groups.len()];
                 parts.push(self.part(&mut window, &groups, columns, order)?);
             }
-            for &k in &window.keys {
+            for (k, _) in window.groups.iter() {
                 self.release(k);
             }
             self.window_closed = true;
