@@ -1,24 +1,21 @@
-//! `GroupIndex`: numbers the distinct group keys of one window densely (0, 1, 2, …), so
-//! the aggregates' state can live in plain vectors indexed by group (see
-//! [`super::group_states`]).
+//! `GroupIndex`: numbers distinct group keys densely (0, 1, 2, …): the keys of every
+//! open window of a window aggregate, or the keys of a session aggregate. Numbers let
+//! state live in plain vectors indexed by them (see [`super::group_states`]).
 //!
-//! Keys are arrow row-format bytes, stored back to back in one buffer; the hash table is
-//! an open-addressing array of `u64` slots, each holding a group's number and 32 bits of
-//! its key's hash. A new group therefore costs no allocation of its own, a lookup
-//! compares key bytes only when those hash bits match, and dropping a window frees its
-//! keys all at once. While every key has the same length (numbers, fixed-format ids),
-//! group `g`'s key is found at `g` times that length: a lookup then reads the table and
-//! the key, and not also where the key ends. With 100,000 groups those are cache misses
-//! each.
+//! Keys are arrow row-format bytes, stored back to back in one buffer; the hash table
+//! ([`SlotTable`]) holds `u64` slots, each a key's number and 32 bits of its hash. A new
+//! key therefore costs no allocation of its own, a lookup compares key bytes only when
+//! those hash bits match, and dropping the index frees its keys all at once. While every
+//! key has the same length (numbers, fixed-format ids), key `g` is found at `g` times that
+//! length: a lookup then reads the table and the key, and not also where the key ends.
+//! With 100,000 keys those are cache misses each.
 
 use std::hash::BuildHasher;
 
 use datafusion::common::hash_utils::RandomState;
 
+use super::slot_table::SlotTable;
 use crate::error::{ExecError, Result};
-
-/// Hash table slots per group at most, as a fraction: grow past 3/4 full.
-const MAX_LOAD: (usize, usize) = (3, 4);
 
 /// How many lookups ahead [`GroupIndex::prefetch_ahead`] brings a hash slot into the
 /// cache, and how many the key a slot points to.
@@ -37,10 +34,8 @@ pub(crate) struct GroupIndex {
     ends: Vec<u32>,
     /// Number of groups.
     groups: u32,
-    /// 0 when empty, else the key's hash tag in the high 32 bits and group + 1 in the low.
-    slots: Vec<u64>,
-    /// log2 of `slots.len()`.
-    bits: u32,
+    /// Per group: its key's hash tag (the hash's high 32 bits) and group + 1.
+    table: SlotTable,
 }
 
 /// The hash table's hasher: the one DataFusion's own hash tables use.
@@ -56,16 +51,12 @@ impl GroupIndex {
 
     /// An empty index with room for `groups` groups before its table grows.
     pub(crate) fn with_capacity(groups: usize) -> Self {
-        let slots = (groups * MAX_LOAD.1 / MAX_LOAD.0 + 1)
-            .next_power_of_two()
-            .max(16);
         Self {
             bytes: vec![],
             width: None,
             ends: vec![],
             groups: 0,
-            slots: vec![0; slots],
-            bits: slots.trailing_zeros(),
+            table: SlotTable::with_capacity(groups),
         }
     }
 
@@ -76,9 +67,7 @@ impl GroupIndex {
 
     /// The heap bytes it holds (allocated capacity, not only what is in use).
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.bytes.capacity()
-            + self.ends.capacity() * size_of::<u32>()
-            + self.slots.capacity() * size_of::<u64>()
+        self.bytes.capacity() + self.ends.capacity() * size_of::<u32>() + self.table.heap_bytes()
     }
 
     /// The key of group `g`.
@@ -93,32 +82,13 @@ impl GroupIndex {
         }
     }
 
-    /// The first slot to probe for a key whose hash tag is `tag`.
-    fn home(&self, tag: u32) -> usize {
-        // Fibonacci hashing spreads the tag over the table; all 32 tag bits still tell
-        // apart the keys that meet in one probe sequence.
-        ((u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> (64 - self.bits)) as usize
-    }
-
     /// The group of `key` (whose [`hash_key`] is `hash`), else the empty slot where it
     /// would go.
+    #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> std::result::Result<u32, usize> {
-        let tag = (hash >> 32) as u32;
-        let mask = self.slots.len() - 1;
-        let mut pos = self.home(tag);
-        loop {
-            let slot = self.slots[pos];
-            if slot == 0 {
-                return Err(pos);
-            }
-            if (slot >> 32) as u32 == tag {
-                let g = (slot as u32) - 1;
-                if self.key(g) == key {
-                    return Ok(g);
-                }
-            }
-            pos = (pos + 1) & mask;
-        }
+        self.table
+            .find((hash >> 32) as u32, |g| self.key(g - 1) == key)
+            .map(|g| g - 1)
     }
 
     /// Before looking up the key of `hashes[i]`: bring into the cache the slot where the
@@ -138,7 +108,7 @@ impl GroupIndex {
     /// Bring the slot where a lookup of `hash` starts into the cache.
     #[inline]
     fn prefetch_slot(&self, hash: u64) {
-        crate::native::prefetch(&self.slots[self.home((hash >> 32) as u32)]);
+        crate::native::prefetch(self.table.first((hash >> 32) as u32));
     }
 
     /// Bring the key of the group in the slot where a lookup of `hash` starts into the
@@ -146,7 +116,7 @@ impl GroupIndex {
     #[inline]
     fn prefetch_key(&self, hash: u64) {
         let tag = (hash >> 32) as u32;
-        let slot = self.slots[self.home(tag)];
+        let slot = *self.table.first(tag);
         if slot != 0 && (slot >> 32) as u32 == tag {
             let g = (slot as u32 - 1) as usize;
             let at = match self.width {
@@ -175,16 +145,10 @@ impl GroupIndex {
         };
         let g = self.groups;
         if g == u32::MAX {
-            return Err(ExecError::internal(
-                "WindowAggregate",
-                "too many groups in a window",
-            ));
+            return Err(ExecError::internal("WindowAggregate", "too many keys"));
         }
         if u32::try_from(self.bytes.len() + key.len()).is_err() {
-            return Err(ExecError::internal(
-                "WindowAggregate",
-                "window keys exceed 4 GiB",
-            ));
+            return Err(ExecError::internal("WindowAggregate", "keys exceed 4 GiB"));
         }
         match self.width {
             None if g == 0 => self.width = Some(key.len()),
@@ -200,26 +164,8 @@ impl GroupIndex {
             self.ends.push(self.bytes.len() as u32);
         }
         self.groups += 1;
-        self.slots[pos] = (u64::from(tag) << 32) | u64::from(g + 1);
-        if self.len() * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
-            self.grow();
-        }
+        self.table.fill(pos, tag, g + 1, self.len());
         Ok((g, true))
-    }
-
-    /// Double the table; slots move by their stored tags, keys are not read.
-    fn grow(&mut self) {
-        let old = std::mem::take(&mut self.slots);
-        self.bits += 1;
-        self.slots = vec![0; old.len() * 2];
-        let mask = self.slots.len() - 1;
-        for slot in old.into_iter().filter(|s| *s != 0) {
-            let mut pos = self.home((slot >> 32) as u32);
-            while self.slots[pos] != 0 {
-                pos = (pos + 1) & mask;
-            }
-            self.slots[pos] = slot;
-        }
     }
 }
 

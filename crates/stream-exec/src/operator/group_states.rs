@@ -1,6 +1,6 @@
 //! `GroupStates`: the aggregates' state of many groups (one window's, or every open
-//! session's), column by column, indexed by dense group numbers (those of
-//! [`super::group_index::GroupIndex`], or session slots of
+//! session's), column by column, indexed by dense group numbers (a window's, of
+//! [`super::key_groups::KeyGroups`], or session slots of
 //! [`super::session_index::SessionIndex`]).
 //!
 //! The common aggregates whose DataFusion state is a few primitives (`COUNT`, `SUM`,

@@ -4,14 +4,14 @@
 //!
 //! A window holding most keys (a tumbling or hopping window over a steady key set) keeps
 //! an array indexed by key number: a lookup is one read. A sparse window (a few keys of
-//! many, as with many windows open at once) keeps an open-addressing table of `u64`
-//! slots, each the key number + 1 in the high 32 bits and the group in the low: a lookup
-//! hashes a number (one multiplication) and reads slots. Either way no key's bytes are
+//! many, as with many windows open at once) keeps a hash table ([`SlotTable`]) tagged
+//! with the key number + 1, holding the group: a lookup hashes a number (one
+//! multiplication) and reads slots. Either way no key's bytes are
 //! read, and the memory follows the window's groups (the array is used while it has at
 //! most [`DENSE_SLOTS`] entries per group), not the number of keys.
 
-/// Table slots per group at most, as a fraction: grow past 3/4 full.
-const MAX_LOAD: (usize, usize) = (3, 4);
+use super::slot_table::SlotTable;
+
 /// Array entries per group at most, in the array form.
 const DENSE_SLOTS: usize = 4;
 /// Groups a window has before it may take the array form.
@@ -22,11 +22,8 @@ const DENSE_MIN: usize = 64;
 pub(crate) struct KeyGroups {
     /// The array form (when not empty): per key number, its group + 1, or 0.
     dense: Vec<u32>,
-    /// The table form (when `dense` is empty): 0 when empty, else
-    /// `(key + 1) << 32 | group`.
-    slots: Vec<u64>,
-    /// log2 of `slots.len()`.
-    bits: u32,
+    /// The table form (when `dense` is empty): tagged with key + 1, holding the group.
+    table: SlotTable,
     len: usize,
     /// The largest key number held, plus one.
     keys_below: usize,
@@ -37,8 +34,7 @@ impl KeyGroups {
     pub(crate) fn new() -> Self {
         Self {
             dense: vec![],
-            slots: vec![0; 16],
-            bits: 4,
+            table: SlotTable::with_capacity(0),
             len: 0,
             keys_below: 0,
         }
@@ -57,41 +53,19 @@ impl KeyGroups {
             .enumerate()
             .filter(|(_, g)| **g != 0)
             .map(|(k, g)| (k as u32, g - 1));
-        let table = self
-            .slots
-            .iter()
-            .filter(|s| **s != 0)
-            .map(|s| (((s >> 32) - 1) as u32, *s as u32));
+        let table = self.table.iter().map(|(tag, g)| (tag - 1, g));
         dense.chain(table)
     }
 
     /// The heap bytes it holds.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.dense.capacity() * size_of::<u32>() + self.slots.capacity() * size_of::<u64>()
-    }
-
-    /// The first slot to probe for `key`.
-    #[inline]
-    fn home(&self, key: u32) -> usize {
-        ((u64::from(key) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+        self.dense.capacity() * size_of::<u32>() + self.table.heap_bytes()
     }
 
     /// The group of `key` in the table form, else the empty slot where it would go.
     #[inline]
     fn find(&self, key: u32) -> std::result::Result<u32, usize> {
-        let tag = u64::from(key) + 1;
-        let mask = self.slots.len() - 1;
-        let mut pos = self.home(key);
-        loop {
-            let slot = self.slots[pos];
-            if slot == 0 {
-                return Err(pos);
-            }
-            if slot >> 32 == tag {
-                return Ok(slot as u32);
-            }
-            pos = (pos + 1) & mask;
-        }
+        self.table.find(key + 1, |_| true)
     }
 
     /// The group of `key`, if the window has one.
@@ -138,13 +112,11 @@ impl KeyGroups {
         match self.find(key) {
             Ok(g) => (g, false),
             Err(pos) => {
-                self.slots[pos] = ((u64::from(key) + 1) << 32) | u64::from(group);
                 self.len += 1;
+                self.table.fill(pos, key + 1, group, self.len);
                 self.keys_below = self.keys_below.max(at + 1);
                 if self.len >= DENSE_MIN && self.len * DENSE_SLOTS >= self.keys_below {
                     self.make_array();
-                } else if self.len * MAX_LOAD.1 > self.slots.len() * MAX_LOAD.0 {
-                    self.grow();
                 }
                 (group, true)
             }
@@ -155,7 +127,7 @@ impl KeyGroups {
     #[inline]
     pub(crate) fn prefetch(&self, key: u32) {
         if self.dense.is_empty() {
-            crate::native::prefetch(&self.slots[self.home(key)]);
+            crate::native::prefetch(self.table.first(key + 1));
         } else if let Some(entry) = self.dense.get(key as usize) {
             crate::native::prefetch(entry);
         }
@@ -173,43 +145,20 @@ impl KeyGroups {
     /// From the table form to the array form.
     fn make_array(&mut self) {
         let mut dense = vec![0; self.keys_below];
-        for &slot in self.slots.iter().filter(|s| **s != 0) {
-            dense[((slot >> 32) - 1) as usize] = slot as u32 + 1;
+        for (tag, g) in self.table.iter() {
+            dense[tag as usize - 1] = g + 1;
         }
         self.dense = dense;
-        self.slots = vec![];
+        self.table = SlotTable::with_capacity(0);
     }
 
     /// From the array form to the table form.
     fn make_table(&mut self) {
         let dense = std::mem::take(&mut self.dense);
-        let slots = (self.len * MAX_LOAD.1 / MAX_LOAD.0 + 1)
-            .next_power_of_two()
-            .max(16);
-        self.slots = vec![0; slots];
-        self.bits = slots.trailing_zeros();
+        self.table = SlotTable::with_capacity(self.len);
         for (key, &g) in dense.iter().enumerate().filter(|(_, g)| **g != 0) {
-            self.place(((key as u64 + 1) << 32) | u64::from(g - 1));
-        }
-    }
-
-    /// Put `slot` of a key not in the table into it.
-    fn place(&mut self, slot: u64) {
-        let mask = self.slots.len() - 1;
-        let mut pos = self.home(((slot >> 32) - 1) as u32);
-        while self.slots[pos] != 0 {
-            pos = (pos + 1) & mask;
-        }
-        self.slots[pos] = slot;
-    }
-
-    /// Double the table.
-    fn grow(&mut self) {
-        let old = std::mem::take(&mut self.slots);
-        self.bits += 1;
-        self.slots = vec![0; old.len() * 2];
-        for slot in old.into_iter().filter(|s| *s != 0) {
-            self.place(slot);
+            self.table
+                .place(((key as u64 + 1) << 32) | u64::from(g - 1));
         }
     }
 }

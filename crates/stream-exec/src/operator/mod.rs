@@ -14,6 +14,7 @@ mod key_groups;
 mod project;
 mod session_aggregate;
 mod session_index;
+mod slot_table;
 mod window_aggregate;
 mod written_rows;
 
