@@ -16,6 +16,7 @@ mod session_aggregate;
 mod session_index;
 mod slot_table;
 mod window_aggregate;
+mod window_keys;
 mod written_rows;
 
 pub use filter::FilterOperator;

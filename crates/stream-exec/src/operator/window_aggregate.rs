@@ -3,7 +3,7 @@
 //!
 //! Group keys (the GROUP BY values but the window bounds, which are the same for all of a
 //! window's groups and kept once per window) are encoded with arrow's row format and
-//! numbered once, in one [`GroupIndex`] that every open window shares: a hopping window's
+//! numbered once for every open window together ([`WindowKeys`]): a hopping window's
 //! event hashes and looks up its key once, not once per window. State is kept per window,
 //! by window end: [`KeyGroups`] maps a key's number to the window's dense group number,
 //! and [`GroupStates`] holds every aggregate's state of its groups in vectors indexed by
@@ -23,8 +23,6 @@
 //! windows next close, unless it is in a window again by then (most keys are: a key's
 //! next window opens right after its last one closes). A record may so hold groups of
 //! windows already closed; a restore skips them, by the watermark restored with them.
-//! Keys deleted so stay numbered until they outnumber the others, then the index is
-//! built again without them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,8 +32,6 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{concat_batches, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::Rows;
-use datafusion::common::hash_utils::RandomState;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
@@ -43,9 +39,9 @@ use sluice_sql_planner::window::WINDOW_COLUMNS;
 use sluice_sql_planner::{Emit, StreamOperator, WindowKind};
 
 use super::aggregates::{changes, Aggregates, GroupKeys, Having, Outcome};
-use super::group_index::{hash_key, GroupIndex};
 use super::group_states::GroupStates;
 use super::key_groups::KeyGroups;
+use super::window_keys::WindowKeys;
 use super::{physical, ChangeBatch, Operator};
 use crate::error::{ExecError, Result};
 use crate::state::{json_keys, StateChange, StateCodec};
@@ -59,16 +55,6 @@ const ALL_TIME: i64 = i64::MAX;
 /// CHANGES); touched by the current batch.
 const WRITTEN: u8 = 1;
 const TOUCHED: u8 = 2;
-/// Key flags, one byte per key: in the operator's `changed`, `left`, `retired` lists;
-/// its record was deleted and no window has held it since.
-const CHANGED: u8 = 1;
-const LEFT: u8 = 2;
-const RETIRED: u8 = 4;
-const DELETED: u8 = 8;
-/// Deleted keys stay numbered until there are more of them than of the others and than
-/// this. Small in debug builds, so that every test with a few keys leaving windows also
-/// numbers keys again.
-const DELETED_SLACK: usize = if cfg!(debug_assertions) { 2 } else { 1 << 16 };
 /// How many keys ahead the changed keys' groups are brought into the cache.
 const PREFETCH_KEYS: usize = 16;
 /// Bytes a state row of one group is taken to need, to size a key's changelog value (a
@@ -186,28 +172,8 @@ pub struct WindowAggregateOperator {
     having: Option<Having>,
     /// Open windows by end; `ALL_TIME` when not windowed.
     windows: BTreeMap<i64, Window>,
-    /// Every key with a group in an open window, or whose changelog record may yet be
-    /// deleted, numbered; and keys deleted since it was last built.
-    index: GroupIndex,
-    /// Per key: how many open windows have a group of it.
-    held: Vec<u32>,
-    /// Per key: `CHANGED`, `LEFT`, `RETIRED`, `DELETED`.
-    key_flags: Vec<u8>,
-    /// Keys with a group changed since state was last taken.
-    changed: Vec<u32>,
-    /// Whether a window closed since state was last taken.
-    window_closed: bool,
-    /// Keys that left every window (their last one closed) since state was last taken.
-    left: Vec<u32>,
-    /// Keys that left every window before that (or, after a restore, keys whose record
-    /// held only closed windows): their records are deleted when windows next close
-    /// unless the key is in a window again by then.
-    retired: Vec<u32>,
-    /// Keys marked `DELETED`.
-    deleted: usize,
-    /// Key numbers in key order, of the keys numbered before `sorted.len()` (see
-    /// [`WindowAggregateOperator::in_key_order`]).
-    sorted: Vec<u32>,
+    /// The keys of the open windows, numbered.
+    keys_held: WindowKeys,
     /// Changelog keys read at restore in the form before records were per key: deleted
     /// with the next state changes.
     superseded: Vec<Vec<u8>>,
@@ -217,7 +183,6 @@ pub struct WindowAggregateOperator {
     /// Whether the windows hop: a record's row per window come one after the other.
     hopping: bool,
     emit: Emit,
-    hasher: RandomState,
     /// State rows: the group columns, the aggregates' states, `written`.
     codec: StateCodec,
     group_names: Vec<String>,
@@ -293,22 +258,13 @@ impl WindowAggregateOperator {
                 .map(|h| Having::new(h, output, NAME))
                 .transpose()?,
             windows: BTreeMap::new(),
-            index: GroupIndex::new(),
-            held: vec![],
-            key_flags: vec![],
-            changed: vec![],
-            window_closed: false,
-            left: vec![],
-            retired: vec![],
-            deleted: 0,
-            sorted: vec![],
+            keys_held: WindowKeys::new(),
             superseded: vec![],
             groups: 0,
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
             hopping: window.is_some_and(|w| matches!(w.spec.kind, WindowKind::Hopping { .. })),
             emit: *emit,
-            hasher: RandomState::default(),
         })
     }
 
@@ -374,103 +330,18 @@ impl WindowAggregateOperator {
         )
     }
 
-    /// The number of each row's key. With hopping windows, a row with the key of the row
-    /// before (a record's rows, one per window, come one after the other) takes its
-    /// number without hashing or a lookup.
-    fn numbers(&mut self, rows: &Rows) -> Result<Vec<u32>> {
-        let n = rows.num_rows();
-        let firsts: Vec<usize> = if self.hopping {
-            (0..n)
-                .filter(|&r| r == 0 || rows.row(r).as_ref() != rows.row(r - 1).as_ref())
-                .collect()
-        } else {
-            (0..n).collect()
-        };
-        let hashes: Vec<u64> = firsts
-            .iter()
-            .map(|&r| hash_key(&self.hasher, rows.row(r).as_ref()))
-            .collect();
-        let mut numbers = Vec::with_capacity(n);
-        for (i, &first) in firsts.iter().enumerate() {
-            self.index.prefetch_ahead(&hashes, i);
-            let k = self.number(hashes[i], rows.row(first).as_ref())?;
-            let end = firsts.get(i + 1).copied().unwrap_or(n);
-            numbers.resize(end, k);
-        }
-        Ok(numbers)
-    }
-
-    /// The number of `key` (whose [`hash_key`] is `hash`), numbered now if it had none.
-    fn number(&mut self, hash: u64, key: &[u8]) -> Result<u32> {
-        let (k, new) = self.index.intern(hash, key)?;
-        if new {
-            self.held.push(0);
-            self.key_flags.push(0);
-        }
-        Ok(k)
-    }
-
-    /// Key `k` got a group in a window.
-    fn hold(&mut self, k: u32) {
-        let k = k as usize;
-        if self.key_flags[k] & DELETED != 0 {
-            self.key_flags[k] &= !DELETED;
-            self.deleted -= 1;
-        }
-        self.held[k] += 1;
-    }
-
-    /// Key `k`'s group in a window that closed is gone.
-    fn release(&mut self, k: u32) {
-        let at = k as usize;
-        self.held[at] -= 1;
-        if self.held[at] == 0 && self.key_flags[at] & LEFT == 0 {
-            self.key_flags[at] |= LEFT;
-            self.left.push(k);
-        }
-    }
-
-    /// A group of key `k` changed.
-    #[inline]
-    fn mark_changed(&mut self, k: u32) {
-        let flags = &mut self.key_flags[k as usize];
-        if *flags & CHANGED == 0 {
-            *flags |= CHANGED;
-            self.changed.push(k);
-        }
-    }
-
-    /// Deletes for the records of keys that have left every window. Checked when windows
-    /// close, for the keys that left the time before: a key with events in every window
-    /// (most, with a key's next window opening right after) is written again with its new
-    /// window rather than deleted and written again.
+    /// Deletes for the records of keys that have left every window (see
+    /// [`WindowKeys::take_gone`]), and for the records superseded at restore.
     fn deleted_keys(&mut self) -> Result<Vec<StateChange>> {
         let mut out: Vec<StateChange> = std::mem::take(&mut self.superseded)
             .into_iter()
             .map(|key| StateChange { key, value: None })
             .collect();
-        if !std::mem::take(&mut self.window_closed) {
-            return Ok(out);
-        }
-        let mut gone = vec![];
-        for k in std::mem::take(&mut self.retired) {
-            let flags = &mut self.key_flags[k as usize];
-            *flags &= !RETIRED;
-            // Not when it left again since: it is retired anew below.
-            if self.held[k as usize] == 0 && *flags & (LEFT | DELETED) == 0 {
-                *flags |= DELETED;
-                self.deleted += 1;
-                gone.push(k);
-            }
-        }
-        for &k in &self.left {
-            self.key_flags[k as usize] = (self.key_flags[k as usize] & !LEFT) | RETIRED;
-        }
-        self.retired = std::mem::take(&mut self.left);
+        let gone = self.keys_held.take_gone();
         if !gone.is_empty() {
             let keys = self
                 .keys
-                .decode_bytes(gone.iter().map(|&k| self.index.key(k)))?;
+                .decode_bytes(gone.iter().map(|&k| self.keys_held.key(k)))?;
             out.extend(
                 json_keys(&keys, &self.key_names, gone.len())?
                     .into_iter()
@@ -480,90 +351,13 @@ impl WindowAggregateOperator {
         Ok(out)
     }
 
-    /// `window`'s `(key, group)`s in key order. A window holding a good share of the
-    /// keys (as every window does over a steady key set) takes them from the keys in
-    /// order, kept across windows; another sorts its own.
-    fn in_key_order(&mut self, window: &Window) -> Vec<(u32, u32)> {
-        if window.groups.len() * 4 >= self.index.len() {
-            self.sort_keys();
-            return self
-                .sorted
-                .iter()
-                .filter_map(|&k| window.groups.get(k).map(|g| (k, g)))
-                .collect();
-        }
-        let mut sorted: Vec<(&[u8], u32, u32)> = window
-            .groups
-            .iter()
-            .map(|(k, g)| (self.index.key(k), k, g))
-            .collect();
-        sorted.sort_unstable();
-        sorted.into_iter().map(|(_, k, g)| (k, g)).collect()
-    }
-
-    /// Bring `sorted` up to every key numbered: the keys numbered since, sorted, merged
-    /// in.
-    fn sort_keys(&mut self) {
-        let (from, to) = (self.sorted.len() as u32, self.index.len() as u32);
-        if from == to {
-            return;
-        }
-        let index = &self.index;
-        let mut new: Vec<(&[u8], u32)> = (from..to).map(|k| (index.key(k), k)).collect();
-        new.sort_unstable();
-        let old = std::mem::take(&mut self.sorted);
-        let mut merged = Vec::with_capacity(to as usize);
-        let mut old = old.into_iter().peekable();
-        for (key, k) in new {
-            while let Some(&o) = old.peek() {
-                if index.key(o) > key {
-                    break;
-                }
-                merged.push(o);
-                old.next();
-            }
-            merged.push(k);
-        }
-        merged.extend(old);
-        self.sorted = merged;
-    }
-
-    /// Number the keys again without the deleted ones, once they outnumber the others
-    /// (by [`DELETED_SLACK`]), so the index stays bounded on an unbounded key space.
+    /// Number the keys again without the deleted ones, when it is time to.
     fn drop_deleted_keys(&mut self) -> Result<()> {
-        let n = self.index.len();
-        if self.deleted <= (n - self.deleted).max(DELETED_SLACK) {
-            return Ok(());
-        }
-        let mut index = GroupIndex::with_capacity(n - self.deleted);
-        let mut numbers = vec![u32::MAX; n];
-        let mut held = Vec::with_capacity(n - self.deleted);
-        let mut key_flags = Vec::with_capacity(n - self.deleted);
-        for (k, number) in numbers.iter_mut().enumerate() {
-            if self.key_flags[k] & DELETED != 0 {
-                continue;
+        if let Some(numbers) = self.keys_held.drop_deleted()? {
+            for window in self.windows.values_mut() {
+                window.groups.renumber(&numbers);
             }
-            let key = self.index.key(k as u32);
-            *number = index.intern(hash_key(&self.hasher, key), key)?.0;
-            held.push(self.held[k]);
-            key_flags.push(self.key_flags[k]);
         }
-        for window in self.windows.values_mut() {
-            window.groups.renumber(&numbers);
-        }
-        for k in self
-            .retired
-            .iter_mut()
-            .chain(&mut self.left)
-            .chain(&mut self.changed)
-        {
-            *k = numbers[*k as usize];
-        }
-        self.index = index;
-        self.sorted.clear();
-        self.held = held;
-        self.key_flags = key_flags;
-        self.deleted = 0;
         Ok(())
     }
 
@@ -608,7 +402,7 @@ impl Operator for WindowAggregateOperator {
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(ExecError::eval(NAME))?;
         let args = self.aggregates.evaluate_args(&batch)?;
-        let numbers = self.numbers(&keys.rows)?;
+        let numbers = self.keys_held.numbers(&keys.rows, self.hopping)?;
         // The batch's rows per window, windows in order of their first row.
         let mut segments: Vec<(i64, Vec<u32>)> = vec![];
         match self.bounds.end {
@@ -662,9 +456,9 @@ impl Operator for WindowAggregateOperator {
                 let (g, new) = window.group(&self.aggregates, k)?;
                 if new {
                     self.groups += 1;
-                    self.hold(k);
+                    self.keys_held.hold(k);
                 }
-                self.mark_changed(k);
+                self.keys_held.mark_changed(k);
                 let flags = &mut window.flags[g as usize];
                 if *flags & TOUCHED == 0 {
                     *flags |= TOUCHED;
@@ -688,8 +482,11 @@ impl Operator for WindowAggregateOperator {
                         .collect::<std::result::Result<Vec<_>, _>>()
                         .map_err(ExecError::arrow("selecting group keys"))?
                 } else {
-                    self.keys
-                        .decode_bytes(first.iter().map(|&r| self.index.key(numbers[r as usize])))?
+                    self.keys.decode_bytes(
+                        first
+                            .iter()
+                            .map(|&r| self.keys_held.key(numbers[r as usize])),
+                    )?
                 };
                 let columns = self
                     .bounds
@@ -714,19 +511,22 @@ impl Operator for WindowAggregateOperator {
             self.groups -= window.groups.len();
             if self.emit == Emit::Final {
                 // In key order, so the output does not depend on arrival (or restore) order.
-                let (numbers, groups): (Vec<u32>, Vec<u32>) =
-                    self.in_key_order(&window).into_iter().unzip();
+                let (numbers, groups): (Vec<u32>, Vec<u32>) = self
+                    .keys_held
+                    .in_key_order(&window.groups)
+                    .into_iter()
+                    .unzip();
                 let keys = self
                     .keys
-                    .decode_bytes(numbers.iter().map(|&k| self.index.key(k)))?;
+                    .decode_bytes(numbers.iter().map(|&k| self.keys_held.key(k)))?;
                 let columns = self.bounds.columns(keys, &window.bounds, groups.len())?;
                 let order = vec![0; groups.len()];
                 parts.push(self.part(&mut window, &groups, columns, order)?);
             }
             for (k, _) in window.groups.iter() {
-                self.release(k);
+                self.keys_held.release(k);
             }
-            self.window_closed = true;
+            self.keys_held.window_closed();
         }
         self.put_together(parts)
     }
@@ -736,15 +536,7 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn state_bytes(&self) -> usize {
-        self.windows.values().map(Window::heap_bytes).sum::<usize>()
-            + self.index.heap_bytes()
-            + self.held.capacity() * size_of::<u32>()
-            + self.key_flags.capacity()
-            + (self.changed.capacity()
-                + self.left.capacity()
-                + self.retired.capacity()
-                + self.sorted.capacity())
-                * size_of::<u32>()
+        self.windows.values().map(Window::heap_bytes).sum::<usize>() + self.keys_held.heap_bytes()
     }
 
     fn is_stateful(&self) -> bool {
@@ -752,11 +544,7 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn mark_all_changed(&mut self) {
-        for k in 0..self.held.len() as u32 {
-            if self.held[k as usize] > 0 {
-                self.mark_changed(k);
-            }
-        }
+        self.keys_held.mark_all_changed();
     }
 
     fn take_state_changes(&mut self) -> Result<Vec<StateChange>> {
@@ -765,10 +553,7 @@ impl Operator for WindowAggregateOperator {
         // window (a closed window's group may linger in a record until the key changes
         // again; a restore skips it). Per window, `(position in written, group)` of the
         // keys' groups in it.
-        let changed = std::mem::take(&mut self.changed);
-        for &k in &changed {
-            self.key_flags[k as usize] &= !CHANGED;
-        }
+        let changed = self.keys_held.take_changed();
         let mut windows: Vec<&mut Window> = self.windows.values_mut().collect();
         let mut members: Vec<Vec<(u32, u32)>> = windows
             .iter()
@@ -782,7 +567,7 @@ impl Operator for WindowAggregateOperator {
                     window.groups.prefetch(ahead);
                 }
             }
-            if self.held[k as usize] == 0 {
+            if !self.keys_held.is_held(k) {
                 continue;
             }
             let at = written.len() as u32;
@@ -800,7 +585,7 @@ impl Operator for WindowAggregateOperator {
         }
         let keys = self
             .keys
-            .decode_bytes(written.iter().map(|&k| self.index.key(k)))?;
+            .decode_bytes(written.iter().map(|&k| self.keys_held.key(k)))?;
         let fields = self.codec.schema().fields().clone();
         let n_keys = self.group_names.len();
         let state_fields = &fields[n_keys..fields.len() - 1];
@@ -885,17 +670,14 @@ impl Operator for WindowAggregateOperator {
         };
         for (i, row) in rows.iter().enumerate() {
             let key = row.as_ref();
-            let k = self.number(hash_key(&self.hasher, key), key)?;
+            let k = self.keys_held.number(key)?;
             let end = ends.value(i);
             let closed_before = self.window_end.is_some()
                 && watermark.is_some_and(|wm| end.saturating_add(self.grace_ms) <= wm);
             if closed_before {
                 // Its record is deleted when windows next close, unless the key is in a
                 // window again by then.
-                if self.key_flags[k as usize] & RETIRED == 0 {
-                    self.key_flags[k as usize] |= RETIRED;
-                    self.retired.push(k);
-                }
+                self.keys_held.retire(k);
                 continue;
             }
             let window = match self.windows.entry(end) {
@@ -908,7 +690,7 @@ impl Operator for WindowAggregateOperator {
             let (g, new) = window.group(&self.aggregates, k)?;
             if new {
                 self.groups += 1;
-                self.held[k as usize] += 1;
+                self.keys_held.hold(k);
             }
             window.states.restore(&self.aggregates, g, state, i)?;
             window.flags[g as usize] = if written.value(i) { WRITTEN } else { 0 };
