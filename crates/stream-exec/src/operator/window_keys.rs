@@ -70,6 +70,7 @@ impl WindowKeys {
     }
 
     /// The bytes (arrow's row format) of key `k`.
+    #[inline]
     pub(super) fn key(&self, k: u32) -> &[u8] {
         self.index.key(k)
     }
@@ -128,6 +129,7 @@ impl WindowKeys {
     }
 
     /// Key `k` got a group in a window.
+    #[inline]
     pub(super) fn hold(&mut self, k: u32) {
         let k = k as usize;
         if self.flags[k] & DELETED != 0 {
@@ -162,6 +164,7 @@ impl WindowKeys {
     }
 
     /// Whether an open window has a group of key `k`.
+    #[inline]
     pub(super) fn is_held(&self, k: u32) -> bool {
         self.held[k as usize] > 0
     }
