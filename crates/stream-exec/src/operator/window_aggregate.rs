@@ -458,7 +458,6 @@ impl Operator for WindowAggregateOperator {
                     self.groups += 1;
                     self.keys_held.hold(k);
                 }
-                self.keys_held.mark_changed(k);
                 let flags = &mut window.flags[g as usize];
                 if *flags & TOUCHED == 0 {
                     *flags |= TOUCHED;

@@ -87,8 +87,9 @@ impl WindowKeys {
                 * size_of::<u32>()
     }
 
-    /// The number of each row's key. With `hopping` windows, a row with the key of the
-    /// row before (a record's rows, one per window, come one after the other) takes its
+    /// The number of each row's key, each key counted as changed (a row changes its
+    /// key's group in its window). With `hopping` windows, a row with the key of the row
+    /// before (a record's rows, one per window, come one after the other) takes its
     /// number without hashing or a lookup.
     pub(super) fn numbers(&mut self, rows: &Rows, hopping: bool) -> Result<Vec<u32>> {
         let n = rows.num_rows();
@@ -107,6 +108,7 @@ impl WindowKeys {
         for (i, &first) in firsts.iter().enumerate() {
             self.index.prefetch_ahead(&hashes, i);
             let k = self.number_hashed(hashes[i], rows.row(first).as_ref())?;
+            self.mark_changed(k);
             let end = firsts.get(i + 1).copied().unwrap_or(n);
             numbers.resize(end, k);
         }
@@ -171,7 +173,7 @@ impl WindowKeys {
 
     /// A group of key `k` changed.
     #[inline]
-    pub(super) fn mark_changed(&mut self, k: u32) {
+    fn mark_changed(&mut self, k: u32) {
         let flags = &mut self.flags[k as usize];
         if *flags & CHANGED == 0 {
             *flags |= CHANGED;
