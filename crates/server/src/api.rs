@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +16,7 @@ use crate::engine::{sql_type, Engine, RequestProperties};
 use crate::error::{ApiError, NOT_FOUND, SERVER_ERROR};
 use crate::pull_query::{PullQueries, PullResult};
 use crate::push_query::{PushQueries, PushStream};
+use crate::request_body::RequestBody;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -61,7 +60,6 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(info))
         .route("/healthcheck", get(healthcheck))
         .route("/openapi.json", get(openapi))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -69,9 +67,9 @@ pub fn app(state: AppState) -> Router {
 
 async fn ksql(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let request = request_object(&request_body(body)?)?;
+    let request = request_object(&body)?;
     let sql = required_str(&request, "ksql", "the statements to run")?;
     let props = query_properties(&request, "streamsProperties")?;
     let mut engine = state.engine.lock().await;
@@ -81,28 +79,6 @@ async fn ksql(
 
 /// The delimited format of `/query-stream`: a metadata line, then one JSON array per row.
 const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
-
-/// Largest request body of the JSON endpoints (`/inserts-stream` streams, line by line).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
-
-/// The body, or a JSON error for one too large (413) or unreadable (400).
-fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        let status = rejection.status();
-        ApiError {
-            status,
-            error_code: u32::from(status.as_u16()) * 100,
-            ..ApiError::bad_request(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes")
-            } else {
-                format!(
-                    "the request body could not be read: {}",
-                    rejection.body_text()
-                )
-            })
-        }
-    })
-}
 
 /// The JSON object body of a request, or a 400 naming what is wrong.
 fn request_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -596,9 +572,9 @@ fn streamed(format: Format, stream: PushStream) -> Response {
 async fn query_stream(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
-    let request = request_object(&request_body(body)?)?;
+    let request = request_object(&body)?;
     let sql = required_str(&request, "sql", "the query to run")?;
     let props = query_properties(&request, "properties")?;
     let format = if wants_json(&headers) {
@@ -614,9 +590,9 @@ async fn query_stream(
 /// items, and `{"finalMessage": "Limit Reached"}` when a push query's LIMIT ends it.
 async fn query(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> Result<Response, ApiError> {
-    let request = request_object(&request_body(body)?)?;
+    let request = request_object(&body)?;
     let sql = required_str(&request, "ksql", "the query to run")?;
     let props = query_properties(&request, "streamsProperties")?;
     run_query_request(&state, sql, &props, Format::Legacy).await
@@ -625,9 +601,9 @@ async fn query(
 /// `POST /close-query`: `{"queryId"}` stops a push query.
 async fn close_query(
     State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    RequestBody(body): RequestBody,
 ) -> Result<Json<Value>, ApiError> {
-    let request = request_object(&request_body(body)?)?;
+    let request = request_object(&body)?;
     let id = required_str(&request, "queryId", "the push query to stop")?;
     if state.push_queries.close(id) {
         Ok(Json(json!({})))

@@ -15,6 +15,7 @@ pub mod inserts;
 pub mod pull_query;
 pub mod push_query;
 pub mod query;
+pub mod request_body;
 pub mod request_properties;
 pub mod topics;
 
