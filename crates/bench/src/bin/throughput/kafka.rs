@@ -362,11 +362,21 @@ pub struct KafkaBench {
 
 impl KafkaBench {
     /// Run `query` over `topic` (which holds `self.events` events) from the beginning in a
-    /// fresh server, then measure its latency on paced new events.
-    pub async fn run_query(&self, query: &BenchQuery, topic: &str) -> Result<QueryResult> {
-        let service_id = format!("bench_{}_{}_", self.run, query.name);
+    /// fresh server, then measure its latency on paced new events. Each `nth` run of a
+    /// query has a service id and sink of its own.
+    pub async fn run_query(
+        &self,
+        query: &BenchQuery,
+        topic: &str,
+        nth: usize,
+    ) -> Result<QueryResult> {
+        let run = match nth {
+            0 => self.run.clone(),
+            n => format!("{}{n}", self.run),
+        };
+        let service_id = format!("bench_{run}_{}_", query.name);
         let server = Server::start(&self.sluice, &self.bootstrap, &service_id, &self.log).await?;
-        let sink = format!("{}_{}", query.name, self.run).to_uppercase();
+        let sink = format!("{}_{run}", query.name).to_uppercase();
         server.ksql(&query.source.ddl(topic)).await?;
         let submitted = Instant::now();
         server
