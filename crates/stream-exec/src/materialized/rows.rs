@@ -166,7 +166,7 @@ impl Rows {
         } = self;
         let key = parts[part as usize].as_ref().expect("held").key(row);
         let hash = hasher.hash_one(key);
-        let replaced = match by_key.entry(hash, |s| held_key(parts, s) == key, |s| s.hash) {
+        let replaced = match by_key.entry(hash, |s| same_key(parts, s, hash, key), |s| s.hash) {
             Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
                 let old = slot.part;
@@ -199,7 +199,10 @@ impl Rows {
     pub(super) fn remove(&mut self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
         let parts = &self.parts;
-        let Ok(e) = self.by_key.find_entry(hash, |s| held_key(parts, s) == key) else {
+        let Ok(e) = self
+            .by_key
+            .find_entry(hash, |s| same_key(parts, s, hash, key))
+        else {
             return;
         };
         let (slot, _) = e.remove();
@@ -307,6 +310,13 @@ impl Rows {
 }
 
 /// The key of the row `slot` points at.
+/// Whether `slot` holds `key`, whose hash is `hash`. The hashes are compared first: a
+/// slot whose hash's top bits merely match `hash`'s (hashbrown's first filter) would
+/// otherwise cost a read of its key from its part, a cache miss in a large table.
+fn same_key(parts: &[Option<Part>], slot: &Slot, hash: u64, key: &[u8]) -> bool {
+    slot.hash == hash && held_key(parts, slot) == key
+}
+
 fn held_key<'a>(parts: &'a [Option<Part>], slot: &Slot) -> &'a [u8] {
     parts[slot.part as usize]
         .as_ref()
