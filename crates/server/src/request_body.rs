@@ -72,25 +72,17 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 fn too_large() -> ApiError {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-    )
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        error_code: 41300,
+        ..ApiError::bad_request(format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes"
+        ))
+    }
 }
 
 fn unreadable(e: axum::Error) -> ApiError {
-    error(
-        StatusCode::BAD_REQUEST,
-        format!("the request body could not be read: {e}"),
-    )
-}
-
-fn error(status: StatusCode, message: String) -> ApiError {
-    ApiError {
-        status,
-        error_code: u32::from(status.as_u16()) * 100,
-        ..ApiError::bad_request(message)
-    }
+    ApiError::bad_request(format!("the request body could not be read: {e}"))
 }
 
 #[cfg(test)]
