@@ -20,52 +20,27 @@ use crate::consumer::{next_offsets, QueryConsumer};
 use crate::error::{ExecError, Result};
 use crate::json_encoder::{encode_batch, EncodedRows};
 use crate::kafka::client_config;
-use crate::native::{KeyValue, MaybeArc, ProduceTopic};
+use crate::native::{KeyValue, ProduceTopic};
 use crate::operator::ChangeBatch;
 use crate::query_runner::{QueryConfig, SLOW_ACKS, TRANSACTION_TIMEOUT};
 use crate::record::RawRecord;
 use crate::state::StateChange;
 use crate::stats::QueryStats;
 
-/// A persistent query's producer. At-least-once, its records carry the [`Acks`] of their
-/// batch, so a batch is one counter, not a future per record. Exactly-once, librdkafka
-/// reports failed records only (`delivery.report.only.error`): the transaction's commit
-/// waits for every record and fails if one failed, and a report per record cost the
-/// reports' thread 5.6 % of a HOP query's CPU.
+/// A persistent query's producer. Its records carry the [`Acks`] of their batch, so a
+/// batch is one counter, not a future per record.
 pub(crate) type QueryProducer = ThreadedProducer<AckContext>;
 
-/// Hands each delivery report to the [`Acks`] of its record's batch, or keeps the first
-/// failure of a record that has none.
-#[derive(Default)]
-pub(crate) struct AckContext {
-    failed: Mutex<Option<KafkaError>>,
-}
-
-impl AckContext {
-    /// The first failure of a record without acks since the last call.
-    fn take_failed(&self) -> Option<KafkaError> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
+/// Hands each delivery report to the [`Acks`] of its record's batch.
+pub(crate) struct AckContext;
 
 impl ClientContext for AckContext {}
 
 impl ProducerContext for AckContext {
-    type DeliveryOpaque = MaybeArc<Acks>;
+    type DeliveryOpaque = Arc<Acks>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, acks: MaybeArc<Acks>) {
-        let error = result.as_ref().err().map(|(e, _)| e.clone());
-        match acks.0 {
-            Some(acks) => acks.settle(error),
-            None => {
-                if let Some(e) = error {
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_or_insert(e);
-                }
-            }
-        }
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        acks.settle(result.as_ref().err().map(|(e, _)| e.clone()));
     }
 }
 
@@ -155,7 +130,6 @@ pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) 
     if let Some(id) = transactional_id {
         config
             .set("transactional.id", id)
-            .set("delivery.report.only.error", "true")
             .set("transaction.timeout.ms", "60000");
     }
     config
@@ -167,7 +141,7 @@ pub fn producer_config(bootstrap_servers: &str, transactional_id: Option<&str>) 
 pub(crate) fn create_producer(config: &QueryConfig) -> Result<QueryProducer> {
     let transactional_id = config.exactly_once.then_some(config.group_id.as_str());
     producer_config(&config.bootstrap_servers, transactional_id)
-        .create_with_context(AckContext::default())
+        .create_with_context(AckContext)
         .map_err(|e| ExecError::kafka("creating the producer", e))
 }
 
@@ -190,9 +164,6 @@ pub(crate) async fn new_producer(config: &QueryConfig) -> Result<QueryProducer> 
     start_producer(config, &producer).await?;
     Ok(producer)
 }
-
-/// While records are in flight under exactly-once, how often to look again.
-const IN_FLIGHT_CHECK: Duration = Duration::from_millis(1);
 
 /// While the producer's queue is full, how long to wait before queueing again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
@@ -329,14 +300,12 @@ impl Delivery {
     ) -> Result<(Vec<EncodedRows>, std::time::Instant)> {
         let sink = self.config.sink_topic.as_str();
         let (acks, done) = Acks::new();
-        // The acks the records carry: none under exactly-once (see [`QueryProducer`]).
-        let counted = (!self.config.exactly_once).then_some(&acks);
         let mut produced = 0u64;
         let mut encoded = Vec::with_capacity(batches.len());
         for batch in batches {
             let rows = encode_batch(batch, &self.plan.key_columns)?;
             let records = (0..rows.len()).map(|i| (rows.key(i), rows.value(i)));
-            produced += queue_records(producer, counted, sink, None, records).await?;
+            produced += queue_records(producer, &acks, sink, None, records).await?;
             encoded.push(rows);
         }
         if let Some(changelog) = self.changelog.as_deref() {
@@ -344,55 +313,12 @@ impl Delivery {
             let records = changes
                 .iter()
                 .map(|c| (Some(&c.key[..]), c.value.as_deref()));
-            queue_records(producer, counted, changelog, Some(0), records).await?;
+            queue_records(producer, &acks, changelog, Some(0), records).await?;
         }
         // Every record is queued: give up the writer's count.
         acks.settle(None);
         let queued = std::time::Instant::now();
         tracing::debug!(query_id = %self.config.query_id, records = produced, "records queued");
-        // Exactly-once: no report comes for a record written, so wait until librdkafka
-        // holds none (rust-rdkafka's `commit_transaction` would flush first, and its
-        // flush polls for reports 100 ms at a time while one is in flight).
-        let in_flight = async {
-            while producer.in_flight_count() > 0 {
-                tokio::time::sleep(IN_FLIGHT_CHECK).await;
-            }
-            Ok::<(), ()>(())
-        };
-        match counted {
-            // The writer's own count is given up already: what is left is records.
-            Some(_) => {
-                self.settled(sink, queued, done, || acks.left.load(Ordering::Acquire))
-                    .await?
-            }
-            None => {
-                self.settled(sink, queued, in_flight, || {
-                    producer.in_flight_count().max(0) as usize
-                })
-                .await?
-            }
-        }
-        let failed = match counted {
-            Some(acks) => acks.error(),
-            None => producer.context().take_failed(),
-        };
-        if let Some(e) = failed {
-            return Err(ExecError::kafka(format!("producing to {sink}"), e));
-        }
-        self.stats.add_out(produced);
-        Ok((encoded, queued))
-    }
-
-    /// Wait for `done`, the end of a batch's writing queued at `queued`: after
-    /// [`SLOW_ACKS`] say Kafka is slow, after [`ACK_DEADLINE`] give the batch up, with
-    /// `unreported()` records not reported.
-    async fn settled<T>(
-        &self,
-        sink: &str,
-        queued: std::time::Instant,
-        done: impl std::future::Future<Output = std::result::Result<(), T>>,
-        unreported: impl Fn() -> usize,
-    ) -> Result<()> {
         tokio::pin!(done);
         let finished = tokio::select! {
             d = &mut done => d,
@@ -404,15 +330,27 @@ impl Delivery {
                 ));
                 match tokio::time::timeout_at((queued + ACK_DEADLINE).into(), &mut done).await {
                     Ok(d) => d,
-                    Err(_) => return Err(self.given_up(sink, unreported())),
+                    Err(_) => return Err(self.given_up(sink, &acks)),
                 }
             }
         };
-        finished.map_err(|_| ExecError::kafka(format!("producing to {sink}"), KafkaError::Canceled))
+        if finished.is_err() {
+            return Err(ExecError::kafka(
+                format!("producing to {sink}"),
+                KafkaError::Canceled,
+            ));
+        }
+        if let Some(e) = acks.error() {
+            return Err(ExecError::kafka(format!("producing to {sink}"), e));
+        }
+        self.stats.add_out(produced);
+        Ok((encoded, queued))
     }
 
     /// The error for a batch whose records were not all reported within [`ACK_DEADLINE`].
-    fn given_up(&self, sink: &str, unreported: usize) -> ExecError {
+    fn given_up(&self, sink: &str, acks: &Acks) -> ExecError {
+        // The writer's own count is given up already: what is left is records.
+        let unreported = acks.left.load(Ordering::Acquire);
         tracing::warn!(
             query_id = %self.config.query_id,
             unreported,
@@ -434,7 +372,7 @@ const QUEUE_CHUNK: usize = 4096;
 /// producer's queue is full, wait for room. Returns how many were queued.
 async fn queue_records<'r>(
     producer: &QueryProducer,
-    acks: Option<&Arc<Acks>>,
+    acks: &Arc<Acks>,
     topic: &str,
     partition: Option<i32>,
     mut records: impl Iterator<Item = KeyValue<'r>>,
@@ -457,15 +395,11 @@ async fn queue_records<'r>(
         while from < chunk.len() {
             let rest = &chunk[from..];
             // Counted before they are queued, so a quick report cannot end the batch.
-            if let Some(acks) = acks {
-                acks.left.fetch_add(rest.len(), Ordering::AcqRel);
-            }
-            let done = handle.queue(partition, rest, || MaybeArc(acks.cloned()));
+            acks.left.fetch_add(rest.len(), Ordering::AcqRel);
+            let done = handle.queue(partition, rest, || acks.clone());
             // Those not queued will not be reported.
-            if let Some(acks) = acks {
-                acks.left
-                    .fetch_sub(rest.len() - done.queued, Ordering::AcqRel);
-            }
+            acks.left
+                .fetch_sub(rest.len() - done.queued, Ordering::AcqRel);
             queued += done.queued as u64;
             match done.failed {
                 None => from = chunk.len(),

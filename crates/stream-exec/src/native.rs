@@ -324,23 +324,6 @@ impl<'a, C: ProducerContext> ProduceTopic<'a, C> {
     }
 }
 
-/// A delivery opaque that may be none (a null pointer): records whose delivery matters
-/// only when it fails (`delivery.report.only.error`) carry none.
-pub struct MaybeArc<T>(pub Option<Arc<T>>);
-
-impl<T: Send + Sync> IntoOpaque for MaybeArc<T> {
-    fn into_ptr(self) -> *mut c_void {
-        self.0
-            .map_or(std::ptr::null_mut(), |a| Arc::into_raw(a).cast_mut().cast())
-    }
-
-    unsafe fn from_ptr(ptr: *mut c_void) -> Self {
-        // SAFETY: a non-null `ptr` came from `Arc::into_raw` in `into_ptr`, and the caller
-        // takes it back once.
-        Self((!ptr.is_null()).then(|| unsafe { Arc::from_raw(ptr.cast::<T>().cast_const()) }))
-    }
-}
-
 impl<C: ProducerContext> Drop for ProduceTopic<'_, C> {
     fn drop(&mut self) {
         // SAFETY: the handle came from `rd_kafka_topic_new` and is released once; records
@@ -386,21 +369,6 @@ mod tests {
                 delivered.fetch_add(1, Ordering::SeqCst);
             }
         }
-    }
-
-    #[test]
-    fn a_missing_opaque_is_a_null_pointer_and_a_present_one_comes_back_once() {
-        assert!(MaybeArc::<u8>(None).into_ptr().is_null());
-        // SAFETY: a null pointer is what `into_ptr` makes of none.
-        assert!(unsafe { MaybeArc::<u8>::from_ptr(std::ptr::null_mut()) }.0.is_none());
-        let shared = Arc::new(7u8);
-        let ptr = MaybeArc(Some(shared.clone())).into_ptr();
-        assert_eq!(Arc::strong_count(&shared), 2, "the pointer holds a reference");
-        // SAFETY: `ptr` came from `into_ptr` and is taken back once.
-        let back = unsafe { MaybeArc::<u8>::from_ptr(ptr) };
-        assert_eq!(back.0.as_deref(), Some(&7));
-        drop(back);
-        assert_eq!(Arc::strong_count(&shared), 1, "taken back, then released");
     }
 
     #[test]
