@@ -79,10 +79,11 @@ impl TableRestore {
         self.apply()?;
         let table = &self.table;
         let mut rows = table.rows.write().unwrap_or_else(|p| p.into_inner());
+        rows.read_back_done();
         for (batch, encoded) in rows.pending.take().unwrap_or_default() {
             table.apply_to(&mut rows, &batch, &encoded)?;
         }
-        let held = rows.by_key.len();
+        let held = rows.len();
         drop(rows);
         table.restored.send_replace(true);
         Ok(held)
@@ -123,16 +124,19 @@ impl TableRestore {
         for (key, value) in &spans {
             let key = &self.keys[key.clone()];
             if value.is_none() {
-                table.remove(key);
+                table.remove(key, None);
                 continue;
             }
             let this = value_index;
             value_index += 1;
             if let Some((row, _)) = decoded_rows.next_if(|(_, &input)| input == this) {
-                table.upsert(number, row as u32, ends.as_ref().map(|e| e.value(row)));
+                let end = ends
+                    .as_ref()
+                    .and_then(|e| e.is_valid(row).then(|| e.value(row)));
+                table.upsert(number, row as u32, end);
             } else if let Some((_, reason)) = errors.next_if(|(input, _)| *input == this) {
                 // The topic's row for this key is this value: no older row stands in.
-                table.remove(key);
+                table.remove(key, None);
                 tracing::warn!(key = %String::from_utf8_lossy(key), reason, "a table row read back could not be decoded; skipped");
             }
         }
@@ -213,11 +217,7 @@ impl MaterializedTable {
 
     /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_key
-            .len()
+        self.rows.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether it has no rows.
@@ -244,11 +244,14 @@ impl MaterializedTable {
             encoded.key(i).unwrap_or_default()
         }));
         for i in 0..rows.num_rows() {
+            let end = ends
+                .as_ref()
+                .and_then(|e| e.is_valid(i).then(|| e.value(i)));
             if batch.is_tombstone(i) {
-                table.remove(encoded.key(i).unwrap_or_default());
+                table.remove(encoded.key(i).unwrap_or_default(), end);
                 continue;
             }
-            table.upsert(number, i as u32, ends.as_ref().map(|e| e.value(i)));
+            table.upsert(number, i as u32, end);
         }
         table.unpin(number);
         self.evict(table);
@@ -304,8 +307,7 @@ impl MaterializedTable {
             }
         }
         let mut rows: Vec<(&[u8], (usize, usize))> = table
-            .by_key
-            .iter()
+            .slots()
             .map(|s| {
                 let part = position[s.part as usize];
                 (held[part].key(s.row), (part, s.row as usize))
@@ -585,7 +587,7 @@ mod tests {
             apply(&table, &[batch(&keys, &n, Some(tombstones))]);
             let rows = table.rows.read().expect("rows");
             let held: usize = rows.parts.iter().flatten().map(Part::len).sum();
-            let live = rows.by_key.len();
+            let live = rows.len();
             assert_eq!(held, live + rows.dead, "dead rows counted");
             assert!(
                 held <= 2 * live + DEAD_SLACK + 10_000,
@@ -613,5 +615,91 @@ mod tests {
             .downcast_ref::<StringArray>()
             .expect("strings");
         assert_eq!(keys.value(0), "w2");
+    }
+
+    proptest::proptest! {
+        /// A windowed table whose windows fall in many shards (window ends minutes apart)
+        /// holds what a compacted topic would: each key's last row unless a tombstone came
+        /// after it, and no window that ended more than the retention before the newest.
+        /// A table read back from the records written (tombstones carry no window end)
+        /// holds the same.
+        #[test]
+        fn a_table_over_many_shards_holds_what_its_topic_does(
+            ops in proptest::collection::vec((0usize..40, 0i64..100, proptest::bool::weighted(0.3)), 1..300),
+            cut in 1usize..300,
+        ) {
+            // Key `k{i}` is in the window ending at minute i % 13 (a key's window never
+            // changes); n tells its updates apart.
+            let end_of = |key: usize| (key % 13) as i64 * 60_000 + 59_999;
+            let retention = 5 * 60_000;
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, true),
+                Field::new("end", DataType::Int64, true),
+                Field::new("n", DataType::Int64, true),
+            ]));
+            let table = ready(schema.clone(), Some((1, retention)));
+            let mut model: std::collections::BTreeMap<String, i64> = Default::default();
+            let mut newest = i64::MIN;
+            let mut written: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![];
+            let cut = cut.min(ops.len());
+            for chunk in [&ops[..cut], &ops[cut..]] {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let keys: Vec<String> = chunk.iter().map(|(k, _, _)| format!("k{k:02}")).collect();
+                let ends: Vec<i64> = chunk.iter().map(|&(k, _, _)| end_of(k)).collect();
+                let n: Vec<i64> = chunk.iter().map(|&(_, u, _)| u).collect();
+                let dead: Vec<bool> = chunk.iter().map(|&(_, _, d)| d).collect();
+                let b = ChangeBatch {
+                    rows: RecordBatch::try_new(
+                        schema.clone(),
+                        vec![
+                            Arc::new(StringArray::from(keys.clone())),
+                            Arc::new(Int64Array::from(ends.clone())),
+                            Arc::new(Int64Array::from(n.clone())),
+                        ],
+                    )
+                    .expect("batch"),
+                    tombstones: Some(BooleanArray::from(dead.clone())),
+                };
+                let encoded = encode_batch(&b, &[0]).expect("encode");
+                table.apply_encoded(&b, &encoded).expect("apply");
+                for (i, key) in keys.iter().enumerate() {
+                    let k = encoded.key(i).expect("a key").to_vec();
+                    if dead[i] {
+                        model.remove(key);
+                        written.push((k, None));
+                    } else {
+                        newest = newest.max(ends[i]);
+                        model.insert(key.clone(), n[i]);
+                        written.push((k, Some(encoded.value(i).expect("a value").to_vec())));
+                    }
+                }
+                model.retain(|key, _| {
+                    let k: usize = key[1..].parse().expect("a number");
+                    end_of(k) >= newest.saturating_sub(retention)
+                });
+            }
+            let expected: Vec<(String, i64)> = model.into_iter().collect();
+            let rows = |table: &MaterializedTable| {
+                let snap = table.snapshot().expect("snapshot");
+                let keys = snap.column(0).as_string::<i32>();
+                let n = snap
+                    .column(2)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                (0..snap.num_rows())
+                    .map(|i| (keys.value(i).to_string(), n.value(i)))
+                    .collect::<Vec<_>>()
+            };
+            proptest::prop_assert_eq!(rows(&table), expected.clone());
+
+            let read_back = Arc::new(MaterializedTable::new(schema, Some((1, retention))).expect("table"));
+            let mut restore = read_back.restore();
+            for (key, value) in &written {
+                restore.push(key, value.as_deref()).expect("pushed");
+            }
+            restore.finish().expect("read back");
+            proptest::prop_assert_eq!(rows(&read_back), expected);
+        }
     }
 }

@@ -1,8 +1,14 @@
 //! The rows of a [`MaterializedTable`](super::MaterializedTable): result batches as they
-//! came, and a hash map from each Kafka key to its row in them.
+//! came, and hash tables from each Kafka key to its row in them.
+//!
+//! A windowed table keeps one hash table per minute of window ends (a shard): a window's
+//! rows go into a table of about one window's keys, which stays in the cache while a
+//! batch fills it, instead of a table of every window of the retention (a day of HOP
+//! windows over 100,000 keys is 400 million slots), where each insertion was a cache miss
+//! and growing it moved every slot. A table without windows has one shard.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::BuildHasher;
 
 use datafusion::arrow::array::{Array, ArrayRef};
@@ -75,9 +81,27 @@ impl Part {
     }
 }
 
+/// Window ends per shard, in ms.
+const SHARD_MS: i64 = 60_000;
+
+/// In [`Rows::read_back`]: keys of this hash are in more than one shard.
+const AMBIGUOUS: i64 = i64::MAX;
+
+/// The shard of a row whose window ends at `end` (`None`: a table without windows).
+fn shard_of(end: Option<i64>) -> i64 {
+    end.map_or(i64::MIN, |end| end.div_euclid(SHARD_MS))
+}
+
 #[derive(Default)]
 pub(super) struct Rows {
-    pub(super) by_key: HashTable<Slot>,
+    /// Each key's slot, in the shard of its window end.
+    shards: BTreeMap<i64, HashTable<Slot>>,
+    /// Slots in all shards.
+    live: usize,
+    /// While the table is read back: the shard of each windowed key's hash upserted, for
+    /// the topic's tombstones, which carry no window end ([`AMBIGUOUS`] when two keys
+    /// with one hash are in different shards). A key's window end never changes.
+    read_back: Option<hashbrown::HashMap<u64, i64>>,
     hasher: RandomState,
     /// The parts rows are in, by number; `None`: a number free for the next part.
     pub(super) parts: Vec<Option<Part>>,
@@ -109,8 +133,15 @@ impl Rows {
         Self {
             newest_end: i64::MIN,
             pending: Some(pending),
+            read_back: Some(hashbrown::HashMap::new()),
             ..Self::default()
         }
+    }
+
+    /// The table's topic is read back: from now on every tombstone comes with its window
+    /// end.
+    pub(super) fn read_back_done(&mut self) {
+        self.read_back = None;
     }
 
     /// Add `part`, its rows all dead until [`Rows::upsert`] points keys at them; returns
@@ -151,6 +182,17 @@ impl Rows {
         }
     }
 
+    /// How many keys have a row.
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Every key's slot, shard by shard (the same order each time while no slot is
+    /// added or removed).
+    pub(super) fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.shards.values().flat_map(HashTable::iter)
+    }
+
     /// Point the key of row `row` of part `part` at that row, replacing the key's row if
     /// it has one; its window ends at `end` (windowed tables).
     pub(super) fn upsert(&mut self, part: u32, row: u32, end: Option<i64>) {
@@ -158,7 +200,9 @@ impl Rows {
             self.newest_end = self.newest_end.max(end);
         }
         let Rows {
-            by_key,
+            shards,
+            live,
+            read_back,
             hasher,
             parts,
             by_end,
@@ -166,7 +210,24 @@ impl Rows {
         } = self;
         let key = parts[part as usize].as_ref().expect("held").key(row);
         let hash = hasher.hash_one(key);
-        let replaced = match by_key.entry(hash, |s| same_key(parts, s, hash, key), |s| s.hash) {
+        let shard = shard_of(end);
+        if let Some(read_back) = read_back.as_mut().filter(|_| end.is_some()) {
+            let held = read_back.entry(hash).or_insert(shard);
+            if *held != shard {
+                *held = AMBIGUOUS;
+            }
+        }
+        let table = match shards.get_mut(&shard) {
+            Some(table) => table,
+            None => {
+                // Sized as the newest shard: a window's keys are mostly the last one's.
+                let size = shards.last_key_value().map_or(0, |(_, t)| t.len());
+                shards
+                    .entry(shard)
+                    .or_insert(HashTable::with_capacity(size))
+            }
+        };
+        let replaced = match table.entry(hash, |s| same_key(parts, s, hash, key), |s| s.hash) {
             Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
                 let old = slot.part;
@@ -181,6 +242,7 @@ impl Rows {
                     part,
                     row,
                 });
+                *live += 1;
                 if let Some(end) = end {
                     by_end.push(Reverse((end, hash)));
                 }
@@ -195,24 +257,44 @@ impl Rows {
         }
     }
 
-    /// Delete the row of `key`, if there is one.
-    pub(super) fn remove(&mut self, key: &[u8]) {
+    /// Delete the row of `key`, if there is one; its window ends at `end` when that is
+    /// known (else every shard is looked in).
+    pub(super) fn remove(&mut self, key: &[u8], end: Option<i64>) {
         let hash = self.hasher.hash_one(key);
         let parts = &self.parts;
-        let Ok(e) = self
-            .by_key
-            .find_entry(hash, |s| same_key(parts, s, hash, key))
-        else {
+        let found = |s: &Slot| same_key(parts, s, hash, key);
+        let slot = match end {
+            Some(end) => take_slot(&mut self.shards, shard_of(Some(end)), hash, found),
+            None => {
+                let shard = match &self.read_back {
+                    Some(read_back) => match read_back.get(&hash) {
+                        Some(&AMBIGUOUS) => None,
+                        Some(&shard) => Some(shard),
+                        // Not a windowed key read back: in the one shard of a table
+                        // without windows, if anywhere.
+                        None => Some(i64::MIN),
+                    },
+                    None => None,
+                };
+                let shard = shard.or_else(|| {
+                    self.shards
+                        .iter()
+                        .find(|(_, t)| t.find(hash, found).is_some())
+                        .map(|(&shard, _)| shard)
+                });
+                shard.and_then(|shard| take_slot(&mut self.shards, shard, hash, found))
+            }
+        };
+        let Some(slot) = slot else {
             return;
         };
-        let (slot, _) = e.remove();
+        self.live -= 1;
         self.release(slot.part);
         if slot.end != i64::MIN {
             self.stale += 1;
-            if self.stale > self.by_key.len() + STALE_SLACK {
+            if self.stale > self.live + STALE_SLACK {
                 self.by_end = self
-                    .by_key
-                    .iter()
+                    .slots()
                     .filter(|s| s.end != i64::MIN)
                     .map(|s| Reverse((s.end, s.hash)))
                     .collect();
@@ -229,15 +311,13 @@ impl Rows {
             }
             self.by_end.pop();
             // The entry's row, or one of its hash and window (both go).
-            match self
-                .by_key
-                .find_entry(hash, |s| s.hash == hash && s.end == end)
-            {
-                Ok(e) => {
-                    let (slot, _) = e.remove();
+            let found = |s: &Slot| s.hash == hash && s.end == end;
+            match take_slot(&mut self.shards, shard_of(Some(end)), hash, found) {
+                Some(slot) => {
+                    self.live -= 1;
                     self.release(slot.part);
                 }
-                Err(_) => self.stale = self.stale.saturating_sub(1),
+                None => self.stale = self.stale.saturating_sub(1),
             }
         }
     }
@@ -248,7 +328,7 @@ impl Rows {
     /// the live rows. Each row copied was in a part at least half dead, so the copying
     /// costs less than the rows that died there.
     pub(super) fn compact(&mut self) -> Result<()> {
-        if self.dead <= self.by_key.len() + DEAD_SLACK {
+        if self.dead <= self.live + DEAD_SLACK {
             return Ok(());
         }
         // Parts at most half live, and where each one's rows go in the list of them.
@@ -262,8 +342,7 @@ impl Rows {
         }
         // Their live rows, in the order of the slots (walked again below, unchanged).
         let picked: Vec<(usize, usize)> = self
-            .by_key
-            .iter()
+            .slots()
             .filter(|s| position[s.part as usize] != u32::MAX)
             .map(|s| (position[s.part as usize] as usize, s.row as usize))
             .collect();
@@ -298,7 +377,7 @@ impl Rows {
         self.dead -= gone;
         self.unpin(number);
         let mut next = 0;
-        for slot in self.by_key.iter_mut() {
+        for slot in self.shards.values_mut().flat_map(HashTable::iter_mut) {
             if position[slot.part as usize] != u32::MAX {
                 slot.part = number;
                 slot.row = next;
@@ -309,7 +388,22 @@ impl Rows {
     }
 }
 
-/// The key of the row `slot` points at.
+/// Take the slot of `shard` that has `hash` and is `found`, if any, dropping the shard
+/// when it is left empty.
+fn take_slot(
+    shards: &mut BTreeMap<i64, HashTable<Slot>>,
+    shard: i64,
+    hash: u64,
+    found: impl Fn(&Slot) -> bool,
+) -> Option<Slot> {
+    let table = shards.get_mut(&shard)?;
+    let (slot, _) = table.find_entry(hash, found).ok()?.remove();
+    if table.is_empty() {
+        shards.remove(&shard);
+    }
+    Some(slot)
+}
+
 /// Whether `slot` holds `key`, whose hash is `hash`. The hashes are compared first: a
 /// slot whose hash's top bits merely match `hash`'s (hashbrown's first filter) would
 /// otherwise cost a read of its key from its part, a cache miss in a large table.
