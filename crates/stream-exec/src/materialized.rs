@@ -411,10 +411,15 @@ mod tests {
 
     /// The rows of `table`, as (key column, n).
     fn contents(table: &MaterializedTable) -> Vec<(String, i64)> {
+        contents_with_n_at(table, 1)
+    }
+
+    /// The rows of `table`, as (key column, column `n`).
+    fn contents_with_n_at(table: &MaterializedTable, n: usize) -> Vec<(String, i64)> {
         let snap = table.snapshot().expect("snapshot");
         let keys = snap.column(0).as_string::<i32>();
         let n = snap
-            .column(1)
+            .column(n)
             .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         (0..snap.num_rows())
             .map(|i| (keys.value(i).to_string(), n.value(i)))
@@ -681,16 +686,7 @@ mod tests {
                 });
             }
             let expected: Vec<(String, i64)> = model.into_iter().collect();
-            let rows = |table: &MaterializedTable| {
-                let snap = table.snapshot().expect("snapshot");
-                let keys = snap.column(0).as_string::<i32>();
-                let n = snap
-                    .column(2)
-                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-                (0..snap.num_rows())
-                    .map(|i| (keys.value(i).to_string(), n.value(i)))
-                    .collect::<Vec<_>>()
-            };
+            let rows = |table: &MaterializedTable| contents_with_n_at(table, 2);
             proptest::prop_assert_eq!(rows(&table), expected.clone());
 
             let read_back = Arc::new(MaterializedTable::new(schema, Some((1, retention))).expect("table"));
