@@ -197,6 +197,7 @@ impl MaterializedTable {
     pub fn abandon_restore(&self, why: String) {
         let mut table = self.rows.write().unwrap_or_else(|p| p.into_inner());
         table.pending = None;
+        table.read_back_done();
         table.failed = Some(why);
         drop(table);
         self.restored.send_replace(true);
