@@ -130,10 +130,7 @@ impl TableRestore {
             let this = value_index;
             value_index += 1;
             if let Some((row, _)) = decoded_rows.next_if(|(_, &input)| input == this) {
-                let end = ends
-                    .as_ref()
-                    .and_then(|e| e.is_valid(row).then(|| e.value(row)));
-                table.upsert(number, row as u32, end);
+                table.upsert(number, row as u32, end_at(ends.as_ref(), row));
             } else if let Some((_, reason)) = errors.next_if(|(input, _)| *input == this) {
                 // The topic's row for this key is this value: no older row stands in.
                 table.remove(key, None);
@@ -245,9 +242,7 @@ impl MaterializedTable {
             encoded.key(i).unwrap_or_default()
         }));
         for i in 0..rows.num_rows() {
-            let end = ends
-                .as_ref()
-                .and_then(|e| e.is_valid(i).then(|| e.value(i)));
+            let end = end_at(ends.as_ref(), i);
             if batch.is_tombstone(i) {
                 table.remove(encoded.key(i).unwrap_or_default(), end);
                 continue;
@@ -336,6 +331,12 @@ impl MaterializedTable {
         RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(ExecError::arrow("building a table snapshot"))
     }
+}
+
+/// Row `row`'s window end among `ends` (see [`MaterializedTable::window_ends`]); `None`
+/// for a table without windows, or a row without an end.
+fn end_at(ends: Option<&Int64Array>, row: usize) -> Option<i64> {
+    ends.and_then(|e| e.is_valid(row).then(|| e.value(row)))
 }
 
 #[cfg(test)]

@@ -266,17 +266,13 @@ impl Rows {
         let slot = match end {
             Some(end) => take_slot(&mut self.shards, shard_of(Some(end)), hash, found),
             None => {
-                let shard = match &self.read_back {
-                    Some(read_back) => match read_back.get(&hash) {
-                        Some(&AMBIGUOUS) => None,
-                        Some(&shard) => Some(shard),
-                        // Not a windowed key read back: in the one shard of a table
-                        // without windows, if anywhere.
-                        None => Some(i64::MIN),
-                    },
-                    None => None,
-                };
-                let shard = shard.or_else(|| {
+                // Read back, a windowed key's shard is remembered; any other key is in
+                // the one shard of a table without windows, if anywhere.
+                let remembered = self
+                    .read_back
+                    .as_ref()
+                    .map(|r| r.get(&hash).copied().unwrap_or(i64::MIN));
+                let shard = remembered.filter(|&s| s != AMBIGUOUS).or_else(|| {
                     self.shards
                         .iter()
                         .find(|(_, t)| t.find(hash, found).is_some())
