@@ -350,6 +350,7 @@ mod tests {
         let change = ChangeBatch {
             rows: batch,
             tombstones: Some(BooleanArray::from(vec![true, false])),
+            windows: None,
         };
         let rows = encode_rows(&change, &[0]).expect("encodes");
         assert_eq!(rows[0].key.as_deref(), Some(&br#""a""#[..]));

@@ -380,6 +380,7 @@ mod tests {
             )
             .expect("batch"),
             tombstones: tombstones.map(BooleanArray::from),
+            windows: None,
         }
     }
 
@@ -668,6 +669,7 @@ mod tests {
                     )
                     .expect("batch"),
                     tombstones: Some(BooleanArray::from(dead.clone())),
+                    windows: None,
                 };
                 let encoded = encode_batch(&b, &[0]).expect("encode");
                 table.apply_encoded(&b, &encoded).expect("apply");

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use sluice_sql_planner::StreamPlan;
+use datafusion::logical_expr::Expr;
+use sluice_sql_planner::window::WINDOW_COLUMNS;
+use sluice_sql_planner::{StreamOperator, StreamPlan};
 
 use crate::error::{ExecError, Result};
 use crate::json_decoder::JsonDecoder;
@@ -54,11 +56,15 @@ impl Pipeline {
     /// Build the pipeline of `plan` for query `query_id`. Partitions that deliver nothing
     /// for longer than `idle_timeout` stop holding the watermark back.
     pub fn new(query_id: &str, plan: &StreamPlan, idle_timeout: Option<Duration>) -> Result<Self> {
+        let mut scan = ScanStage::new(plan.source.clone(), idle_timeout)?;
+        if windows_only_passed_on(&plan.operators) {
+            scan.fan_out();
+        }
         Ok(Self {
             query_id: query_id.to_string(),
             topic: plan.source.topic.clone(),
             decoder: JsonDecoder::new(plan.source.value_schema.clone()),
-            scan: ScanStage::new(plan.source.clone(), idle_timeout)?,
+            scan,
             operators: plan
                 .operators
                 .iter()
@@ -301,7 +307,7 @@ impl Pipeline {
         }
         let mut out = vec![];
         if scanned.num_rows() > 0 {
-            self.run_from(0, ChangeBatch::rows(scanned), &mut out)?;
+            self.run_from(0, scanned, &mut out)?;
         }
         self.tick_into(now, &mut out)?;
         stats.set_state_groups(self.state_groups() as u64);
@@ -385,4 +391,44 @@ impl Pipeline {
             },
         );
     }
+}
+
+/// Whether the operators up to the aggregation read no window column but to pass it on
+/// as it is, and the aggregation none but as a group column: then a hopping window's rows may be scanned one per record and the
+/// aggregation put each in its windows (see [`ScanStage::fan_out`]).
+fn windows_only_passed_on(operators: &[StreamOperator]) -> bool {
+    let reads_window = |e: &Expr| {
+        e.column_refs()
+            .iter()
+            .any(|c| WINDOW_COLUMNS.contains(&c.name.as_str()))
+    };
+    for op in operators {
+        match op {
+            StreamOperator::Filter { predicate, .. } => {
+                if reads_window(predicate) {
+                    return false;
+                }
+            }
+            StreamOperator::Project { exprs, output, .. } => {
+                let passed_on = exprs.iter().zip(output.fields()).all(|(e, field)| {
+                    !reads_window(e) || matches!(e, Expr::Column(c) if &c.name == field.name())
+                });
+                if !passed_on {
+                    return false;
+                }
+            }
+            // Its window bounds for the windows after a row's first are derived.
+            StreamOperator::WindowAggregate {
+                group_exprs,
+                aggr_exprs,
+                ..
+            } => {
+                return group_exprs
+                    .iter()
+                    .all(|e| !reads_window(e) || matches!(e, Expr::Column(_)))
+                    && !aggr_exprs.iter().any(reads_window)
+            }
+        }
+    }
+    false
 }

@@ -5,6 +5,12 @@
 //! only the aggregation knows, the record's own time), drops late records, and applies
 //! the scan's projection.
 //!
+//! Hopping windows may instead be scanned one row per record ([`ScanStage::fan_out`]):
+//! the row names the record's first open window, and the batch's
+//! [`ChangeBatch::windows`](crate::operator::ChangeBatch) says how many windows from it
+//! on the record is in, so the aggregation puts the row in each without the rows being
+//! copied, their keys encoded and their arguments evaluated once per window.
+//!
 //! A record is late when the window it would go to has closed by the later of its
 //! partition's stream time and the watermark: a time window at `end + grace`, a session
 //! holding only the record once the watermark passes `t + gap + grace`.
@@ -20,6 +26,7 @@ use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use sluice_sql_planner::{EventTime, SourceScan, TimestampFormat, WindowKind};
 
 use crate::error::{ExecError, Result};
+use crate::operator::ChangeBatch;
 use crate::record::RawRecord;
 use crate::stats::SkipReason;
 use crate::watermark::{StreamTime, StreamTimeCheckpoint};
@@ -42,6 +49,8 @@ pub struct ScanStage {
     time_column: Option<usize>,
     stream_time: StreamTime,
     starts: Vec<i64>,
+    /// Hopping windows scanned one row per record.
+    fan_out: bool,
 }
 
 impl ScanStage {
@@ -70,7 +79,18 @@ impl ScanStage {
             time_column,
             stream_time: StreamTime::new(idle_timeout),
             starts: Vec::with_capacity(4),
+            fan_out: false,
         })
+    }
+
+    /// Scan hopping windows one row per record, with the windows it is in counted in
+    /// the batch's `windows` (see the module docs). Only for a plan whose operators
+    /// before the aggregation read no window column but to pass it on.
+    pub fn fan_out(&mut self) {
+        self.fan_out = matches!(
+            self.scan.window.map(|w| w.spec.kind),
+            Some(WindowKind::Hopping { .. })
+        );
     }
 
     /// The watermark as of `now`.
@@ -112,7 +132,7 @@ impl ScanStage {
         records: &[RawRecord],
         skipped: &mut Vec<Skipped>,
         now: Instant,
-    ) -> Result<RecordBatch> {
+    ) -> Result<ChangeBatch> {
         let watermark = self.stream_time.current().unwrap_or(i64::MIN);
         let times = self.event_times(values, rows, records, skipped)?;
         let window = self.scan.window;
@@ -121,8 +141,14 @@ impl ScanStage {
             Some(WindowKind::Hopping {
                 size_ms,
                 advance_ms,
-            }) => usize::try_from(size_ms.saturating_add(advance_ms - 1) / advance_ms).unwrap_or(1),
+            }) if !self.fan_out => {
+                usize::try_from(size_ms.saturating_add(advance_ms - 1) / advance_ms).unwrap_or(1)
+            }
             _ => 1,
+        };
+        let mut windows: Vec<u32> = match self.fan_out {
+            true => Vec::with_capacity(values.num_rows()),
+            false => vec![],
         };
         let capacity = values.num_rows().saturating_mul(per_record);
         let mut picked: Vec<u32> = Vec::with_capacity(capacity);
@@ -171,11 +197,17 @@ impl ScanStage {
                     let close = start.saturating_add(size).saturating_add(w.grace_ms);
                     closes_at = closes_at.max(close);
                     if close > threshold {
-                        picked.push(row as u32);
-                        rowtime.push(ts);
-                        window_start.push(start);
+                        // The open windows are the last ones: they close in start order.
+                        if !self.fan_out || open == 0 {
+                            picked.push(row as u32);
+                            rowtime.push(ts);
+                            window_start.push(start);
+                        }
                         open += 1;
                     }
+                }
+                if self.fan_out && open > 0 {
+                    windows.push(open);
                 }
             }
             if open == 0 && closes_at != i64::MIN {
@@ -239,8 +271,13 @@ impl ScanStage {
             Some(p) => p.iter().map(|&i| columns[i].clone()).collect(),
             None => columns,
         };
-        RecordBatch::try_new(self.output_schema.clone(), columns)
-            .map_err(ExecError::arrow("building the scan batch"))
+        let rows = RecordBatch::try_new(self.output_schema.clone(), columns)
+            .map_err(ExecError::arrow("building the scan batch"))?;
+        Ok(ChangeBatch {
+            rows,
+            tombstones: None,
+            windows: self.fan_out.then_some(windows),
+        })
     }
 
     /// Event time per decoded row in epoch ms; `None` (and a skip) when it has none.

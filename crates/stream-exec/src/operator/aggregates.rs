@@ -171,7 +171,11 @@ pub(crate) fn changes(rows: RecordBatch, outcomes: &[Outcome]) -> Result<Option<
                 .map(|o| Some(*o == Outcome::Tombstone)),
         )
     });
-    Ok(Some(ChangeBatch { rows, tombstones }))
+    Ok(Some(ChangeBatch {
+        rows,
+        tombstones,
+        windows: None,
+    }))
 }
 
 struct Aggregate {

@@ -53,6 +53,17 @@ impl Operator for FilterOperator {
             ),
             None => None,
         };
-        Ok(Some(ChangeBatch { rows, tombstones }))
+        let windows = batch.windows.map(|w| {
+            w.into_iter()
+                .zip(mask.iter())
+                .filter(|(_, keep)| keep == &Some(true))
+                .map(|(w, _)| w)
+                .collect()
+        });
+        Ok(Some(ChangeBatch {
+            rows,
+            tombstones,
+            windows,
+        }))
     }
 }

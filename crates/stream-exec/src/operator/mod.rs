@@ -44,6 +44,10 @@ pub struct ChangeBatch {
     pub rows: RecordBatch,
     /// Which rows are tombstones; `None` when none are.
     pub tombstones: Option<BooleanArray>,
+    /// Hopping windows scanned one row per record (see [`crate::scan`]): per row, how
+    /// many windows it is in, the one its window columns name and those after it. `None`
+    /// when each row is in the one window its columns name.
+    pub windows: Option<Vec<u32>>,
 }
 
 impl ChangeBatch {
@@ -52,6 +56,7 @@ impl ChangeBatch {
         Self {
             rows,
             tombstones: None,
+            windows: None,
         }
     }
 

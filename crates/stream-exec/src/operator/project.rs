@@ -41,6 +41,7 @@ impl Operator for ProjectOperator {
         Ok((n > 0).then_some(ChangeBatch {
             rows,
             tombstones: batch.tombstones,
+            windows: batch.windows,
         }))
     }
 }

@@ -154,12 +154,30 @@ impl Bounds {
     }
 }
 
+/// `bound` moved `by` ms: a window bound of a later hopping window.
+fn shifted(bound: ScalarValue, by: i64) -> Result<ScalarValue> {
+    Ok(match bound {
+        _ if by == 0 => bound,
+        ScalarValue::Int64(Some(v)) => ScalarValue::Int64(Some(v.saturating_add(by))),
+        ScalarValue::TimestampMillisecond(Some(v), zone) => {
+            ScalarValue::TimestampMillisecond(Some(v.saturating_add(by)), zone)
+        }
+        other => {
+            return Err(ExecError::internal(
+                NAME,
+                &format!("the window bound {other} cannot be moved to a later window"),
+            ))
+        }
+    })
+}
+
 /// Result rows of one window, before they are put together.
 struct Part {
     rows: RecordBatch,
     outcomes: Vec<Outcome>,
-    /// Per row, its position in the output (EMIT CHANGES: its first batch row).
-    order: Vec<u32>,
+    /// Per row, its position in the output (EMIT CHANGES: its first batch row, and its
+    /// window among that row's).
+    order: Vec<u64>,
 }
 
 /// Keyed, windowed aggregation. See the module docs.
@@ -180,8 +198,14 @@ pub struct WindowAggregateOperator {
     groups: usize,
     window_end: Option<usize>,
     grace_ms: i64,
-    /// Whether the windows hop: a record's row per window come one after the other.
+    /// Whether the windows hop: a record's row per window come one after the other
+    /// (unless the batch counts a row's windows, [`ChangeBatch::windows`]).
     hopping: bool,
+    /// A hopping window's advance (0 for others): the distance from a window's bounds to
+    /// the next one's.
+    advance_ms: i64,
+    /// The most windows a record is in.
+    most_windows: u64,
     emit: Emit,
     /// State rows: the group columns, the aggregates' states, `written`.
     codec: StateCodec,
@@ -264,6 +288,17 @@ impl WindowAggregateOperator {
             window_end: *window_end,
             grace_ms: window.map_or(0, |w| w.grace_ms),
             hopping: window.is_some_and(|w| matches!(w.spec.kind, WindowKind::Hopping { .. })),
+            advance_ms: match window.map(|w| w.spec.kind) {
+                Some(WindowKind::Hopping { advance_ms, .. }) => advance_ms,
+                _ => 0,
+            },
+            most_windows: match window.map(|w| w.spec.kind) {
+                Some(WindowKind::Hopping {
+                    size_ms,
+                    advance_ms,
+                }) => (size_ms.saturating_add(advance_ms - 1) / advance_ms).max(1) as u64,
+                _ => 1,
+            },
             emit: *emit,
         })
     }
@@ -275,7 +310,7 @@ impl WindowAggregateOperator {
         window: &mut Window,
         groups: &[u32],
         mut columns: Vec<ArrayRef>,
-        order: Vec<u32>,
+        order: Vec<u64>,
     ) -> Result<Part> {
         columns.extend(
             window
@@ -372,7 +407,7 @@ impl WindowAggregateOperator {
         let rows = concat_batches(&self.schema, parts.iter().map(|p| &p.rows))
             .map_err(ExecError::arrow("building aggregate results"))?;
         let outcomes: Vec<Outcome> = parts.iter().flat_map(|p| p.outcomes.clone()).collect();
-        let order: Vec<u32> = parts.iter().flat_map(|p| p.order.iter().copied()).collect();
+        let order: Vec<u64> = parts.iter().flat_map(|p| p.order.iter().copied()).collect();
         if order.windows(2).all(|w| w[0] <= w[1]) {
             return changes(rows, &outcomes);
         }
@@ -391,6 +426,7 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn process(&mut self, batch: ChangeBatch) -> Result<Option<ChangeBatch>> {
+        let fan_out = batch.windows;
         let batch = batch.rows;
         let keys = self.keys.evaluate(&batch)?;
         let n = batch.num_rows();
@@ -402,28 +438,44 @@ impl Operator for WindowAggregateOperator {
             .collect::<datafusion::error::Result<Vec<_>>>()
             .map_err(ExecError::eval(NAME))?;
         let args = self.aggregates.evaluate_args(&batch)?;
-        let numbers = self.keys_held.numbers(&keys.rows, self.hopping)?;
+        let numbers = self
+            .keys_held
+            .numbers(&keys.rows, self.hopping && fan_out.is_none())?;
         // The batch's rows per window, windows in order of their first row.
         let mut segments: Vec<(i64, Vec<u32>)> = vec![];
-        match self.bounds.end {
+        let first_ends = self
+            .bounds
+            .end
+            .map(|i| bounds[i].as_primitive::<Int64Type>().values().clone());
+        match &first_ends {
             None => segments.push((ALL_TIME, (0..batch.num_rows() as u32).collect())),
-            Some(i) => {
-                let ends = bounds[i].as_primitive::<Int64Type>();
+            Some(ends) => {
                 let mut last = 0;
-                for (row, end) in ends.values().iter().enumerate() {
-                    if segments.get(last).is_none_or(|s| s.0 != *end) {
-                        last = match segments.iter().position(|s| s.0 == *end) {
-                            Some(s) => s,
-                            None => {
-                                segments.push((*end, vec![]));
-                                segments.len() - 1
-                            }
-                        };
+                for (row, &first_end) in ends.iter().enumerate() {
+                    let windows = fan_out.as_ref().map_or(1, |w| w[row]);
+                    for k in 0..i64::from(windows) {
+                        let end = first_end.saturating_add(k * self.advance_ms);
+                        if segments.get(last).is_none_or(|s| s.0 != end) {
+                            last = match segments.iter().position(|s| s.0 == end) {
+                                Some(s) => s,
+                                None => {
+                                    segments.push((end, vec![]));
+                                    segments.len() - 1
+                                }
+                            };
+                        }
+                        segments[last].1.push(row as u32);
                     }
-                    segments[last].1.push(row as u32);
                 }
             }
         }
+        // Row `r`'s window ending at `end`: which of the row's windows it is.
+        let nth_window = |r: u32, end: i64| -> i64 {
+            match (&first_ends, self.advance_ms) {
+                (Some(ends), advance) if advance > 0 => (end - ends[r as usize]) / advance,
+                _ => 0,
+            }
+        };
         // Key columns of the output come from the batch (taken at each group's first
         // row) when their types are the output's, else from the encoded keys.
         let take_keys = keys
@@ -436,12 +488,16 @@ impl Operator for WindowAggregateOperator {
             let mut window = match self.windows.remove(&end) {
                 Some(window) => window,
                 None => {
-                    let first = rows[0] as usize;
+                    let first = rows[0];
+                    let shift = nth_window(first, end) * self.advance_ms;
                     let values = bounds
                         .iter()
-                        .map(|b| ScalarValue::try_from_array(b, first))
-                        .collect::<datafusion::error::Result<Vec<_>>>()
-                        .map_err(ExecError::eval(NAME))?;
+                        .map(|b| {
+                            ScalarValue::try_from_array(b, first as usize)
+                                .map_err(ExecError::eval(NAME))
+                                .and_then(|v| shifted(v, shift))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
                     Window::new(&self.aggregates, values)
                 }
             };
@@ -490,7 +546,11 @@ impl Operator for WindowAggregateOperator {
                 let columns = self
                     .bounds
                     .columns(key_columns, &window.bounds, groups.len())?;
-                parts.push(self.part(&mut window, &groups, columns, first)?);
+                let order = first
+                    .iter()
+                    .map(|&r| u64::from(r) * self.most_windows + nth_window(r, end) as u64)
+                    .collect();
+                parts.push(self.part(&mut window, &groups, columns, order)?);
             }
             self.windows.insert(end, window);
         }
