@@ -4,7 +4,10 @@
 //! Group keys (the GROUP BY values but the window bounds, which are the same for all of a
 //! window's groups and kept once per window) are encoded with arrow's row format and
 //! numbered once for every open window together ([`WindowKeys`]): a hopping window's
-//! event hashes and looks up its key once, not once per window. State is kept per window,
+//! event hashes and looks up its key once, not once per window. The event is mostly one
+//! row, naming its first open window, with the count of its windows beside the batch
+//! ([`ChangeBatch::windows`], see [`crate::scan`]): the row goes into each, a later
+//! window's bounds the first's plus the advance. State is kept per window,
 //! by window end: [`KeyGroups`] maps a key's number to the window's dense group number,
 //! and [`GroupStates`] holds every aggregate's state of its groups in vectors indexed by
 //! that number (plain primitives for `COUNT`, `SUM`, `MIN`, `MAX`, `AVG`; a DataFusion
