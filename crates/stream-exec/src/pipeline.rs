@@ -393,9 +393,10 @@ impl Pipeline {
     }
 }
 
-/// Whether the operators up to the aggregation read no window column but to pass it on
-/// as it is, and the aggregation none but as a group column: then a hopping window's rows may be scanned one per record and the
-/// aggregation put each in its windows (see [`ScanStage::fan_out`]).
+/// Whether the operators before the aggregation read no window column but to pass it
+/// on as it is, and the aggregation reads them only as group columns: then a hopping
+/// window's records may be scanned one row each, and the aggregation put each row in its
+/// windows (see [`ScanStage::fan_out`]).
 fn windows_only_passed_on(operators: &[StreamOperator]) -> bool {
     let reads_window = |e: &Expr| {
         e.column_refs()
