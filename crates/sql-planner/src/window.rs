@@ -62,6 +62,17 @@ impl WindowSpec {
         }
     }
 
+    /// The most windows a record is in: `ceil(size / advance)` for hopping windows, else 1.
+    pub fn most_windows(&self) -> u64 {
+        match self.kind {
+            WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            } => (size_ms.saturating_add(advance_ms - 1) / advance_ms).max(1) as u64,
+            _ => 1,
+        }
+    }
+
     /// The grace in force: the given one, else ksqlDB's default `max(24 h − size, 0)`
     /// for `EMIT CHANGES`, and 0 for `EMIT FINAL`.
     pub fn effective_grace_ms(&self, emit: crate::Emit) -> i64 {

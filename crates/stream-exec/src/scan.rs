@@ -137,13 +137,8 @@ impl ScanStage {
         let times = self.event_times(values, rows, records, skipped)?;
         let window = self.scan.window;
         // Rows out per record: one, or one per hopping window.
-        let per_record = match window.map(|w| w.spec.kind) {
-            Some(WindowKind::Hopping {
-                size_ms,
-                advance_ms,
-            }) if !self.fan_out => {
-                usize::try_from(size_ms.saturating_add(advance_ms - 1) / advance_ms).unwrap_or(1)
-            }
+        let per_record = match window {
+            Some(w) if !self.fan_out => usize::try_from(w.spec.most_windows()).unwrap_or(1),
             _ => 1,
         };
         let mut windows: Vec<u32> = match self.fan_out {

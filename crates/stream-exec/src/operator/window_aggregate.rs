@@ -295,13 +295,7 @@ impl WindowAggregateOperator {
                 Some(WindowKind::Hopping { advance_ms, .. }) => advance_ms,
                 _ => 0,
             },
-            most_windows: match window.map(|w| w.spec.kind) {
-                Some(WindowKind::Hopping {
-                    size_ms,
-                    advance_ms,
-                }) => (size_ms.saturating_add(advance_ms - 1) / advance_ms).max(1) as u64,
-                _ => 1,
-            },
+            most_windows: window.map_or(1, |w| w.spec.most_windows()),
             emit: *emit,
         })
     }
