@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::consumer::{next_offsets, QueryConsumer};
 use crate::error::{ExecError, Result};
-use crate::json_encoder::{encode_batch, EncodedRows};
+use crate::json_encoder::{encode_batch_into, EncodeBuffers, EncodedRows};
 use crate::kafka::client_config;
 use crate::native::{KeyValue, ProduceTopic};
 use crate::operator::ChangeBatch;
@@ -177,6 +177,8 @@ pub(crate) struct Delivery {
     pub(crate) changelog: Option<Arc<str>>,
     pub(crate) stats: Arc<QueryStats>,
     pub(crate) consumer: Arc<QueryConsumer>,
+    /// The last batch's encoding buffers, for the next batch's.
+    pub(crate) encode_buffers: Arc<Mutex<EncodeBuffers>>,
 }
 
 /// One batch to write: its results, its state changes, and the consumer offsets after
@@ -276,6 +278,12 @@ impl Delivery {
         };
         let before_table = std::time::Instant::now();
         materialize(config, batches, &encoded)?;
+        let mut spare = self
+            .encode_buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        encoded.into_iter().for_each(|rows| spare.give_back(rows));
+        drop(spare);
         tracing::debug!(
             query_id = %config.query_id,
             rows = batches.iter().map(ChangeBatch::num_rows).sum::<usize>(),
@@ -303,7 +311,13 @@ impl Delivery {
         let mut produced = 0u64;
         let mut encoded = Vec::with_capacity(batches.len());
         for batch in batches {
-            let rows = encode_batch(batch, &self.plan.key_columns)?;
+            let rows = {
+                let mut spare = self
+                    .encode_buffers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                encode_batch_into(batch, &self.plan.key_columns, &mut spare)?
+            };
             let records = (0..rows.len()).map(|i| (rows.key(i), rows.value(i)));
             produced += queue_records(producer, &acks, sink, None, records).await?;
             encoded.push(rows);

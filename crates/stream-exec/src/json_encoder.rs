@@ -67,7 +67,7 @@ impl EncodedRows {
 }
 
 /// Pieces of one buffer, one per row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Lines {
     buf: Vec<u8>,
     ranges: Vec<Range<usize>>,
@@ -87,15 +87,54 @@ impl Lines {
     }
 }
 
+/// Buffers of encoded batches given back, for later batches to be encoded into.
+///
+/// A query's result batches are large (HOP FINAL's hold 40 MB of JSON), and glibc maps
+/// a buffer over 32 MB for itself and unmaps it when freed: a new one per batch is
+/// every page faulted in again, which was a third of `hop_final`'s page faults.
+#[derive(Debug, Default)]
+pub struct EncodeBuffers {
+    values: Option<Lines>,
+    keys: Option<Lines>,
+    tombstones: Option<Vec<bool>>,
+}
+
+impl EncodeBuffers {
+    /// Keep `rows`' buffers for the next batch.
+    pub fn give_back(&mut self, rows: EncodedRows) {
+        self.values = Some(rows.values);
+        self.keys = rows.keys.or(self.keys.take());
+        self.tombstones = Some(rows.tombstones);
+    }
+}
+
+/// `kept`, emptied, or a new one.
+fn emptied(kept: &mut Option<Lines>) -> Lines {
+    let mut lines = kept.take().unwrap_or_default();
+    lines.buf.clear();
+    lines.ranges.clear();
+    lines
+}
+
 /// Encode `batch` as one JSON value per row, keyed by `key_columns`.
 pub fn encode_batch(batch: &ChangeBatch, key_columns: &[usize]) -> Result<EncodedRows> {
+    encode_batch_into(batch, key_columns, &mut EncodeBuffers::default())
+}
+
+/// [`encode_batch`], in buffers from `spare` where it has them.
+pub fn encode_batch_into(
+    batch: &ChangeBatch,
+    key_columns: &[usize],
+    spare: &mut EncodeBuffers,
+) -> Result<EncodedRows> {
     let rows = &batch.rows;
+    let mut tombstones = spare.tombstones.take().unwrap_or_default();
+    tombstones.clear();
+    tombstones.extend((0..rows.num_rows()).map(|i| batch.is_tombstone(i)));
     Ok(EncodedRows {
-        values: json_objects(rows)?,
-        keys: key_lines(rows, key_columns)?,
-        tombstones: (0..rows.num_rows())
-            .map(|i| batch.is_tombstone(i))
-            .collect(),
+        values: json_objects_into(rows, emptied(&mut spare.values))?,
+        keys: key_lines(rows, key_columns, spare)?,
+        tombstones,
     })
 }
 
@@ -106,26 +145,34 @@ pub fn encode_rows(batch: &ChangeBatch, key_columns: &[usize]) -> Result<Vec<Enc
 }
 
 /// The keys of `rows` in one buffer; `None` without key columns.
-fn key_lines(rows: &RecordBatch, key_columns: &[usize]) -> Result<Option<Lines>> {
+fn key_lines(
+    rows: &RecordBatch,
+    key_columns: &[usize],
+    spare: &mut EncodeBuffers,
+) -> Result<Option<Lines>> {
     Ok(match key_columns {
         [] => None,
-        [one] => Some(single_keys(rows, *one)?),
+        [one] => Some(single_keys(rows, *one, emptied(&mut spare.keys))?),
         many => {
             let keys = rows
                 .project(many)
                 .map_err(ExecError::arrow("projecting key columns"))?;
-            Some(json_objects(&keys)?)
+            Some(json_objects_into(&keys, emptied(&mut spare.keys))?)
         }
     })
 }
 
-/// The JSON value of column `index` per row.
-fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
+/// The JSON value of column `index` per row, written into `lines` (empty).
+fn single_keys(rows: &RecordBatch, index: usize, lines: Lines) -> Result<Lines> {
     let column = rows.column(index);
     if let DataType::Utf8 = column.data_type() {
         let strings = column.as_string::<i32>();
-        let mut buf = Vec::with_capacity(strings.values().len() + strings.len() * 3);
-        let mut ranges = Vec::with_capacity(strings.len());
+        let Lines {
+            mut buf,
+            mut ranges,
+        } = lines;
+        buf.reserve(strings.values().len() + strings.len() * 3);
+        ranges.reserve(strings.len());
         for i in 0..strings.len() {
             let start = buf.len();
             if strings.is_null(i) {
@@ -145,7 +192,7 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
     let projected = rows
         .project(&[index])
         .map_err(ExecError::arrow("projecting key columns"))?;
-    let mut lines = json_objects(&projected)?;
+    let mut lines = json_objects_into(&projected, lines)?;
     for range in &mut lines.ranges {
         if range.len() < prefix + 1 {
             return Err(ExecError::internal(
@@ -163,6 +210,11 @@ fn single_keys(rows: &RecordBatch, index: usize) -> Result<Lines> {
 /// integers, floats and booleans are written here, in one pass per row with the
 /// field names written once; other types go through arrow's own encoder per value.
 pub(crate) fn json_objects(batch: &RecordBatch) -> Result<Lines> {
+    json_objects_into(batch, Lines::default())
+}
+
+/// [`json_objects`], written into `lines` (empty).
+fn json_objects_into(batch: &RecordBatch, lines: Lines) -> Result<Lines> {
     let options = EncoderOptions::default().with_explicit_nulls(true);
     let schema = batch.schema();
     let mut columns = Vec::with_capacity(batch.num_columns());
@@ -193,8 +245,12 @@ pub(crate) fn json_objects(batch: &RecordBatch) -> Result<Lines> {
         };
         columns.push((prefix, array.nulls().cloned(), values));
     }
-    let mut buf = Vec::with_capacity(batch.num_rows() * guess);
-    let mut ranges = Vec::with_capacity(batch.num_rows());
+    let Lines {
+        mut buf,
+        mut ranges,
+    } = lines;
+    buf.reserve(batch.num_rows() * guess);
+    ranges.reserve(batch.num_rows());
     for row in 0..batch.num_rows() {
         let start = buf.len();
         buf.push(b'{');
@@ -356,6 +412,49 @@ mod tests {
         assert_eq!(rows[0].key.as_deref(), Some(&br#""a""#[..]));
         assert_eq!(rows[0].value, None);
         assert!(rows[1].value.is_some());
+    }
+
+    #[test]
+    fn batches_encoded_into_given_back_buffers_are_encoded_as_into_new_ones() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("card", DataType::Utf8, true),
+            Field::new("amount", DataType::Float64, true),
+        ]));
+        let batch = |cards: Vec<Option<&str>>, tombstones: Option<Vec<bool>>| {
+            let amounts: Vec<Option<f64>> = (0..cards.len()).map(|i| Some(i as f64)).collect();
+            ChangeBatch {
+                rows: RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(cards)),
+                        Arc::new(Float64Array::from(amounts)),
+                    ],
+                )
+                .expect("batch"),
+                tombstones: tombstones.map(BooleanArray::from),
+                windows: None,
+            }
+        };
+        let long = batch(vec![Some("a-long-card-id"); 40], Some(vec![true; 40]));
+        let short = batch(vec![Some("b"), None, Some("c")], None);
+        for keys in [&[0][..], &[1, 0], &[1], &[]] {
+            let mut spare = EncodeBuffers::default();
+            let first = encode_batch_into(&long, keys, &mut spare).expect("encodes");
+            assert_eq!(first.to_vec(), encode_rows(&long, keys).expect("encodes"));
+            let values = first.values.buf.as_ptr();
+            spare.give_back(first);
+            // Fewer, shorter rows, without tombstones, in the long batch's buffers.
+            let second = encode_batch_into(&short, keys, &mut spare).expect("encodes");
+            assert_eq!(second.values.buf.as_ptr(), values, "keys {keys:?}");
+            assert_eq!(second.to_vec(), encode_rows(&short, keys).expect("encodes"));
+            let fresh = encode_batch(&short, keys).expect("encodes");
+            assert_eq!(second.values.buf, fresh.values.buf);
+            let key_bytes = |rows: &EncodedRows| rows.keys.as_ref().map(|k| k.buf.clone());
+            assert_eq!(key_bytes(&second), key_bytes(&fresh));
+            spare.give_back(second);
+            let third = encode_batch_into(&long, keys, &mut spare).expect("encodes");
+            assert_eq!(third.to_vec(), encode_rows(&long, keys).expect("encodes"));
+        }
     }
 
     mod differential {

@@ -369,6 +369,7 @@ async fn process(
         changelog: changelog.map(Arc::from),
         stats: stats.clone(),
         consumer: consumer.clone(),
+        encode_buffers: Default::default(),
     };
     let mut state = Loop {
         query_id,
@@ -382,6 +383,9 @@ async fn process(
     let mut consumer_errors = 0u32;
     let mut seen_assignment = None;
     let mut in_flight: Option<InFlight> = None;
+    // The records of the last batch committed, cleared: the next batch's, to save the
+    // page faults of a new vector's pages (a batch's is up to 25 MB).
+    let mut spare_records: Vec<RawRecord> = vec![];
     // Leave the loop with an error; the batch being written is still waited for.
     macro_rules! tri {
         ($result:expr) => {
@@ -425,7 +429,11 @@ async fn process(
                         break Ok(());
                     };
                     match outcome {
-                        Settled::Committed => After::Go,
+                        Settled::Committed => {
+                            spare_records = before.records;
+                            spare_records.clear();
+                            After::Go
+                        }
                         Settled::CommittedMoved => After::Moved(before.records),
                         Settled::Failed => After::Failed(before.records),
                     }
@@ -470,7 +478,12 @@ async fn process(
                 records = r;
                 if reader.behind() {
                     // The batch will likely fill: room for it now, not by doubling (each
-                    // step a copy, and page faults on fresh memory).
+                    // step a copy, and page faults on fresh memory), in the last batch's
+                    // vector if it is larger.
+                    if spare_records.capacity() > records.capacity() {
+                        spare_records.append(&mut records);
+                        std::mem::swap(&mut records, &mut spare_records);
+                    }
                     records.reserve(batch_limit.saturating_sub(records.len()));
                 }
                 parts.push(tri!(pipeline.decode(&records, 0)));
