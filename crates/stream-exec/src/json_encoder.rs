@@ -89,9 +89,10 @@ impl Lines {
 
 /// Buffers of encoded batches given back, for later batches to be encoded into.
 ///
-/// A query's result batches are large (HOP FINAL's hold 40 MB of JSON), and glibc maps
-/// a buffer over 32 MB for itself and unmaps it when freed: a new one per batch is
-/// every page faulted in again, which was a third of `hop_final`'s page faults.
+/// A query's result batches are large (one of `hop_final`'s is 200,000 rows, 26 MB of
+/// JSON), and glibc gives blocks that large back to the kernel when they are freed: a
+/// new buffer per batch had every page faulted in again, a third of `hop_final`'s page
+/// faults.
 #[derive(Debug, Default)]
 pub struct EncodeBuffers {
     values: Option<Lines>,

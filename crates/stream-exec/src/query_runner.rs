@@ -384,7 +384,7 @@ async fn process(
     let mut seen_assignment = None;
     let mut in_flight: Option<InFlight> = None;
     // The records of the last batch committed, cleared: the next batch's, to save the
-    // page faults of a new vector's pages (a batch's is up to 25 MB).
+    // page faults of a new vector's pages (a batch's is up to 25 MB; see EncodeBuffers).
     let mut spare_records: Vec<RawRecord> = vec![];
     // Leave the loop with an error; the batch being written is still waited for.
     macro_rules! tri {
