@@ -101,11 +101,17 @@ pub struct EncodeBuffers {
 }
 
 impl EncodeBuffers {
-    /// Keep `rows`' buffers for the next batch.
+    /// Keep `rows`' buffers for the next batch, each only if the batch filled a quarter
+    /// of it or more: when batches shrink (a query that has caught up with its input),
+    /// the largest batch's buffers are let go rather than held while the query idles.
     pub fn give_back(&mut self, rows: EncodedRows) {
-        self.values = Some(rows.values);
-        self.keys = rows.keys.or(self.keys.take());
-        self.tombstones = Some(rows.tombstones);
+        let used = |len: usize, capacity: usize| len >= capacity / 4;
+        self.values = Some(rows.values).filter(|l| used(l.buf.len(), l.buf.capacity()));
+        if let Some(keys) = rows.keys {
+            self.keys = Some(keys).filter(|l| used(l.buf.len(), l.buf.capacity()));
+        }
+        let tombstones = rows.tombstones;
+        self.tombstones = Some(tombstones).filter(|t| used(t.len(), t.capacity()));
     }
 }
 
@@ -452,9 +458,17 @@ mod tests {
             assert_eq!(second.values.buf, fresh.values.buf);
             let key_bytes = |rows: &EncodedRows| rows.keys.as_ref().map(|k| k.buf.clone());
             assert_eq!(key_bytes(&second), key_bytes(&fresh));
+            // Filled less than a quarter: let go.
             spare.give_back(second);
+            assert!(spare.values.is_none(), "keys {keys:?}");
+            assert!(spare.tombstones.is_none(), "keys {keys:?}");
             let third = encode_batch_into(&long, keys, &mut spare).expect("encodes");
             assert_eq!(third.to_vec(), encode_rows(&long, keys).expect("encodes"));
+            let values = third.values.buf.as_ptr();
+            spare.give_back(third);
+            let fourth = encode_batch_into(&long, keys, &mut spare).expect("encodes");
+            assert_eq!(fourth.values.buf.as_ptr(), values, "keys {keys:?}");
+            assert_eq!(fourth.to_vec(), encode_rows(&long, keys).expect("encodes"));
         }
     }
 
