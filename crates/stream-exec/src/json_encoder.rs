@@ -444,31 +444,33 @@ mod tests {
         };
         let long = batch(vec![Some("a-long-card-id"); 40], Some(vec![true; 40]));
         let short = batch(vec![Some("b"), None, Some("c")], None);
+        // `batch` encoded into `spare`'s buffers, checked against a fresh encoding.
+        let encode = |batch: &ChangeBatch, keys: &[usize], spare: &mut EncodeBuffers| {
+            let rows = encode_batch_into(batch, keys, spare).expect("encodes");
+            let fresh = encode_batch(batch, keys).expect("encodes");
+            assert_eq!(rows.to_vec(), fresh.to_vec());
+            assert_eq!(rows.values.buf, fresh.values.buf);
+            let key_bytes = |rows: &EncodedRows| rows.keys.as_ref().map(|k| k.buf.clone());
+            assert_eq!(key_bytes(&rows), key_bytes(&fresh));
+            rows
+        };
         for keys in [&[0][..], &[1, 0], &[1], &[]] {
             let mut spare = EncodeBuffers::default();
-            let first = encode_batch_into(&long, keys, &mut spare).expect("encodes");
-            assert_eq!(first.to_vec(), encode_rows(&long, keys).expect("encodes"));
+            let first = encode(&long, keys, &mut spare);
             let values = first.values.buf.as_ptr();
             spare.give_back(first);
             // Fewer, shorter rows, without tombstones, in the long batch's buffers.
-            let second = encode_batch_into(&short, keys, &mut spare).expect("encodes");
+            let second = encode(&short, keys, &mut spare);
             assert_eq!(second.values.buf.as_ptr(), values, "keys {keys:?}");
-            assert_eq!(second.to_vec(), encode_rows(&short, keys).expect("encodes"));
-            let fresh = encode_batch(&short, keys).expect("encodes");
-            assert_eq!(second.values.buf, fresh.values.buf);
-            let key_bytes = |rows: &EncodedRows| rows.keys.as_ref().map(|k| k.buf.clone());
-            assert_eq!(key_bytes(&second), key_bytes(&fresh));
             // Filled less than a quarter: let go.
             spare.give_back(second);
             assert!(spare.values.is_none(), "keys {keys:?}");
             assert!(spare.tombstones.is_none(), "keys {keys:?}");
-            let third = encode_batch_into(&long, keys, &mut spare).expect("encodes");
-            assert_eq!(third.to_vec(), encode_rows(&long, keys).expect("encodes"));
+            let third = encode(&long, keys, &mut spare);
             let values = third.values.buf.as_ptr();
             spare.give_back(third);
-            let fourth = encode_batch_into(&long, keys, &mut spare).expect("encodes");
+            let fourth = encode(&long, keys, &mut spare);
             assert_eq!(fourth.values.buf.as_ptr(), values, "keys {keys:?}");
-            assert_eq!(fourth.to_vec(), encode_rows(&long, keys).expect("encodes"));
         }
     }
 
